@@ -1,0 +1,47 @@
+# The two commands: `make run` (the whole stack) and `make test` (the whole suite).
+# Both create .venv, install, and find or start PostgreSQL and Redis (scripts/devservices.py).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+DEVSERVICES := $(PY) scripts/devservices.py run
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PORT ?= 8000
+export FLOWER_PORT ?= 5555
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast migrate lint format typecheck check bench install clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing dependencies into $(VENV) ..."
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it started)
+	@$(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
+
+test: $(STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
+	@$(DEVSERVICES) --database maycole_test --redis-db 15 -- $(PY) -m pytest $(PYTEST_ARGS)
+
+migrate: $(STAMP)  ## apply migrations to the configured (or local) database
+	@$(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+format: $(STAMP)
+	ruff check --fix .
+	ruff format .
+
+typecheck: $(STAMP)
+	mypy .
+
+check: lint typecheck test
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

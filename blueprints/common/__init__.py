@@ -1,0 +1,1 @@
+"""What every blueprint shares: problem+json errors, request ids, auth, idempotency, paging."""

@@ -1,0 +1,34 @@
+"""flask-jwt-extended's failures as problem+json 401s (its defaults are bare JSON, some 422)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response
+from flask_jwt_extended import JWTManager
+
+from blueprints.common.problems import problem
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+def _unauthorized(detail: str) -> Response:
+    return problem(401, detail, type_slug="unauthorized", headers=_CHALLENGE)
+
+
+def register_token_errors(jwt: JWTManager) -> None:
+    jwt.unauthorized_loader(lambda reason: _unauthorized("Authentication is required."))
+    jwt.invalid_token_loader(lambda reason: _unauthorized("The access token is invalid."))
+    jwt.expired_token_loader(lambda header, payload: _unauthorized("The access token has expired."))
+    jwt.revoked_token_loader(lambda header, payload: _unauthorized("The access token was revoked."))
+    jwt.user_lookup_error_loader(
+        lambda header, payload: _unauthorized("The account behind this token is not active.")
+    )
+    jwt.needs_fresh_token_loader(
+        lambda header, payload: _unauthorized("This operation needs a fresh sign-in.")
+    )
+
+    def _wrong_token_type(*_args: Any) -> Response:
+        return _unauthorized("Use an access token here.")
+
+    jwt.token_verification_failed_loader(_wrong_token_type)

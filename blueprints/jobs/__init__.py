@@ -1,0 +1,3 @@
+from blueprints.jobs.views import admin_bp, bp
+
+__all__ = ["admin_bp", "bp"]

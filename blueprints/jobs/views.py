@@ -1,0 +1,95 @@
+"""HTTP for the job ledger: users read and cancel their jobs; admins see and replay all."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import url_for
+
+from blueprints.common.auth import admin_required, auth_required, me
+from blueprints.common.idempotency import idempotent
+from blueprints.jobs.schemas import (
+    AdminJobEnvelope,
+    AdminJobPage,
+    JobEnvelope,
+    JobListQuery,
+    JobPage,
+    PingIn,
+    admin_job_out,
+    job_out,
+)
+from services import jobs as job_service
+
+bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1/jobs", tag="jobs")
+admin_bp = APIBlueprint("admin_jobs", __name__, url_prefix="/api/v1/admin/jobs", tag="admin")
+
+
+def accepted(envelope: Any, job_id: uuid.UUID) -> tuple[Any, int, dict[str, str]]:
+    """The 202 answer for work started in the background (API.md "Async work")."""
+    return envelope, 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
+
+
+@bp.get("")
+@auth_required
+@bp.input(JobListQuery, location="query", arg_name="query")
+@bp.output(JobPage)
+def list_jobs(query: JobListQuery) -> JobPage:
+    """List my jobs, newest first."""
+    page = job_service.list_jobs(
+        me(), status=query.status, type_=query.type, limit=query.limit, cursor=query.cursor
+    )
+    return JobPage(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
+
+
+@bp.get("/<uuid:job_id>")
+@auth_required
+@bp.output(JobEnvelope)
+def get_job(job_id: uuid.UUID) -> JobEnvelope:
+    """One of my jobs."""
+    return JobEnvelope(job=job_out(job_service.get_job(me(), job_id)))
+
+
+@bp.post("/<uuid:job_id>/cancel")
+@auth_required
+@idempotent()
+@bp.output(JobEnvelope)
+def cancel_job(job_id: uuid.UUID) -> JobEnvelope:
+    """Cancel a queued job, or ask a running one to stop."""
+    return JobEnvelope(job=job_out(job_service.cancel_job(me(), job_id)))
+
+
+@admin_bp.get("")
+@admin_required
+@admin_bp.input(JobListQuery, location="query", arg_name="query")
+@admin_bp.output(AdminJobPage)
+def list_all_jobs(query: JobListQuery) -> AdminJobPage:
+    """All jobs (operators); `?status=dead` is the dead-letter list."""
+    page = job_service.list_jobs_admin(
+        status=query.status, type_=query.type, limit=query.limit, cursor=query.cursor
+    )
+    return AdminJobPage(items=[admin_job_out(j) for j in page.items], next_cursor=page.next_cursor)
+
+
+@admin_bp.post("/<uuid:job_id>/retry")
+@admin_required
+@idempotent()
+@admin_bp.output(AdminJobEnvelope, status_code=202)
+def retry_job(job_id: uuid.UUID) -> Any:
+    """Replay a dead or failed job."""
+    job = job_service.retry_job(me(), job_id)
+    return accepted(AdminJobEnvelope(job=admin_job_out(job)), job.id)
+
+
+@admin_bp.post("/ping")
+@admin_required
+@admin_bp.input(PingIn, location="json", arg_name="body")
+@idempotent()
+@admin_bp.output(JobEnvelope, status_code=202)
+def start_ping(body: PingIn) -> Any:
+    """Start the `maintenance.ping` probe job (proves the pipeline end to end)."""
+    job = job_service.start_ping(
+        me(), sleep_seconds=body.sleep_seconds, fail_attempts=body.fail_attempts
+    )
+    return accepted(JobEnvelope(job=job_out(job)), job.id)

@@ -1,0 +1,135 @@
+"""Every Celery setting in one place: broker, queues, routes, reliability and the beat schedule.
+
+`build(settings)` returns the dict that `create_app` applies to `extensions.celery_app`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.entity import Exchange, Queue
+
+from config import Settings
+
+# Queues, one per kind of work, so a slow export can never delay a payment and each
+# pool can be sized on its own (`celery worker -Q payments`).
+PAYMENTS = "payments"
+EMAIL = "email"
+NOTIFICATIONS = "notifications"
+EXPORTS = "exports"
+UPLOADS = "uploads"
+ANALYTICS = "analytics"
+DEFAULT = "default"
+QUEUES = (PAYMENTS, EMAIL, NOTIFICATIONS, EXPORTS, UPLOADS, ANALYTICS, DEFAULT)
+
+# Task names are `domain.verb`; the domain picks the queue.
+ROUTES_BY_PREFIX = {
+    "payments.": PAYMENTS,
+    "subscriptions.": PAYMENTS,
+    "webhooks.": PAYMENTS,
+    "email.": EMAIL,
+    "notifications.": NOTIFICATIONS,
+    "exports.": EXPORTS,
+    "uploads.": UPLOADS,
+    "analytics.": ANALYTICS,
+}
+
+
+def queue_for(task_name: str) -> str:
+    """The queue a task name routes to (used by the router and the job ledger)."""
+    for prefix, queue in ROUTES_BY_PREFIX.items():
+        if task_name.startswith(prefix):
+            return queue
+    return DEFAULT
+
+
+def route_task(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
+) -> dict[str, str]:
+    return {"queue": queue_for(name)}
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for these settings."""
+    socket_timeouts = {
+        # kombu's Redis socket timeout defaults to None: with the broker down, publishing
+        # would hang the web request (celery#4296). Fail fast; the job row is the outbox.
+        "socket_timeout": 3,
+        "socket_connect_timeout": 2,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+        # Longer than any task may run, so a running acks_late task is never redelivered
+        # while it is still working (celery#5935). The reaper handles dead workers faster.
+        "visibility_timeout": settings.broker_visibility_timeout,
+        "health_check_interval": 10,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": socket_timeouts,
+        "broker_connection_timeout": 2,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # workers keep trying; the web never waits
+        "broker_heartbeat": 10,
+        # Job state lives in PostgreSQL; results would only grow Redis (celery#7801).
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        # Reliability: ack after the work, redeliver if the pool process dies mid-task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_eta_task_limit": 100,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(settings.task_time_limit - 30, 1),
+        # Short, bounded publish retries; after that the relay takes over.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "task_queues": [Queue(q, Exchange(q), routing_key=q) for q in QUEUES],  # type: ignore[no-untyped-call]
+        "task_default_queue": DEFAULT,
+        "task_default_exchange": DEFAULT,
+        "task_default_routing_key": DEFAULT,
+        "task_routes": (route_task,),
+        "task_create_missing_queues": False,
+        # Flower needs events; they are cheap with ignore_result.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": beat_schedule(settings),
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Periodic jobs. Each entry: what it does, how often, and why."""
+    return {
+        # Every few seconds: publish jobs whose message never reached the broker (it was
+        # down at commit time) or whose retry backoff has elapsed. Bounds the delay of
+        # recovered work to this interval.
+        "jobs-relay": {
+            "task": "jobs.relay",
+            "schedule": settings.relay_interval_seconds,
+            "options": {"expires": settings.relay_interval_seconds * 2},
+        },
+        # Every 10 s: re-enqueue jobs whose worker died (stale heartbeat), so recovery
+        # never waits on the broker's visibility timeout and nothing stays `running`.
+        "jobs-reap": {
+            "task": "jobs.reap",
+            "schedule": 10.0,
+            "options": {"expires": 20},
+        },
+        # Hourly: delete Idempotency-Key records past their 24 h replay window.
+        "idempotency-cleanup": {
+            "task": "maintenance.cleanup_idempotency_keys",
+            "schedule": 3600.0,
+            "options": {"expires": 1800},
+        },
+    }

@@ -1,0 +1,19 @@
+"""Entry point for `celery -A make_celery:celery_app worker|beat|flower`."""
+
+from __future__ import annotations
+
+from celery.signals import worker_process_init
+
+from app import create_app
+from extensions import celery_app, db
+
+flask_app = create_app()
+
+
+@worker_process_init.connect
+def _reset_pool_after_fork(**_kwargs: object) -> None:
+    # A forked pool child must not share the parent's PostgreSQL sockets.
+    db.engine.dispose(close=False)
+
+
+__all__ = ["celery_app", "flask_app"]

@@ -1,0 +1,38 @@
+"""Every model, imported here so `Base.metadata` knows all tables (Alembic, tests)."""
+
+from models.analytics import AnalyticsEvent
+from models.audit import AuditLog
+from models.auth import ApiKey, UserSession
+from models.base import Base
+from models.file import UserFile
+from models.idempotency import IdempotencyKey
+from models.inventory import InventoryItem
+from models.job import Job
+from models.notification import Notification, NotificationPreference
+from models.payment import Payment, Subscription
+from models.search import SearchDocument
+from models.team import Team, TeamInvite, TeamMember
+from models.user import Setting, User, UserProfile
+
+__all__ = [
+    "AnalyticsEvent",
+    "ApiKey",
+    "AuditLog",
+    "Base",
+    "IdempotencyKey",
+    "InventoryItem",
+    "Job",
+    "Notification",
+    "NotificationPreference",
+    "Payment",
+    "SearchDocument",
+    "Setting",
+    "Subscription",
+    "Team",
+    "TeamInvite",
+    "TeamMember",
+    "User",
+    "UserFile",
+    "UserProfile",
+    "UserSession",
+]

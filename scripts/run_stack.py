@@ -1,0 +1,50 @@
+"""`make run`, after devservices has set DATABASE_URL/REDIS_URL: migrate, print where
+everything is, then hand over to honcho (web, worker, beat, flower from the Procfile)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def flower_credentials() -> str:
+    """Flower must never run open; in development invent a login and keep it in var/."""
+    configured = os.environ.get("FLOWER_BASIC_AUTH")
+    if configured:
+        return configured
+    path = ROOT / "var" / "flower-basic-auth"
+    path.parent.mkdir(exist_ok=True)
+    if not path.exists():
+        path.write_text(f"admin:{secrets.token_urlsafe(12)}")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def main() -> int:
+    os.chdir(ROOT)
+    flask = [sys.executable, "-m", "flask", "--app", "app:create_app"]
+    subprocess.run([*flask, "db", "upgrade"], check=True)
+    port, flower_port = os.environ.get("PORT", "8000"), os.environ.get("FLOWER_PORT", "5555")
+    auth = flower_credentials()
+    os.environ["FLOWER_BASIC_AUTH"] = auth
+    print(
+        f"\n  API      http://127.0.0.1:{port}/api\n"
+        f"  Docs     http://127.0.0.1:{port}/docs\n"
+        f"  Ready    http://127.0.0.1:{port}/readyz\n"
+        f"  Flower   http://127.0.0.1:{flower_port}/  (login {auth.split(':', 1)[0]}, "
+        f"password in var/flower-basic-auth or $FLOWER_BASIC_AUTH)\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    honcho = Path(sys.executable).with_name("honcho")
+    os.execv(honcho, [str(honcho), "start", "-p", port])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

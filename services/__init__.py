@@ -1,0 +1,1 @@
+"""Business logic per domain. Each public function owns one transaction and commits once."""

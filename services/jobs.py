@@ -1,0 +1,109 @@
+"""The job ledger as users and operators see it: read, list, cancel, retry, start a probe."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from flask import current_app
+from sqlalchemy import select
+
+from extensions import db
+from models import Job, User
+from models.job import RUNNABLE
+from services.audit import record_audit
+from services.errors import Conflict, NotFound
+from services.pagination import Page, paginate
+from tasks.dispatch import enqueue, send_after_commit
+
+
+def get_job(user: User, job_id: uuid.UUID) -> Job:
+    """A job the user started; other users' jobs are 404 (their existence is not leaked)."""
+    job = db.session.get(Job, job_id)
+    if job is None or (job.user_id != user.id and not user.is_admin):
+        raise NotFound("No such job.")
+    return job
+
+
+def list_jobs(
+    user: User, *, status: str | None, type_: str | None, limit: int, cursor: str | None
+) -> Page[Job]:
+    """The user's own jobs, newest first."""
+    query = select(Job).where(Job.user_id == user.id)
+    if status:
+        query = query.where(Job.status == status)
+    if type_:
+        query = query.where(Job.type == type_)
+    return paginate(query, Job, limit, cursor)
+
+
+def cancel_job(user: User, job_id: uuid.UUID) -> Job:
+    """Cancel a queued job now, or ask a running one to stop at its next progress report."""
+    job = db.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or (job.user_id != user.id and not user.is_admin):
+        raise NotFound("No such job.")
+    if job.is_finished:
+        raise Conflict(f"The job has already finished ({job.status}).")
+    now = datetime.now(UTC)
+    if job.status in RUNNABLE:
+        job.status, job.finished_at = "cancelled", now
+    job.cancel_requested_at = now
+    record_audit(
+        "job.cancelled",
+        actor_id=user.id,
+        team_id=job.team_id,
+        subject_type="job",
+        subject_id=job.id,
+    )
+    db.session.commit()
+    return job
+
+
+def start_ping(admin: User, *, sleep_seconds: float, fail_attempts: int) -> Job:
+    """Enqueue the `maintenance.ping` probe (admins). One transaction."""
+    job = enqueue(
+        "maintenance.ping",
+        args={"sleep_seconds": sleep_seconds, "fail_attempts": fail_attempts},
+        user_id=admin.id,
+    )
+    record_audit(
+        "job.started",
+        actor_id=admin.id,
+        subject_type="job",
+        subject_id=job.id,
+        data={"type": job.type},
+    )
+    db.session.commit()
+    return job
+
+
+def list_jobs_admin(
+    *, status: str | None, type_: str | None, limit: int, cursor: str | None
+) -> Page[Job]:
+    """Every user's jobs (operators), e.g. the dead-letter list with status=dead."""
+    query = select(Job)
+    if status:
+        query = query.where(Job.status == status)
+    if type_:
+        query = query.where(Job.type == type_)
+    return paginate(query, Job, limit, cursor)
+
+
+def retry_job(admin: User, job_id: uuid.UUID) -> Job:
+    """Replay a dead or failed job with a fresh set of attempts (operators)."""
+    job = db.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None:
+        raise NotFound("No such job.")
+    if job.status not in ("dead", "failed"):
+        raise Conflict(f"Only dead or failed jobs can be retried (this one is {job.status}).")
+    # Attempts keep counting (the history stays true); the replay gets a fresh allowance.
+    job.max_attempts = job.attempts + current_app.config["SETTINGS"].task_max_attempts
+    job.status, job.progress = "queued", 0
+    job.finished_at = job.worker = job.heartbeat_at = job.published_at = None
+    job.run_after = datetime.now(UTC)
+    send_after_commit(db.session(), job)
+    record_audit(
+        "job.retried", actor_id=admin.id, team_id=job.team_id, subject_type="job", subject_id=job.id
+    )
+    db.session.commit()
+    return job

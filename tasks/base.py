@@ -1,0 +1,249 @@
+"""The one way to declare a job-backed task: `@job_task("domain.verb")`.
+
+Every task goes through `run_job`, which makes it safe to deliver twice:
+1. claim the job row (queued/retrying, or running on a worker that is provably dead);
+   a finished job or one alive elsewhere is skipped, so redelivery is harmless;
+2. heartbeat while running, so the reaper can tell a dead worker from a slow one;
+3. run the work in a session and commit its effects TOGETHER with `succeeded`, so a
+   crash before the commit leaves neither (the redelivery redoes both, once);
+4. on error: retry with exponential backoff and jitter (the delay is bounded far below
+   the broker's visibility timeout), then `dead`; `PermanentError` fails at once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Task
+from flask import current_app
+from sqlalchemy import select, update
+
+from extensions import celery_app, db
+from logs import bind_request_id, get_logger
+from models import Job
+from models.job import RUNNABLE
+from tasks.dispatch import send_after_commit
+
+log = get_logger(__name__)
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (bad input, a declined card): the job fails at once."""
+
+
+class JobCancelled(Exception):
+    """Raised from `JobContext.progress` when a user asked to cancel the job."""
+
+
+@dataclass
+class JobContext:
+    """What a task body gets: its job's id, arguments and a progress reporter."""
+
+    job_id: uuid.UUID
+    args: dict[str, Any]
+    attempt: int
+    user_id: uuid.UUID | None
+    team_id: uuid.UUID | None
+    worker: str
+    request_id: str | None = None
+
+    def progress(self, percent: int) -> None:
+        """Record progress (visible at once) and stop if cancellation was requested."""
+        with db.engine.begin() as conn:
+            cancel_requested = conn.scalar(
+                update(Job)
+                .where(Job.id == self.job_id, Job.worker == self.worker)
+                .values(progress=max(0, min(99, percent)), heartbeat_at=datetime.now(UTC))
+                .returning(Job.cancel_requested_at)
+            )
+        if cancel_requested is not None:
+            raise JobCancelled()
+
+
+TaskBody = Callable[[JobContext], dict[str, Any] | None]
+
+
+def job_task(name: str) -> Callable[[TaskBody], Task]:
+    """Register `body` as the Celery task `name`, run through `run_job`."""
+
+    def decorator(body: TaskBody) -> Task:
+        def run(self: Task, job_id: str) -> None:
+            run_job(body, job_id, request_id=(self.request.headers or {}).get("request_id"))
+
+        run.__doc__ = body.__doc__
+        return celery_app.task(name=name, bind=True, acks_late=True, ignore_result=True)(run)  # type: ignore[no-any-return]
+
+    return decorator
+
+
+def worker_id() -> str:
+    # Computed per call: a prefork child has its own pid, not the parent's.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(body: TaskBody, job_id: str, *, request_id: str | None = None) -> None:
+    """Claim, run and settle one job; safe to call any number of times for the same id."""
+    me = worker_id()
+    ctx = _claim(uuid.UUID(job_id), me)
+    if ctx is None:
+        return
+    bind_request_id(request_id or ctx.request_id)
+    log.info("job_started", job_id=job_id, attempt=ctx.attempt)
+    beat = _Heartbeat(ctx.job_id, me, current_app.config["SETTINGS"].job_heartbeat_seconds)
+    beat.start()
+    try:
+        result = body(ctx)
+    except Exception as exc:  # noqa: BLE001 - every failure of a body is recorded and settled
+        # (A BaseException such as a hard shutdown propagates: the row stays `running`
+        # under this worker, and the redelivery or the reaper takes it over.)
+        beat.stop()
+        db.session.rollback()
+        _settle_failure(ctx, me, exc)
+        return
+    finally:
+        beat.stop()
+    _settle_success(ctx, me, result)
+
+
+def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
+    """Mark the job running for this worker, or None if it must not run here now."""
+    session = db.session
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None:
+        session.rollback()
+        log.warning("job_missing", job_id=str(job_id))
+        return None
+    if not (job.status in RUNNABLE or (job.status == "running" and _owner_is_gone(job))):
+        session.rollback()
+        log.info("job_skipped", job_id=str(job_id), status=job.status)
+        return None
+    now = datetime.now(UTC)
+    if job.attempts >= job.max_attempts:
+        # Each delivery that died mid-run counted an attempt: a poison job stops here.
+        job.status, job.finished_at = "dead", now
+        job.error = job.error or "Gave up: the worker died on every attempt."
+        session.commit()
+        log.error("job_dead", job_id=str(job_id), attempts=job.attempts)
+        return None
+    job.status = "running"
+    job.attempts += 1
+    job.worker = me
+    job.heartbeat_at = now
+    job.started_at = job.started_at or now
+    session.commit()
+    return JobContext(
+        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id
+    )
+
+
+def _owner_is_gone(job: Job) -> bool:
+    """A running job may be taken over if its worker stopped heartbeating or is dead here."""
+    stale = current_app.config["SETTINGS"].job_stale_seconds
+    if job.heartbeat_at is None or job.heartbeat_at < datetime.now(UTC) - timedelta(seconds=stale):
+        return True
+    host, _, pid = (job.worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)  # the previous owner ran on this host: is it still alive?
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _locked_own_job(ctx: JobContext, me: str) -> Job | None:
+    """The job row, locked, if this worker still owns it (the reaper may have taken it)."""
+    job = db.session.scalar(select(Job).where(Job.id == ctx.job_id).with_for_update())
+    if job is None or job.status != "running" or job.worker != me:
+        log.warning("job_lost_ownership", job_id=str(ctx.job_id))
+        return None
+    return job
+
+
+def _settle_success(ctx: JobContext, me: str, result: dict[str, Any] | None) -> None:
+    job = _locked_own_job(ctx, me)
+    if job is None:
+        db.session.rollback()  # someone else owns it now: drop our effects, theirs count
+        return
+    job.status, job.progress, job.result = "succeeded", 100, result
+    job.finished_at = datetime.now(UTC)
+    job.error = job.traceback = None
+    db.session.commit()  # the work's effects and `succeeded`, atomically
+    log.info("job_succeeded", job_id=str(ctx.job_id), attempt=ctx.attempt)
+
+
+def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
+    job = _locked_own_job(ctx, me)
+    if job is None:
+        db.session.rollback()
+        return
+    now = datetime.now(UTC)
+    job.error = f"{type(exc).__name__}: {exc}"[:2000]
+    job.traceback = "".join(traceback.format_exception(exc))[-8000:]
+    if isinstance(exc, JobCancelled):
+        job.status, job.finished_at, job.error = "cancelled", now, None
+    elif isinstance(exc, PermanentError):
+        job.status, job.finished_at = "failed", now
+    elif job.attempts >= job.max_attempts:
+        job.status, job.finished_at = "dead", now  # the dead-letter list; admins can replay
+    else:
+        delay = backoff_seconds(job.attempts)
+        job.status, job.worker, job.heartbeat_at = "retrying", None, None
+        job.run_after, job.published_at = now + timedelta(seconds=delay), None
+        send_after_commit(db.session(), job, countdown=delay)
+    db.session.commit()
+    log.warning("job_failed", job_id=str(ctx.job_id), status=job.status, error=job.error)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped far below the visibility timeout."""
+    settings = current_app.config["SETTINGS"]
+    ceiling = min(settings.retry_backoff_max, settings.retry_backoff_base * 2 ** (attempt - 1))
+    return round(random.uniform(ceiling / 2, ceiling), 3)
+
+
+class _Heartbeat:
+    """A daemon thread that touches `heartbeat_at` while the job runs."""
+
+    def __init__(self, job_id: uuid.UUID, me: str, interval: float) -> None:
+        self._job_id, self._me, self._interval = job_id, me, interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="job-heartbeat")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                with db.engine.begin() as conn:
+                    conn.execute(
+                        update(Job)
+                        .where(Job.id == self._job_id, Job.worker == self._me)
+                        .values(heartbeat_at=datetime.now(UTC))
+                    )
+            except Exception as exc:  # noqa: BLE001 - a missed beat only risks a takeover
+                log.warning("heartbeat_failed", job_id=str(self._job_id), error=type(exc).__name__)
+
+
+def periodic_task(name: str) -> Callable[[Callable[[], Any]], Task]:
+    """Register a beat-driven housekeeping task (no job row; safe to run concurrently)."""
+
+    def decorator(body: Callable[[], Any]) -> Task:
+        return celery_app.task(name=name, ignore_result=True, acks_late=True)(body)  # type: ignore[no-any-return]
+
+    return decorator

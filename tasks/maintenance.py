@@ -1,0 +1,53 @@
+"""Operational tasks: the pipeline's end-to-end probe and periodic clean-up."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete
+
+from extensions import db
+from models import IdempotencyKey
+from services.audit import record_audit
+from tasks.base import JobContext, job_task, periodic_task
+
+
+class TransientPingError(Exception):
+    """A deliberate, retryable failure (to exercise the retry path)."""
+
+
+@job_task("maintenance.ping")
+def ping(ctx: JobContext) -> dict[str, Any]:
+    """Prove the pipeline end to end; idempotent (its audit row commits with `succeeded`).
+
+    Args: `sleep_seconds` (work to simulate, with progress), `fail_attempts` (fail this
+    many attempts first, to exercise retries).
+    """
+    sleep_seconds = float(ctx.args.get("sleep_seconds", 0))
+    steps = max(1, int(sleep_seconds * 4))
+    for step in range(steps):
+        if sleep_seconds:
+            time.sleep(sleep_seconds / steps)
+        ctx.progress(int(100 * (step + 1) / steps))
+    if ctx.attempt <= int(ctx.args.get("fail_attempts", 0)):
+        raise TransientPingError(f"deliberate failure on attempt {ctx.attempt}")
+    record_audit(
+        "maintenance.pinged",
+        actor_id=ctx.user_id,
+        subject_type="job",
+        subject_id=ctx.job_id,
+        data={"attempt": ctx.attempt},
+    )
+    return {"pong": True, "attempt": ctx.attempt}
+
+
+@periodic_task("maintenance.cleanup_idempotency_keys")
+def cleanup_idempotency_keys() -> int:
+    """Beat, hourly: delete Idempotency-Key records past their replay window."""
+    result = db.session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.expires_at < datetime.now(UTC))
+    )
+    db.session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

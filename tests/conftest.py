@@ -1,0 +1,87 @@
+"""Fixtures: a freshly migrated PostgreSQL database, the app, isolation, a real worker.
+
+`make test` provides DATABASE_URL (database maycole_test) and REDIS_URL (db 15), found
+or started by scripts/devservices.py. Each test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from apiflask import APIFlask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from cli import alembic_config
+from config import Settings
+from extensions import db, limiter
+from models import Base
+from tests.support import ROOT, Worker, test_settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return test_settings()
+
+
+@pytest.fixture(scope="session")
+def migrated_database(settings: Settings) -> str:
+    """Drop everything, then build the schema with the real migrations."""
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    command.upgrade(alembic_config(settings.database_url), "head")
+    return settings.database_url
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, migrated_database: str) -> APIFlask:
+    return create_app(settings)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with empty tables and fresh rate-limit counters."""
+    if "app" not in request.fixturenames and "client" not in request.fixturenames:
+        yield
+        return
+    app: APIFlask = request.getfixturevalue("app")
+    with app.app_context():
+        yield
+        db.session.remove()
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        with db.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        limiter.reset()
+
+
+@pytest.fixture
+def client(app: APIFlask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, app: APIFlask) -> Iterator[Worker]:
+    """One real prefork worker for the session, on the test broker and database."""
+    proc = Worker(settings, ROOT / "var" / "test-logs" / "worker.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def restore_globals(settings: Settings, app: APIFlask) -> Iterator[None]:
+    """For tests that build apps with other settings: put the shared extensions back."""
+    yield
+    create_app(settings)
+    # Re-push nothing: the autouse fixture's context belongs to `app`, whose config is intact.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    (Path(ROOT) / "var" / "test-logs").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,167 @@
+"""Tests for scripts/devservices.py with real server processes (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from scripts import devservices as ds
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "devservices.py"
+
+
+
+CHILD = """
+import os, sys, psycopg, redis
+db, r = os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
+print("DATABASE_URL=" + db)
+print("REDIS_URL=" + r)
+with psycopg.connect(db.replace("+psycopg", "")) as conn:
+    print("db=" + conn.execute("SELECT current_database()").fetchone()[0])
+print("ping=" + str(redis.Redis.from_url(r).ping()))
+"""
+
+
+def refused(port: int) -> bool:
+    """True if nothing accepts connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def cli_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    return {**env, **overrides}
+
+
+def cli(tmp_path: Path, *options: str, code: str) -> list[str]:
+    """``devservices.py run OPTIONS --var TMP/var -- python -c CODE``."""
+    var = ["--var", str(tmp_path / "var")]
+    return [sys.executable, str(SCRIPT), "run", *options, *var, "--", sys.executable, "-c", code]
+
+
+def test_redis_server_stop_and_restart(tmp_path: Path) -> None:
+    port = ds.free_port()
+    server = ds.RedisServer(port, tmp_path)
+    with server:
+        assert redis.Redis.from_url(server.url(3)).ping()
+    assert refused(port)
+    server.start()
+    try:
+        assert redis.Redis.from_url(server.url()).ping()
+    finally:
+        server.stop()
+    assert refused(port)
+    assert (tmp_path / "redis.log").exists() and (tmp_path / "redis").is_dir()
+
+
+def test_postgres_server_stop_and_restart(tmp_path: Path) -> None:
+    port = ds.free_port()
+    server = ds.PostgresServer(port, tmp_path)
+    with server:
+        assert server.url("x") == f"postgresql+psycopg://postgres@127.0.0.1:{port}/x"
+        with psycopg.connect(server.dsn()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        server.create_database("devsvc_unit")
+        server.create_database("devsvc_unit")  # idempotent
+    assert refused(port)
+    server.start()  # reuses the initialised data dir
+    try:
+        with psycopg.connect(server.dsn("devsvc_unit")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
+    assert refused(port)
+
+
+def test_cli_starts_and_stops_throwaway_servers(tmp_path: Path) -> None:
+    pg_port, redis_port = ds.free_port(), ds.free_port()
+    # .env in the cwd fills in what the environment lacks but must not override it.
+    (tmp_path / ".env").write_text(f"REDIS_PORT={redis_port}\nPGPORT=1\n")
+    result = subprocess.run(
+        cli(tmp_path, "--database", "devsvc_cli_test", code=CHILD),
+        cwd=tmp_path,
+        env=cli_env(PGPORT=str(pg_port)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:{pg_port}/devsvc_cli_test" in out
+    assert f"REDIS_URL=redis://127.0.0.1:{redis_port}/0" in out
+    assert "db=devsvc_cli_test" in out and "ping=True" in out
+    assert f"postgres: started throwaway server at 127.0.0.1:{pg_port}" in result.stderr
+    assert f"redis: started throwaway server at 127.0.0.1:{redis_port}" in result.stderr
+    assert refused(pg_port) and refused(redis_port)
+
+
+@pytest.fixture
+def found_db(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Skip unless the machine's servers run on 5432/6379; drop the test database afterwards."""
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        psycopg.connect(admin).close()
+        redis.Redis(port=6379).ping()
+    except (psycopg.Error, redis.RedisError):
+        pytest.skip("no PostgreSQL on 5432 / Redis on 6379")
+    # One name per test so that parallel runs (pytest -n) do not drop each other's database.
+    callspec = getattr(request.node, "callspec", None)
+    name = "devsvc_found_test" + (f"_{callspec.id}" if callspec else "")
+    yield name
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def found_cli(tmp_path: Path, database: str, code: str, **popen: Any) -> subprocess.Popen[str]:
+    """Start the CLI against the machine's servers with stdout/stderr captured."""
+    options = ["--database", database, "--redis-db", "15"]
+    return subprocess.Popen(
+        cli(tmp_path, *options, code=code),
+        cwd=tmp_path,
+        env=cli_env(PGPORT="5432", REDIS_PORT="6379"),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
+
+
+def test_cli_uses_found_servers(tmp_path: Path, found_db: str) -> None:
+    proc = found_cli(tmp_path, found_db, CHILD + "sys.exit(3)")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err  # the child's exit code is passed through
+    assert "postgres: found at 127.0.0.1:5432" in err and "redis: found at 127.0.0.1:6379" in err
+    assert "started" not in err and not (tmp_path / "var").exists()
+    assert "REDIS_URL=redis://127.0.0.1:6379/15" in out and f"db={found_db}" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_signals(tmp_path: Path, found_db: str, sig: signal.Signals) -> None:
+    # "up" is printed inside the try so that the signal cannot arrive before the handler.
+    code = "import sys, time\ntry:\n print('up', flush=True)\n time.sleep(30)\n"
+    code += "except KeyboardInterrupt:\n sys.exit(7)"
+    proc = found_cli(tmp_path, found_db, code, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # like a terminal Ctrl-C: wrapper and child both get it
+    else:
+        os.kill(proc.pid, sig)  # only the wrapper gets it and must forward it
+    began = time.monotonic()
+    proc.communicate(timeout=15)
+    assert proc.returncode == (7 if sig == signal.SIGINT else 128 + sig)
+    assert time.monotonic() - began < 5

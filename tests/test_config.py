@@ -1,0 +1,42 @@
+"""Settings refuse configurations that would be unsafe in production or lose work."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from celeryconfig import QUEUES, build, queue_for
+from config import DEV_SECRET, load_settings
+
+
+def test_production_refuses_default_secrets() -> None:
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        load_settings(app_env="production", secret_key=DEV_SECRET, jwt_secret_key="x" * 40)
+
+
+def test_production_accepts_strong_secrets() -> None:
+    settings = load_settings(app_env="production", secret_key="s" * 40, jwt_secret_key="j" * 40)
+    assert settings.app_env == "production"
+
+
+def test_retry_delay_must_stay_below_the_visibility_timeout() -> None:
+    # A countdown near the visibility timeout makes Redis redeliver it: the task runs twice.
+    with pytest.raises(ValidationError, match="RETRY_BACKOFF_MAX"):
+        load_settings(broker_visibility_timeout=600, retry_backoff_max=400)
+
+
+def test_celery_is_configured_for_at_least_once_delivery() -> None:
+    conf = build(load_settings())
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_ignore_result"] and conf["result_backend"] is None
+    assert conf["task_time_limit"] < conf["broker_transport_options"]["visibility_timeout"]
+    assert conf["broker_transport_options"]["socket_connect_timeout"] <= 2
+    assert {q.name for q in conf["task_queues"]} == set(QUEUES)
+    assert {"jobs-relay", "jobs-reap", "idempotency-cleanup"} <= set(conf["beat_schedule"])
+
+
+def test_tasks_route_by_domain_prefix() -> None:
+    assert queue_for("payments.charge") == "payments"
+    assert queue_for("exports.build") == "exports"
+    assert queue_for("maintenance.ping") == "default"
