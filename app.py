@@ -64,9 +64,17 @@ def init_celery(app: APIFlask, settings: Settings) -> None:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
-    celery_app.close()  # drop pooled broker connections made under earlier settings
+    _drop_broker_connections()
     celery_app.conf.update(celeryconfig.build(settings))
     celery_app.Task = AppContextTask
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     import tasks  # noqa: F401 - registers every task with celery_app
+
+
+def _drop_broker_connections() -> None:
+    """Forget pooled broker connections made under earlier settings (a re-created app)."""
+    celery_app.close()
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:  # close() skips this pool when the app pool was never used
+        amqp._producer_pool = None

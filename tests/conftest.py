@@ -20,12 +20,12 @@ from cli import alembic_config
 from config import Settings
 from extensions import db, limiter
 from models import Base
-from tests.support import ROOT, Worker, test_settings
+from tests.support import ROOT, Worker, make_settings
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return test_settings()
+    return make_settings()
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ TEST_OVERRIDES: dict[str, Any] = {
 }
 
 
-def test_settings(**overrides: Any) -> Settings:
+def make_settings(**overrides: Any) -> Settings:
     """Settings for the test run: DATABASE_URL/REDIS_URL come from `make test`."""
     return load_settings(**{**TEST_OVERRIDES, **overrides})
 
@@ -117,13 +117,19 @@ def wait_for(
 def fetch_job(job_id: Any) -> Job:
     """The job row as committed right now (bypassing the session's identity map)."""
     db.session.rollback()
-    job = db.session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+    job = db.session.scalar(
+        select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    )
     assert job is not None, f"job {job_id} not found"
     return job
 
 
-def wait_job(job_id: Any, statuses: set[str] | str, timeout: float = 30,
-             describe: Callable[[], str] | None = None) -> Job:
+def wait_job(
+    job_id: Any,
+    statuses: set[str] | str,
+    timeout: float = 30,
+    describe: Callable[[], str] | None = None,
+) -> Job:
     wanted = {statuses} if isinstance(statuses, str) else statuses
 
     def done() -> Job | None:

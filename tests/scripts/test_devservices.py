@@ -21,7 +21,6 @@ from scripts import devservices as ds
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "devservices.py"
 
 
-
 CHILD = """
 import os, sys, psycopg, redis
 db, r = os.environ["DATABASE_URL"], os.environ["REDIS_URL"]

@@ -1,0 +1,147 @@
+"""Faults the pipeline must survive without losing or repeating work.
+
+These start their own throwaway Redis (so they can stop it) and their own workers (so
+they can kill them); the machine's shared servers are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from app import create_app
+from config import Settings
+from extensions import db
+from models import Job
+from scripts.devservices import RedisServer, free_port
+from tasks.dispatch import Message, publish
+from tasks.jobs import reap_orphans, relay_outbox
+from tests.factories import auth_headers, make_user
+from tests.support import ROOT, Worker, fetch_job, make_settings, running_worker, wait_job
+from tests.tasks.test_pipeline import pings_recorded, start_ping
+
+LOGS = ROOT / "var" / "test-logs"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, restore_globals: None) -> Iterator[tuple[RedisServer, Settings]]:
+    """A throwaway Redis as broker, and the app's extensions pointed at it."""
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    settings = make_settings(redis_url=server.url(0))
+    create_app(settings)
+    try:
+        yield server, settings
+    finally:
+        server.stop()
+
+
+def test_job_accepted_while_redis_is_down_is_published_by_the_relay_later(
+    client: FlaskClient, own_redis: tuple[RedisServer, Settings]
+) -> None:
+    server, settings = own_redis
+    headers = auth_headers(make_user(admin=True))
+    server.stop()
+
+    started = time.monotonic()
+    job = start_ping(client, headers)  # asserts 202: accepted although the broker is down
+    assert time.monotonic() - started < 3, "a broker outage must not hang the request"
+    assert fetch_job(job["id"]).published_at is None  # still in the outbox
+
+    server.start()
+    with running_worker(settings, LOGS / "relay-worker.log") as worker:
+        assert relay_outbox() == 1
+        done = wait_job(job["id"], "succeeded", describe=worker.describe)
+    assert done.published_at is not None
+    assert done.attempts == 1
+    assert pings_recorded(job["id"]) == 1
+    assert relay_outbox() == 0  # nothing left to send
+
+
+def test_worker_killed_mid_job_is_redelivered_and_finishes_once(
+    client: FlaskClient, own_redis: tuple[RedisServer, Settings]
+) -> None:
+    _server, settings = own_redis
+    headers = auth_headers(make_user(admin=True))
+    with running_worker(settings, LOGS / "sigkill-worker.log", concurrency=1) as worker:
+        job = start_ping(client, headers, sleep_seconds=3)
+        first_owner = wait_job(job["id"], "running", describe=worker.describe).worker
+        assert first_owner is not None
+        os.kill(int(first_owner.rpartition(":")[2]), signal.SIGKILL)
+
+        done = wait_job(job["id"], "succeeded", timeout=60, describe=worker.describe)
+    assert done.attempts == 2
+    assert done.worker != first_owner  # a new pool process took it over at once
+    assert pings_recorded(job["id"]) == 1
+
+
+def test_sigterm_lets_the_running_job_finish_before_the_worker_exits(
+    client: FlaskClient, own_redis: tuple[RedisServer, Settings]
+) -> None:
+    _server, settings = own_redis
+    headers = auth_headers(make_user(admin=True))
+    worker = Worker(settings, LOGS / "sigterm-worker.log", concurrency=1)
+    worker.start()
+    try:
+        job = start_ping(client, headers, sleep_seconds=2)
+        wait_job(job["id"], "running", describe=worker.describe)
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(timeout=30) == 0
+    finally:
+        worker.stop()
+    done = fetch_job(job["id"])
+    assert done.status == "succeeded" and done.attempts == 1
+    assert pings_recorded(job["id"]) == 1
+
+
+def test_a_duplicate_delivery_does_the_work_once(client: FlaskClient, worker: Worker) -> None:
+    headers = auth_headers(make_user(admin=True))
+    job = start_ping(client, headers, sleep_seconds=0.5)
+    stored = fetch_job(job["id"])
+    duplicate = Message(stored.id, stored.type, stored.queue, None)
+    assert publish([duplicate, duplicate]) == [stored.id, stored.id]
+    wait_job(job["id"], "succeeded", describe=worker.describe)
+    time.sleep(1.5)  # give the duplicates time to be delivered and skipped
+    done = fetch_job(job["id"])
+    assert done.attempts == 1
+    assert pings_recorded(job["id"]) == 1
+
+
+def _orphan(attempts: int) -> Job:
+    """A job left `running` by a worker on another host that stopped heartbeating."""
+    admin = make_user(admin=True)
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    job = Job(
+        id=uuid.uuid4(), type="maintenance.ping", queue="default", status="running",
+        user_id=admin.id, attempts=attempts, max_attempts=3, worker="gone-host:4242",
+        heartbeat_at=long_ago, started_at=long_ago, published_at=long_ago,
+    )  # fmt: skip
+    db.session.add(job)
+    db.session.commit()
+    return job
+
+
+def test_reaper_requeues_a_job_whose_worker_vanished(worker: Worker) -> None:
+    job = _orphan(attempts=1)
+    assert reap_orphans() == 1
+    done = wait_job(job.id, "succeeded", describe=worker.describe)
+    assert done.attempts == 2
+    assert pings_recorded(str(job.id)) == 1
+
+
+def test_reaper_buries_an_orphan_that_used_up_its_attempts(app: object) -> None:
+    job = _orphan(attempts=3)
+    assert reap_orphans() == 1
+    dead = fetch_job(job.id)
+    assert dead.status == "dead"
+    assert "stopped responding" in (dead.error or "")
+    assert reap_orphans() == 0
