@@ -141,7 +141,9 @@ def wait_job(
         extra = describe() if describe else ""
         return f"job is {job.status} (attempts {job.attempts}, error {job.error!r}). {extra}"
 
-    return wait_for(done, timeout, why)
+    found = wait_for(done, timeout, why)
+    assert found is not None
+    return found
 
 
 def bearer(token: str) -> Mapping[str, str]:

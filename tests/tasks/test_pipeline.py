@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -13,21 +14,22 @@ from tests.factories import auth_headers, make_user
 from tests.support import Worker, fetch_job, wait_job
 
 
-def start_ping(client: FlaskClient, headers: object, **body: object) -> dict:
+def start_ping(client: FlaskClient, headers: Any, **body: object) -> dict[str, Any]:
     response = client.post("/api/v1/admin/jobs/ping", json=body, headers=headers)
     assert response.status_code == 202, response.get_json()
-    job = response.get_json()["job"]
+    job: dict[str, Any] = response.get_json()["job"]
     assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
     return job
 
 
 def pings_recorded(job_id: str) -> int:
     db.session.rollback()
-    return db.session.scalar(
+    count = db.session.scalar(
         select(func.count()).where(
             AuditLog.action == "maintenance.pinged", AuditLog.subject_id == job_id
         )
     )
+    return int(count or 0)
 
 
 def test_accepted_job_runs_on_a_worker_and_reports_its_result(
