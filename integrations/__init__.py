@@ -1,0 +1,1 @@
+"""The outside world behind small interfaces: payment gateway, SMTP, object storage."""
