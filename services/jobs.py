@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from extensions import db
 from models import Job, User
@@ -29,12 +29,7 @@ def list_jobs(
     user: User, *, status: str | None, type_: str | None, limit: int, cursor: str | None
 ) -> Page[Job]:
     """The user's own jobs, newest first."""
-    query = select(Job).where(Job.user_id == user.id)
-    if status:
-        query = query.where(Job.status == status)
-    if type_:
-        query = query.where(Job.type == type_)
-    return paginate(query, Job, limit, cursor)
+    return paginate(_filtered(user.id, status, type_), Job, limit, cursor)
 
 
 def cancel_job(user: User, job_id: uuid.UUID) -> Job:
@@ -81,12 +76,18 @@ def list_jobs_admin(
     *, status: str | None, type_: str | None, limit: int, cursor: str | None
 ) -> Page[Job]:
     """Every user's jobs (operators), e.g. the dead-letter list with status=dead."""
+    return paginate(_filtered(None, status, type_), Job, limit, cursor)
+
+
+def _filtered(user_id: uuid.UUID | None, status: str | None, type_: str | None) -> Select[Job]:
     query = select(Job)
+    if user_id is not None:
+        query = query.where(Job.user_id == user_id)
     if status:
         query = query.where(Job.status == status)
     if type_:
         query = query.where(Job.type == type_)
-    return paginate(query, Job, limit, cursor)
+    return query
 
 
 def retry_job(admin: User, job_id: uuid.UUID) -> Job:

@@ -42,7 +42,8 @@ def refused(port: int) -> bool:
 
 
 def cli_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    inherited = ("DATABASE_URL", "REDIS_URL", "PGPORT", "REDIS_PORT")  # set by `make test`
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     return {**env, **overrides}
 
 

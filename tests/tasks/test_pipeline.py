@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 from extensions import db
 from models import AuditLog
 from tests.factories import auth_headers, make_user
-from tests.support import Worker, fetch_job, wait_job
+from tests.support import Worker, fetch_job, wait_for, wait_job
 
 
 def start_ping(client: FlaskClient, headers: Any, **body: object) -> dict[str, Any]:
@@ -112,3 +113,22 @@ def test_users_only_see_their_own_jobs(client: FlaskClient, worker: Worker) -> N
     assert client.get("/api/v1/jobs", headers=other).get_json()["items"] == []
     assert client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=other).status_code == 404
     wait_job(job["id"], "succeeded", describe=worker.describe)
+
+
+def test_request_id_follows_the_job_into_the_worker_logs(
+    client: FlaskClient, worker: Worker
+) -> None:
+    request_id = f"trace-{uuid.uuid4().hex}"
+    headers = {**auth_headers(make_user(admin=True)), "X-Request-ID": request_id}
+    response = client.post("/api/v1/admin/jobs/ping", json={}, headers=headers)
+    assert response.headers["X-Request-ID"] == request_id
+    job_id = response.get_json()["job"]["id"]
+    wait_job(job_id, "succeeded", describe=worker.describe)
+
+    def logged() -> list[dict[str, Any]]:
+        lines = worker.log_path.read_text(errors="replace").splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return [r for r in records if r.get("job_id") == job_id and r.get("event") == "job_started"]
+
+    records = wait_for(logged, 5, worker.describe)
+    assert records[0]["request_id"] == request_id
