@@ -30,8 +30,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
         "BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     }
 
+    register_request_hooks(app)  # first: its after_request hook must run after the limiter's
     register_extensions(app)
-    register_request_hooks(app)
     register_error_handlers(app)
     register_blueprints(app)
     init_celery(app, settings)

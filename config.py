@@ -97,7 +97,9 @@ class Settings(BaseSettings):
             "RATELIMIT_HEADER_LIMIT": "RateLimit-Limit",
             "RATELIMIT_HEADER_REMAINING": "RateLimit-Remaining",
             "RATELIMIT_HEADER_RESET": "RateLimit-Reset",
-            "RATELIMIT_HEADER_RETRY_AFTER": "Retry-After",
+            # flask-limiter would stamp Retry-After on EVERY limited response (and inflate
+            # ours on 503s); it writes here instead and request_hooks keeps it for 429 only.
+            "RATELIMIT_HEADER_RETRY_AFTER": "X-RateLimit-Retry-After",
             "RATELIMIT_STORAGE_OPTIONS": {
                 "socket_timeout": 1,
                 "socket_connect_timeout": 1,

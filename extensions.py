@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import redis as redis_lib
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from celery import Celery
 from flask import Flask
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
@@ -41,7 +41,10 @@ class Database:
         app.teardown_appcontext(self._remove_session)
 
     def configure(self, url: str, pool_size: int = 5, statement_timeout_ms: int = 30_000) -> None:
-        if self._engine is not None and self._engine.url.render_as_string(hide_password=False) == url:
+        if (
+            self._engine is not None
+            and self._engine.url.render_as_string(hide_password=False) == url
+        ):
             return
         connect_args: dict[str, Any] = {
             "connect_timeout": 3,  # never hang a request on a dead database

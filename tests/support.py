@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import select
+from werkzeug.test import TestResponse
 
 from celeryconfig import QUEUES
 from config import Settings, load_settings
@@ -144,6 +146,16 @@ def wait_job(
     found = wait_for(done, timeout, why)
     assert found is not None
     return found
+
+
+def problem_body(response: TestResponse, status: int) -> dict[str, Any]:
+    """The parsed problem+json body, after checking the status and media type."""
+    text = response.get_data(as_text=True)
+    assert response.status_code == status, text
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = json.loads(text)
+    assert body["status"] == status and body["detail"]
+    return body
 
 
 def bearer(token: str) -> Mapping[str, str]:

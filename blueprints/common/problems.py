@@ -18,6 +18,8 @@ from services.errors import ServiceError
 PROBLEM_MIMETYPE = "application/problem+json"
 TYPE_BASE = "https://docs.maycole.dev/problems/"
 log = get_logger(__name__)
+# RFC 9110's names where they differ from Werkzeug's older ones.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 
 
 def problem(
@@ -33,7 +35,7 @@ def problem(
     """Build a problem+json response carrying the request id."""
     from werkzeug.http import HTTP_STATUS_CODES
 
-    title = title or HTTP_STATUS_CODES.get(status, "Error")
+    title = title or _TITLES.get(status) or HTTP_STATUS_CODES.get(status, "Error")
     body: dict[str, Any] = {
         "type": TYPE_BASE + (type_slug or title.lower().replace(" ", "-")),
         "title": title,
@@ -52,15 +54,17 @@ def problem(
 
 
 def _flatten_validation(detail: Any) -> dict[str, list[str]]:
-    """APIFlask reports {location: {field: [msgs]}}; clients want {field: [msgs]}."""
+    """APIFlask reports {location: {field: [msgs]}}; clients want {field: [msgs]}.
+
+    Field names are unique across a route's body, query and path, so the location goes.
+    """
     errors: dict[str, list[str]] = {}
     if not isinstance(detail, dict):
         return errors
-    for location, fields in detail.items():
+    for fields in detail.values():
         if not isinstance(fields, dict):
             continue
-        for field, messages in fields.items():
-            name = field if location == "json" else f"{location}.{field}"
+        for name, messages in fields.items():
             errors[name] = (
                 [str(m) for m in messages] if isinstance(messages, list) else [str(messages)]
             )

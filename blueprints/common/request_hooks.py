@@ -15,8 +15,10 @@ from blueprints.common.problems import problem
 from logs import bind_request_id, get_logger
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# Echo a client's id only if it is a sane token (ids end up in logs and headers).
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Echo a client's id only if it is a sane token (ids end up in logs, headers and the
+# 64-character `request_id` columns of jobs and audit_logs). Matched with fullmatch:
+# `$` would also accept a trailing newline.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 log = get_logger("http")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,14 +43,16 @@ def register_request_hooks(app: Flask) -> None:
     @app.before_request
     def _start() -> Response | None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.started_at = time.perf_counter()
         bind_request_id(g.request_id)
         return _require_json_body()
 
+    # Registered before the extensions, so (after_request runs in reverse) this runs last.
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        _normalise_rate_limit_headers(response)
         elapsed_ms = (time.perf_counter() - g.get("started_at", time.perf_counter())) * 1000
         log.info(
             "request",
@@ -58,6 +62,16 @@ def register_request_hooks(app: Flask) -> None:
             duration_ms=round(elapsed_ms, 2),
         )
         return response
+
+
+def _normalise_rate_limit_headers(response: Response) -> None:
+    """RateLimit-Reset in seconds (as the IETF draft says), Retry-After only on a 429."""
+    limiter_retry_after = response.headers.pop("X-RateLimit-Retry-After", None)
+    if response.status_code == 429 and limiter_retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(limiter_retry_after)))
+    reset = response.headers.get("RateLimit-Reset")
+    if reset and reset.isdigit() and int(reset) > 1_000_000_000:  # an epoch timestamp
+        response.headers["RateLimit-Reset"] = str(max(0, int(reset) - int(time.time())))
 
 
 def _require_json_body() -> Response | None:

@@ -18,6 +18,7 @@ def _unauthorized(detail: str) -> Response:
 
 def register_token_errors(jwt: JWTManager) -> None:
     jwt.unauthorized_loader(lambda reason: _unauthorized("Authentication is required."))
+    # Also reached with a refresh token where an access token belongs (WrongTokenError).
     jwt.invalid_token_loader(lambda reason: _unauthorized("The access token is invalid."))
     jwt.expired_token_loader(lambda header, payload: _unauthorized("The access token has expired."))
     jwt.revoked_token_loader(lambda header, payload: _unauthorized("The access token was revoked."))
@@ -28,7 +29,7 @@ def register_token_errors(jwt: JWTManager) -> None:
         lambda header, payload: _unauthorized("This operation needs a fresh sign-in.")
     )
 
-    def _wrong_token_type(*_args: Any) -> Response:
-        return _unauthorized("Use an access token here.")
+    def _claims_rejected(*_args: Any) -> Response:
+        return _unauthorized("The token's claims were rejected.")
 
-    jwt.token_verification_failed_loader(_wrong_token_type)
+    jwt.token_verification_failed_loader(_claims_rejected)
