@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     refresh_token_days: int = 30
     max_content_length: int = 1_048_576  # bytes; 413 above it
     ratelimit_default: str = "600/minute"
-    ratelimit_auth: str = "20/minute"
     ratelimit_enabled: bool = True
 
     idempotency_ttl_hours: int = 24
@@ -54,6 +53,36 @@ class Settings(BaseSettings):
     relay_interval_seconds: float = 5.0
     relay_min_age_seconds: float = 5.0
 
+    # Identity: token lifetimes and the links emails point to.
+    frontend_url: str = "http://localhost:3000"
+    verify_email_token_hours: int = 48
+    password_reset_token_minutes: int = 60
+    invite_days: int = 7
+    password_min_length: int = 10
+
+    # Rate limits (limits-library syntax, e.g. "10/minute;100/hour"); configuration, not code.
+    ratelimit_login: str = "10/minute;50/hour"
+    ratelimit_login_per_email: str = "5/minute;20/hour"
+    ratelimit_register: str = "5/minute;50/hour"
+    ratelimit_forgot_password: str = "5/minute"
+    ratelimit_forgot_password_per_email: str = "3/hour"
+    ratelimit_invites: str = "30/hour"
+    ratelimit_team_create: str = "10/minute"
+
+    # HTTP edge: comma-separated frontend origins allowed by CORS; how many proxies in
+    # front of us may set X-Forwarded-For/-Proto (0 = trust none, use the socket peer).
+    cors_origins: str = ""
+    trusted_proxies: int = 0
+
+    # Email: smtp://[user:pass@]host:port (?starttls=true) or smtps:// for implicit TLS.
+    # Empty in development: `make run` starts a local sink that saves mail under var/mail/.
+    smtp_url: str = ""
+    smtp_timeout_seconds: float = 10.0
+    mail_from: str = "Maycole <no-reply@maycole.local>"
+    # Circuit breakers (shared through Redis): open after N failures, probe after T s.
+    breaker_fail_max: int = 5
+    breaker_reset_seconds: int = 30
+
     flower_basic_auth: str = ""
     log_level: str = "INFO"
     log_json: bool = True
@@ -65,6 +94,8 @@ class Settings(BaseSettings):
                 value = getattr(self, name)
                 if value == DEV_SECRET or len(value) < 32:
                     raise ValueError(f"{name.upper()} must be set to a strong secret in production")
+        if self.app_env == "production" and len(self.jwt_secret_key) < 32:
+            raise ValueError("JWT_SECRET_KEY must be at least 32 characters in production")
         if self.retry_backoff_max * 2 > self.broker_visibility_timeout:
             # A retry countdown near the visibility timeout makes Redis redeliver the
             # message while it waits, so the task would run twice (kombu#337).
@@ -76,6 +107,10 @@ class Settings(BaseSettings):
     @cached_property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
+
+    @cached_property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     def flask_config(self) -> dict[str, Any]:
         """The Flask/extension config keys derived from these settings."""

@@ -20,12 +20,22 @@ from cli import alembic_config
 from config import Settings
 from extensions import db, limiter
 from models import Base
-from tests.support import ROOT, Worker, make_settings
+from scripts.devservices import free_port
+from tests.support import ROOT, Mailbox, Worker, make_settings
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    return make_settings()
+def mailbox() -> Iterator[Mailbox]:
+    """The SMTP server every test run's app and workers deliver to."""
+    box = Mailbox(free_port())
+    box.start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(mailbox: Mailbox) -> Settings:
+    return make_settings(smtp_url=mailbox.url)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +69,8 @@ def _isolated(request: pytest.FixtureRequest) -> Iterator[None]:
         with db.engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         limiter.reset()
+        if "mailbox" in request.fixturenames:
+            request.getfixturevalue("mailbox").messages.clear()
 
 
 @pytest.fixture
