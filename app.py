@@ -9,13 +9,14 @@ from celery import Task
 
 import celeryconfig
 import cli
-from blueprints import auth, jobs, ops
+from blueprints import auth, jobs, me, ops
+from blueprints.common.jwt_callbacks import register_jwt_callbacks
 from blueprints.common.problems import register_error_handlers
 from blueprints.common.request_hooks import register_request_hooks
+from blueprints.common.security import register_security
 from config import Settings, load_settings
 from extensions import celery_app, db, jwt, limiter, redis
 from logs import configure_logging
-from services.accounts import load_active_user
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
@@ -27,10 +28,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
     )
     app.config.update(settings.flask_config())
     app.security_schemes = {
-        "BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        "BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     }
 
     register_request_hooks(app)  # first: its after_request hook must run after the limiter's
+    register_security(app, settings)
     register_extensions(app)
     register_error_handlers(app)
     register_blueprints(app)
@@ -43,17 +46,17 @@ def register_extensions(app: APIFlask) -> None:
     db.init_app(app)
     redis.init_app(app)
     jwt.init_app(app)
+    register_jwt_callbacks(jwt)
     limiter.init_app(app)
-    jwt.user_lookup_loader(lambda _header, payload: load_active_user(payload["sub"]))
-    from blueprints.common.token_errors import register_token_errors
-
-    register_token_errors(jwt)
 
 
 def register_blueprints(app: APIFlask) -> None:
-    for module in (ops, auth, jobs):
+    from blueprints import teams
+
+    for module in (ops, auth, me, jobs, teams):
         app.register_blueprint(module.bp)
     app.register_blueprint(jobs.admin_bp)
+    app.register_blueprint(teams.invites_bp)
 
 
 def init_celery(app: APIFlask, settings: Settings) -> None:
@@ -69,7 +72,9 @@ def init_celery(app: APIFlask, settings: Settings) -> None:
     celery_app.Task = AppContextTask
     celery_app.set_default()
     app.extensions["celery"] = celery_app
-    import tasks  # noqa: F401 - registers every task with celery_app
+    import tasks
+
+    tasks.register_all()
 
 
 def _drop_broker_connections() -> None:

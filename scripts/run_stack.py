@@ -25,6 +25,13 @@ def flower_credentials() -> str:
     return path.read_text().strip()
 
 
+def _mail_destination() -> str:
+    url = os.environ.get("SMTP_URL", "")
+    if "127.0.0.1" in url or "localhost" in url:
+        return f"{url.split('@')[-1]} (local sink: read them under var/mail/*.eml)"
+    return url.split("@")[-1] or "not configured"
+
+
 def main() -> int:
     os.chdir(ROOT)
     flask = [sys.executable, "-m", "flask", "--app", "app:create_app"]
@@ -38,6 +45,7 @@ def main() -> int:
         f"  Ready    http://127.0.0.1:{port}/readyz\n"
         f"  Flower   http://127.0.0.1:{flower_port}/  (login {auth.split(':', 1)[0]}, "
         f"password in var/flower-basic-auth or $FLOWER_BASIC_AUTH)\n"
+        f"  Mail     {_mail_destination()}\n"
         "  Ctrl-C stops everything.\n",
         flush=True,
     )

@@ -1,46 +1,37 @@
-"""Accounts: registration, sign-in and operator creation (the minimal identity path)."""
+"""Accounts: registration, email verification, sign-in, passwords and operator creation."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from flask import current_app
-from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from extensions import db
-from models import Team, TeamMember, User, UserProfile, UserSession
+from models import Team, TeamMember, User, UserProfile
+from services import sessions, tokens
 from services.audit import record_audit
-from services.errors import Conflict, Unauthorized
-from services.passwords import hash_password, needs_rehash, verify_password
+from services.errors import Conflict, Unauthorized, ValidationFailed
+from services.mail import queue_email
+from services.passwords import check_password_policy, hash_password, needs_rehash, verify_password
+from services.sessions import TokenPair
 
 
-@dataclass(frozen=True)
-class TokenPair:
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    token_type: str = "Bearer"  # noqa: S105 - a scheme name, not a secret
-
-
-def _find_user_by_email(email: str) -> User | None:
-    return db.session.scalar(select(User).where(func.lower(User.email) == email.lower()))
+def find_user_by_email(email: str) -> User | None:
+    return db.session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
 
 
 def _add_user(email: str, password: str, name: str, *, is_admin: bool = False) -> User:
     """Stage a user with their personal team and profile (no commit)."""
-    if _find_user_by_email(email) is not None:
+    check_password_policy(password, email=email, name=name)
+    if find_user_by_email(email) is not None:
         raise Conflict("An account with this email already exists.")
     user = User(
-        id=uuid.uuid4(),
-        email=email,
-        name=name,
-        password_hash=hash_password(password),
+        id=uuid.uuid4(), email=email.strip(), name=name, password_hash=hash_password(password),
         is_admin=is_admin,
-    )
+    )  # fmt: skip
     team = Team(id=uuid.uuid4(), name=f"{name}'s team", is_personal=True, created_by_id=user.id)
     # No ORM relationships, so flush in foreign-key order ourselves.
     db.session.add(user)
@@ -50,19 +41,15 @@ def _add_user(email: str, password: str, name: str, *, is_admin: bool = False) -
     db.session.add_all(
         [TeamMember(team_id=team.id, user_id=user.id, role="owner"), UserProfile(user_id=user.id)]
     )
-    record_audit(
-        "user.registered",
-        actor_id=user.id,
-        team_id=team.id,
-        subject_type="user",
-        subject_id=user.id,
-    )
+    record_audit("user.registered", actor_id=user.id, team_id=team.id, subject_type="user",
+                 subject_id=user.id)  # fmt: skip
     return user
 
 
 def register_user(email: str, password: str, name: str) -> User:
-    """Create an account with its personal team. One transaction."""
+    """Create an account with its personal team and email a verification link. One transaction."""
     user = _add_user(email, password, name)
+    queue_email("verify_email", user_id=user.id)
     try:
         db.session.commit()
     except IntegrityError:
@@ -73,41 +60,119 @@ def register_user(email: str, password: str, name: str) -> User:
 
 
 def create_user(email: str, password: str, name: str, *, is_admin: bool) -> User:
-    """Create an account from the CLI (operators). One transaction."""
+    """Create an account from the CLI (operators; the address counts as verified)."""
     user = _add_user(email, password, name, is_admin=is_admin)
+    user.email_verified_at = datetime.now(UTC)
+    db.session.commit()
+    return user
+
+
+def resend_verification(user: User) -> None:
+    """Email a fresh verification link (no-op once verified). One transaction."""
+    if user.email_verified_at is not None:
+        raise Conflict("This email address is already verified.")
+    queue_email("verify_email", user_id=user.id)
+    db.session.commit()
+
+
+def verify_email(token: str) -> User:
+    """Mark the address in a verification link as verified. One transaction."""
+    user_id, email_fingerprint = tokens.read_verify_email(token)
+    user = db.session.get(User, user_id, with_for_update=True)
+    if (
+        user is None
+        or user.deleted_at is not None
+        or not tokens.matches(email_fingerprint, user.email)
+    ):
+        raise ValidationFailed("This link is not valid.", errors={"token": ["Not valid."]})
+    if user.email_verified_at is None:
+        user.email_verified_at = datetime.now(UTC)
+        record_audit(
+            "user.email_verified", actor_id=user.id, subject_type="user", subject_id=user.id
+        )
     db.session.commit()
     return user
 
 
 def log_in(email: str, password: str, *, ip: str | None, user_agent: str | None) -> TokenPair:
     """Verify credentials and open a session (refresh-token family). One transaction."""
-    user = _find_user_by_email(email)
+    user = find_user_by_email(email)
     # verify_password spends a hash's time even for unknown emails (no account probing).
     valid = verify_password(user.password_hash if user else None, password)
     if user is None or not valid or not user.is_active or user.deleted_at is not None:
+        db.session.rollback()
+        record_audit(
+            "auth.login_failed",
+            actor_id=user.id if user else None,
+            subject_type="user" if user else None,
+            subject_id=user.id if user else None,
+            # Unknown addresses are kept as a digest: failures are evidence, not a mailing list.
+            data={}
+            if user
+            else {"email_sha256": hashlib.sha256(email.lower().encode()).hexdigest()},
+            ip=ip,
+        )
+        db.session.commit()
         raise Unauthorized("Email or password is incorrect.")
     if user.password_hash and needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
-    now = datetime.now(UTC)
-    settings = current_app.config["SETTINGS"]
-    session = UserSession(
-        id=uuid.uuid4(),
-        user_id=user.id,
-        ip=ip,
-        user_agent=(user_agent or "")[:1000] or None,
-        last_used_at=now,
-        expires_at=now + timedelta(days=settings.refresh_token_days),
-    )
-    refresh = create_refresh_token(
-        identity=str(user.id), additional_claims={"sid": str(session.id)}
-    )
-    session.current_refresh_jti = decode_token(refresh)["jti"]
-    user.last_login_at = now
-    db.session.add(session)
-    record_audit("user.logged_in", actor_id=user.id, subject_type="user", subject_id=user.id, ip=ip)
+    user.last_login_at = datetime.now(UTC)
+    pair = sessions.open_session(user, ip=ip, user_agent=user_agent)
+    record_audit("auth.login_succeeded", actor_id=user.id, subject_type="session",
+                 subject_id=pair.session_id, ip=ip)  # fmt: skip
     db.session.commit()
-    access = create_access_token(identity=str(user.id), additional_claims={"sid": str(session.id)})
-    return TokenPair(access, refresh, settings.access_token_minutes * 60)
+    return pair
+
+
+def forgot_password(email: str) -> None:
+    """Email a reset link if the account exists; the caller never learns which. One transaction."""
+    user = find_user_by_email(email)
+    if user is not None and user.is_active and user.deleted_at is None:
+        queue_email("password_reset", user_id=user.id)
+        record_audit("auth.password_reset_requested", actor_id=user.id, subject_type="user",
+                     subject_id=user.id)  # fmt: skip
+        db.session.commit()
+
+
+def reset_password(token: str, new_password: str) -> None:
+    """Set a new password from a reset link and sign out every session. One transaction."""
+    user_id, password_fingerprint = tokens.read_password_reset(token)
+    user = db.session.get(User, user_id, with_for_update=True)
+    if (
+        user is None
+        or user.deleted_at is not None
+        or not tokens.matches(password_fingerprint, user.password_hash)
+    ):
+        raise ValidationFailed("This link was already used or is not valid.",
+                               errors={"token": ["Ask for a new reset link."]})  # fmt: skip
+    _set_password(user, new_password, keep_session=None, action="user.password_reset")
+    # Whoever could read the mailbox has now proven it: the address is verified too.
+    user.email_verified_at = user.email_verified_at or datetime.now(UTC)
+    db.session.commit()
+
+
+def change_password(
+    user: User, current_password: str, new_password: str, *, session_id: uuid.UUID | None
+) -> None:
+    """Change the password (knowing the current one); other sessions end. One transaction."""
+    if not verify_password(user.password_hash, current_password):
+        raise ValidationFailed("The current password is incorrect.",
+                               errors={"current_password": ["Incorrect."]})  # fmt: skip
+    _set_password(user, new_password, keep_session=session_id, action="user.password_changed")
+    db.session.commit()
+
+
+def _set_password(
+    user: User, password: str, *, keep_session: uuid.UUID | None, action: str
+) -> None:
+    check_password_policy(password, email=user.email, name=user.name)
+    user.password_hash = hash_password(password)
+    ended = sessions.revoke_all_sessions(
+        user, except_session=keep_session, reason="password_changed"
+    )
+    record_audit(action, actor_id=user.id, subject_type="user", subject_id=user.id,
+                 data={"sessions_revoked": ended})  # fmt: skip
+    queue_email("password_changed", user_id=user.id)
 
 
 def load_active_user(user_id: str) -> User | None:

@@ -22,7 +22,7 @@ from models import TeamInvite, User
 from services.errors import ValidationFailed
 
 VERIFY_EMAIL = "verify-email"
-PASSWORD_RESET = "password-reset"  # noqa: S105 - a purpose name, not a secret
+PASSWORD_RESET = "password-reset"
 TEAM_INVITE = "team-invite"
 
 

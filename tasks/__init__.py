@@ -1,8 +1,22 @@
-"""Celery tasks per domain. Importing this package registers every task with `celery_app`.
+"""Celery tasks per domain. Tasks are thin: they take a job id and call services.
 
-Tasks are thin: they take a job id, and call services. Declare them with `tasks.base.job_task`.
+Declare them with `tasks.base.job_task`. Add each task module to TASK_MODULES; they are
+imported by `register_all()` (from create_app), not here, so that services may import
+`tasks.dispatch` without an import cycle through the task modules.
 """
 
-from tasks import jobs, maintenance
+import importlib
 
-__all__ = ["jobs", "maintenance"]
+TASK_MODULES = (
+    "tasks.accounts",
+    "tasks.email",
+    "tasks.jobs",
+    "tasks.maintenance",
+    "tasks.teams",
+)
+
+
+def register_all() -> None:
+    """Import every task module so each task is registered with `celery_app`."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)

@@ -6,6 +6,7 @@ or started by scripts/devservices.py. Each test starts from empty tables.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 from alembic import command
 from apiflask import APIFlask
 from flask.testing import FlaskClient
+from psycopg.errors import DeadlockDetected
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from cli import alembic_config
@@ -65,12 +68,29 @@ def _isolated(request: pytest.FixtureRequest) -> Iterator[None]:
     with app.app_context():
         yield
         db.session.remove()
-        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-        with db.engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        _truncate_all_tables()
         limiter.reset()
         if "mailbox" in request.fixturenames:
             request.getfixturevalue("mailbox").messages.clear()
+
+
+def _truncate_all_tables(attempts: int = 10) -> None:
+    """TRUNCATE every table, retrying when a deadlock aborts it.
+
+    The session's worker may still be running a job the test queued on the side (an
+    invitation email, say); its transaction can hold a table TRUNCATE needs while waiting
+    for one TRUNCATE already locked, and PostgreSQL then aborts one of the two.
+    """
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    for attempt in range(attempts):
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            return
+        except OperationalError as exc:
+            if not isinstance(exc.orig, DeadlockDetected) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 @pytest.fixture

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 
 from flask_jwt_extended import create_access_token
 
-from models import User
-from services import accounts
+from extensions import db
+from models import TeamMember, User
+from services import accounts, teams
 
 PASSWORD = "correct horse battery staple"
 _seq = itertools.count(1)
@@ -22,3 +25,26 @@ def make_user(*, email: str | None = None, admin: bool = False, name: str = "Tes
 def auth_headers(user: User) -> Mapping[str, str]:
     """An Authorization header with a fresh access token for `user`."""
     return {"Authorization": f"Bearer {create_access_token(identity=str(user.id))}"}
+
+
+def verify_email(user: User) -> User:
+    """Mark the address verified, as following the emailed link would."""
+    user.email_verified_at = datetime.now(UTC)
+    db.session.commit()
+    return user
+
+
+def make_team(
+    owner: User, name: str = "Acme", members: Iterable[tuple[User, str]] = ()
+) -> uuid.UUID:
+    """A team created by `owner` (through the service), with `members` as (user, role)."""
+    team_id = teams.create_team(owner, name).team.id
+    for user, role in members:
+        add_member(team_id, user, role)
+    return team_id
+
+
+def add_member(team_id: uuid.UUID, user: User, role: str) -> None:
+    """Put a user in a team directly (joining normally takes an emailed invitation)."""
+    db.session.add(TeamMember(team_id=team_id, user_id=user.id, role=role))
+    db.session.commit()

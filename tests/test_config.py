@@ -40,3 +40,15 @@ def test_tasks_route_by_domain_prefix() -> None:
     assert queue_for("payments.charge") == "payments"
     assert queue_for("exports.build") == "exports"
     assert queue_for("maintenance.ping") == "default"
+
+
+def test_env_example_documents_every_setting() -> None:
+    import re
+    from pathlib import Path
+
+    from config import Settings
+
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+    missing = {name.upper() for name in Settings.model_fields} - documented
+    assert missing == set(), f".env.example lacks {sorted(missing)}"

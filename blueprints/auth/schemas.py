@@ -1,4 +1,4 @@
-"""Account request and response bodies."""
+"""Account, session and API-key request and response bodies."""
 
 from __future__ import annotations
 
@@ -6,20 +6,42 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import AwareDatetime, BaseModel, EmailStr, Field
 
 from blueprints.common.schemas import Strict
 
 
 class RegisterIn(Strict):
     email: EmailStr = Field(max_length=320)
-    password: str = Field(min_length=10, max_length=256)
+    password: str = Field(min_length=1, max_length=256)
     name: str = Field(min_length=1, max_length=200)
 
 
 class LoginIn(Strict):
     email: EmailStr = Field(max_length=320)
     password: str = Field(min_length=1, max_length=256)
+
+
+class RefreshIn(Strict):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class TokenIn(Strict):
+    token: str = Field(min_length=1, max_length=2048)
+
+
+class ForgotPasswordIn(Strict):
+    email: EmailStr = Field(max_length=320)
+
+
+class ResetPasswordIn(Strict):
+    token: str = Field(min_length=1, max_length=2048)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class ChangePasswordIn(Strict):
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=1, max_length=256)
 
 
 class UserOut(BaseModel):
@@ -38,5 +60,54 @@ class UserEnvelope(BaseModel):
 class TokensOut(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name, not a secret
+    token_type: Literal["Bearer"] = "Bearer"
     expires_in: int
+
+
+class Accepted(BaseModel):
+    """An acknowledgement that says nothing about whether the account exists."""
+
+    status: Literal["accepted"] = "accepted"
+    detail: str
+
+
+class SessionOut(BaseModel):
+    id: uuid.UUID
+    device: str | None
+    ip: str | None
+    user_agent: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime
+    current: bool
+
+
+class SessionList(BaseModel):
+    items: list[SessionOut]
+    next_cursor: None = None
+
+
+class ApiKeyIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Literal["read", "write", "ingest"]] = Field(min_length=1, max_length=3)
+    expires_at: AwareDatetime | None = None
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+
+
+class NewApiKeyOut(BaseModel):
+    api_key: ApiKeyOut
+    secret: str = Field(description="Shown once; store it now. Send it as X-API-Key.")
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+    next_cursor: None = None

@@ -1,63 +1,211 @@
-"""HTTP for accounts: register and sign in (the identity issue adds the rest)."""
+"""HTTP for accounts, sessions and API keys (API.md "auth")."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import request
+from flask import g, request
 
-from blueprints.auth.schemas import LoginIn, RegisterIn, TokensOut, UserEnvelope, UserOut
+from blueprints.auth.schemas import (
+    Accepted,
+    ApiKeyIn,
+    ApiKeyList,
+    ApiKeyOut,
+    ChangePasswordIn,
+    ForgotPasswordIn,
+    LoginIn,
+    NewApiKeyOut,
+    RefreshIn,
+    RegisterIn,
+    ResetPasswordIn,
+    SessionList,
+    SessionOut,
+    TokenIn,
+    TokensOut,
+    UserEnvelope,
+    UserOut,
+)
+from blueprints.common.auth import auth_required, me
 from blueprints.common.idempotency import idempotent
+from blueprints.common.ratelimits import client_ip, configured, email_key
 from extensions import limiter
-from models import User
-from services import accounts
+from models import ApiKey, User, UserSession
+from services import accounts, api_keys, sessions
+from services.sessions import TokenPair
 
 bp = APIBlueprint("auth", __name__, url_prefix="/api/v1/auth", tag="auth")
 
 
-def _auth_limit() -> str:
-    from flask import current_app
-
-    return str(current_app.config["SETTINGS"].ratelimit_auth)
-
-
 def user_out(user: User) -> UserOut:
     return UserOut(
-        id=user.id,
-        email=user.email,
-        name=user.name,
-        email_verified=user.email_verified_at is not None,
-        is_admin=user.is_admin,
-        created_at=user.created_at,
+        id=user.id, email=user.email, name=user.name, is_admin=user.is_admin,
+        email_verified=user.email_verified_at is not None, created_at=user.created_at,
+    )  # fmt: skip
+
+
+def tokens_out(pair: TokenPair) -> TokensOut:
+    return TokensOut(
+        access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
     )
 
 
+def _client() -> dict[str, str | None]:
+    return {"ip": request.remote_addr, "user_agent": request.headers.get("User-Agent")}
+
+
 @bp.post("/register")
-@limiter.limit(_auth_limit)
+@limiter.limit(configured("ratelimit_register"), key_func=client_ip)
 @bp.input(RegisterIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(UserEnvelope, status_code=201)
-def register(body: RegisterIn) -> Any:
-    """Create an account (and its personal team)."""
-    user = accounts.register_user(str(body.email), body.password, body.name)
-    return UserEnvelope(user=user_out(user))
+def register(body: RegisterIn) -> UserEnvelope:
+    """Create an account (and its personal team); a verification link is emailed."""
+    return UserEnvelope(
+        user=user_out(accounts.register_user(str(body.email), body.password, body.name))
+    )
+
+
+@bp.post("/verify-email")
+@limiter.limit(configured("ratelimit_register"), key_func=client_ip)
+@bp.input(TokenIn, location="json", arg_name="body")
+@bp.output(UserEnvelope)
+def verify_email(body: TokenIn) -> UserEnvelope:
+    """Confirm the email address with the token from the emailed link."""
+    return UserEnvelope(user=user_out(accounts.verify_email(body.token)))
+
+
+@bp.post("/verify-email/resend")
+@auth_required(api_keys=False)
+@limiter.limit(configured("ratelimit_forgot_password_per_email"))
+@bp.output(Accepted, status_code=202)
+def resend_verification() -> Accepted:
+    """Email a new verification link to the signed-in user."""
+    accounts.resend_verification(me())
+    return Accepted(detail="A new verification link is on its way.")
 
 
 @bp.post("/login")
-@limiter.limit(_auth_limit)
+@limiter.limit(configured("ratelimit_login"), key_func=client_ip)
+@limiter.limit(configured("ratelimit_login_per_email"), key_func=email_key)
 @bp.input(LoginIn, location="json", arg_name="body")
 @bp.output(TokensOut)
 def login(body: LoginIn) -> TokensOut:
     """Exchange email and password for an access and a refresh token."""
-    tokens = accounts.log_in(
-        str(body.email),
-        body.password,
-        ip=request.remote_addr,
-        user_agent=request.headers.get("User-Agent"),
+    return tokens_out(accounts.log_in(str(body.email), body.password, **_client()))
+
+
+@bp.post("/refresh")
+@limiter.limit(configured("ratelimit_login"), key_func=client_ip)
+@bp.input(RefreshIn, location="json", arg_name="body")
+@bp.output(TokensOut)
+def refresh(body: RefreshIn) -> TokensOut:
+    """Rotate a refresh token: a new pair; the old refresh token is now spent."""
+    return tokens_out(sessions.rotate_refresh_token(body.refresh_token, **_client()))
+
+
+@bp.post("/logout")
+@auth_required(api_keys=False)
+@bp.output({}, status_code=204)
+def logout() -> tuple[str, int]:
+    """End this session: its refresh and access tokens stop working at once."""
+    sessions.end_session(me(), uuid.UUID(g.session_id), reason="logout")
+    return "", 204
+
+
+@bp.post("/password/forgot")
+@limiter.limit(configured("ratelimit_forgot_password"), key_func=client_ip)
+@limiter.limit(configured("ratelimit_forgot_password_per_email"), key_func=email_key)
+@bp.input(ForgotPasswordIn, location="json", arg_name="body")
+@bp.output(Accepted, status_code=202)
+def forgot_password(body: ForgotPasswordIn) -> Accepted:
+    """Email a reset link if the account exists (the answer is the same either way)."""
+    accounts.forgot_password(str(body.email))
+    return Accepted(detail="If an account exists for this address, a reset link is on its way.")
+
+
+@bp.post("/password/reset")
+@limiter.limit(configured("ratelimit_forgot_password"), key_func=client_ip)
+@bp.input(ResetPasswordIn, location="json", arg_name="body")
+@bp.output({}, status_code=204)
+def reset_password(body: ResetPasswordIn) -> tuple[str, int]:
+    """Set a new password with the emailed token; every session is signed out."""
+    accounts.reset_password(body.token, body.password)
+    return "", 204
+
+
+@bp.post("/password/change")
+@auth_required(api_keys=False)
+@bp.input(ChangePasswordIn, location="json", arg_name="body")
+@bp.output({}, status_code=204)
+def change_password(body: ChangePasswordIn) -> tuple[str, int]:
+    """Change the password; every other session is signed out."""
+    session_id = uuid.UUID(g.session_id) if g.session_id else None
+    accounts.change_password(me(), body.current_password, body.new_password, session_id=session_id)
+    return "", 204
+
+
+def session_out(session: UserSession) -> SessionOut:
+    return SessionOut(
+        id=session.id, device=session.device, ip=str(session.ip) if session.ip else None,
+        user_agent=session.user_agent, created_at=session.created_at,
+        last_used_at=session.last_used_at, expires_at=session.expires_at,
+        current=str(session.id) == g.get("session_id"),
+    )  # fmt: skip
+
+
+@bp.get("/sessions")
+@auth_required(api_keys=False)
+@bp.output(SessionList)
+def list_sessions() -> SessionList:
+    """My signed-in devices."""
+    return SessionList(items=[session_out(s) for s in sessions.list_sessions(me())])
+
+
+@bp.delete("/sessions/<uuid:session_id>")
+@auth_required(api_keys=False)
+@bp.output({}, status_code=204)
+def end_session(session_id: uuid.UUID) -> tuple[str, int]:
+    """Sign out one device."""
+    sessions.end_session(me(), session_id, reason="revoked")
+    return "", 204
+
+
+def api_key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id, name=key.name, prefix=key.prefix, scopes=list(key.scopes),
+        created_at=key.created_at, last_used_at=key.last_used_at, expires_at=key.expires_at,
+    )  # fmt: skip
+
+
+@bp.get("/api-keys")
+@auth_required(api_keys=False)
+@bp.output(ApiKeyList)
+def list_api_keys() -> ApiKeyList:
+    """My active API keys (secrets are never shown again)."""
+    return ApiKeyList(items=[api_key_out(k) for k in api_keys.list_api_keys(me())])
+
+
+@bp.post("/api-keys")
+@auth_required(api_keys=False)
+@bp.input(ApiKeyIn, location="json", arg_name="body")
+@bp.output(NewApiKeyOut, status_code=201)
+def create_api_key(body: ApiKeyIn) -> Any:
+    """Create an API key; the response holds its secret, once.
+
+    Deliberately not idempotent: replaying would mean storing the secret.
+    """
+    created = api_keys.create_api_key(
+        me(), name=body.name, scopes=list(body.scopes), expires_at=body.expires_at
     )
-    return TokensOut(
-        access_token=tokens.access_token,
-        refresh_token=tokens.refresh_token,
-        expires_in=tokens.expires_in,
-    )
+    return NewApiKeyOut(api_key=api_key_out(created.key), secret=created.secret)
+
+
+@bp.delete("/api-keys/<uuid:key_id>")
+@auth_required(api_keys=False)
+@bp.output({}, status_code=204)
+def revoke_api_key(key_id: uuid.UUID) -> tuple[str, int]:
+    """Revoke an API key."""
+    api_keys.revoke_api_key(me(), key_id)
+    return "", 204

@@ -16,6 +16,8 @@ bp = APIBlueprint("ops", __name__, tag="ops")
 AREAS = {
     "auth": "/api/v1/auth",
     "jobs": "/api/v1/jobs",
+    "teams": "/api/v1/teams",
+    "invites": "/api/v1/invites",
     "admin_jobs": "/api/v1/admin/jobs",
 }
 

@@ -161,7 +161,7 @@ def test_form_encoded_post_is_415(client: FlaskClient) -> None:
 def test_validation_errors_are_keyed_by_field(client: FlaskClient) -> None:
     response = client.post(
         "/api/v1/auth/register",
-        json={"email": "not-an-email", "password": "short", "name": "Ann", "is_admin": True},
+        json={"email": "not-an-email", "password": "", "name": "Ann", "is_admin": True},
     )
     body = problem_body(response, 422)
     errors = body["errors"]
@@ -189,7 +189,9 @@ def test_limit_above_maximum_is_422(client: FlaskClient, user_headers: Mapping[s
 def test_third_login_in_a_minute_is_429_with_rate_limit_headers(
     app: APIFlask, restore_globals: None
 ) -> None:
-    limited = create_app(make_settings(ratelimit_auth="2/minute")).test_client()
+    limited = create_app(
+        make_settings(ratelimit_login="2/minute", ratelimit_login_per_email="2/minute")
+    ).test_client()
     credentials = {"email": "nobody@example.com", "password": "wrong password"}
     first, second, third = (limited.post("/api/v1/auth/login", json=credentials) for _ in range(3))
     assert (first.status_code, second.status_code) == (401, 401)

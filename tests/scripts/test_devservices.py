@@ -44,7 +44,8 @@ def refused(port: int) -> bool:
 def cli_env(**overrides: str) -> dict[str, str]:
     inherited = ("DATABASE_URL", "REDIS_URL", "PGPORT", "REDIS_PORT")  # set by `make test`
     env = {k: v for k, v in os.environ.items() if k not in inherited}
-    return {**env, **overrides}
+    # A configured SMTP server: these tests are about PostgreSQL and Redis, not the mail sink.
+    return {**env, "SMTP_URL": "smtp://127.0.0.1:1", **overrides}
 
 
 def cli(tmp_path: Path, *options: str, code: str) -> list[str]:

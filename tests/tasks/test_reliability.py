@@ -33,10 +33,14 @@ LOGS = ROOT / "var" / "test-logs"
 
 @pytest.fixture
 def own_redis(tmp_path: Path, restore_globals: None) -> Iterator[tuple[RedisServer, Settings]]:
-    """A throwaway Redis as broker, and the app's extensions pointed at it."""
+    """A throwaway Redis as the broker (only), and the app's Celery pointed at it.
+
+    The rate-limit and token-revocation store stays on the session's Redis: revocation
+    checks fail closed, so an outage of THAT Redis rightly refuses requests (503).
+    """
     server = RedisServer(free_port(), tmp_path)
     server.start()
-    settings = make_settings(redis_url=server.url(0))
+    settings = make_settings(celery_broker_url=server.url(0))
     create_app(settings)
     try:
         yield server, settings

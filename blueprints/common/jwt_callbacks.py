@@ -1,4 +1,5 @@
-"""flask-jwt-extended's failures as problem+json 401s (its defaults are bare JSON, some 422)."""
+"""flask-jwt-extended's callbacks: who a token belongs to, whether it was revoked, and its
+failures as problem+json 401s (the library's defaults are bare JSON, some of them 422)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from flask import Response
 from flask_jwt_extended import JWTManager
 
 from blueprints.common.problems import problem
+from services.accounts import load_active_user
+from services.sessions import is_token_revoked
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 
@@ -16,7 +19,10 @@ def _unauthorized(detail: str) -> Response:
     return problem(401, detail, type_slug="unauthorized", headers=_CHALLENGE)
 
 
-def register_token_errors(jwt: JWTManager) -> None:
+def register_jwt_callbacks(jwt: JWTManager) -> None:
+    jwt.user_lookup_loader(lambda _header, payload: load_active_user(payload["sub"]))
+    # Logout, "sign out that device" and password changes revoke tokens before they expire.
+    jwt.token_in_blocklist_loader(lambda _header, payload: is_token_revoked(payload))
     jwt.unauthorized_loader(lambda reason: _unauthorized("Authentication is required."))
     # Also reached with a refresh token where an access token belongs (WrongTokenError).
     jwt.invalid_token_loader(lambda reason: _unauthorized("The access token is invalid."))

@@ -1,0 +1,3 @@
+from blueprints.me.views import bp
+
+__all__ = ["bp"]

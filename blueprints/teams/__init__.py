@@ -1,0 +1,3 @@
+from blueprints.teams.views import bp, invites_bp
+
+__all__ = ["bp", "invites_bp"]

@@ -1,0 +1,139 @@
+"""Team, member, invitation and audit-log request and response bodies.
+
+Request bodies are `Strict`: a field that is not listed here (team_id, is_personal,
+deleted_at, is_admin, a role where none is asked for...) is a 422, never silently set.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+from blueprints.common.schemas import ListQuery, Strict
+from blueprints.jobs.schemas import JobOut
+
+Role = Literal["owner", "admin", "member", "viewer"]
+InviteRole = Literal["admin", "member", "viewer"]  # owners are made by transfer, not invite
+TeamName = Field(min_length=1, max_length=200)
+
+
+class TeamIn(Strict):
+    name: str = TeamName
+
+
+class TeamPatch(Strict):
+    name: str | None = TeamName
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> TeamPatch:
+        if not self.model_fields_set:
+            raise ValueError("Send at least one field to change.")
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be null.")
+        return self
+
+
+class TeamOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    is_personal: bool
+    role: Role  # the caller's role
+    created_at: datetime
+
+
+class TeamEnvelope(BaseModel):
+    team: TeamOut
+
+
+class TeamPage(BaseModel):
+    items: list[TeamOut]
+    next_cursor: str | None
+
+
+class TeamDeletionEnvelope(BaseModel):
+    job: JobOut
+
+
+class MemberOut(BaseModel):
+    user_id: uuid.UUID
+    name: str
+    email: str
+    role: Role
+    joined_at: datetime
+
+
+class MemberEnvelope(BaseModel):
+    member: MemberOut
+
+
+class MemberPage(BaseModel):
+    items: list[MemberOut]
+    next_cursor: str | None
+
+
+class RoleIn(Strict):
+    role: Role
+
+
+class TransferIn(Strict):
+    user_id: uuid.UUID
+
+
+class InviteIn(Strict):
+    email: EmailStr = Field(max_length=320)
+    role: InviteRole = "member"
+
+
+class InviteOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    role: InviteRole
+    status: Literal["pending", "expired", "accepted", "revoked"]
+    expires_at: datetime
+    invited_by_id: uuid.UUID | None
+    created_at: datetime
+
+
+class InviteEnvelope(BaseModel):
+    invite: InviteOut
+
+
+class InvitePage(BaseModel):
+    items: list[InviteOut]
+    next_cursor: str | None
+
+
+class AuditLogQuery(ListQuery):
+    model_config = ConfigDict(populate_by_name=True)
+
+    action: str | None = Field(None, max_length=100)
+    actor_id: uuid.UUID | None = None
+    from_: datetime | None = Field(None, alias="from")
+    to: datetime | None = None
+
+
+class AuditLogOut(BaseModel):
+    id: int
+    action: str
+    actor_id: uuid.UUID | None
+    subject_type: str | None
+    subject_id: str | None
+    data: dict[str, Any]
+    ip: str | None
+    request_id: str | None
+    created_at: datetime
+
+
+class AuditLogPage(BaseModel):
+    items: list[AuditLogOut]
+    next_cursor: str | None
+
+
+class ChainReportOut(BaseModel):
+    intact: bool
+    rows_checked: int
+    first_bad_id: int | None
+    reason: str | None

@@ -1,0 +1,19 @@
+"""Team tasks: deleting a team in the background."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from services import teams
+from services.errors import ServiceError
+from tasks.base import JobContext, PermanentError, job_task
+
+
+@job_task(teams.DELETE_TASK)
+def delete_team(ctx: JobContext) -> dict[str, Any]:
+    """Soft-delete team `team_id`, dropping memberships and open invites; idempotent."""
+    try:
+        return teams.soft_delete_team(uuid.UUID(ctx.args["team_id"]), actor_id=ctx.user_id)
+    except ServiceError as exc:  # a missing or personal team: retrying cannot help
+        raise PermanentError(exc.detail) from exc

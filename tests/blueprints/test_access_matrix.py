@@ -1,0 +1,181 @@
+"""Every team-scoped route x every kind of caller, checked against the permission table.
+
+The expected answer is computed from `services.permissions`, never written by hand:
+allowed -> 2xx, a member whose role is too weak -> 403, a non-member -> 404, nobody
+signed in -> 401. A route under /api/v1/teams/<team_id> missing from MATRIX fails
+`test_every_team_route_is_in_the_matrix`, so a new route cannot skip this check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apiflask import APIFlask
+from flask.testing import FlaskClient
+
+from models.team import ROLES
+from services import invites, permissions
+from tests.factories import auth_headers, make_team, make_user
+from tests.support import ROOT
+
+TEAM = "/api/v1/teams/<uuid:team_id>"
+CALLERS = (*ROLES, "outsider", "anonymous")
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    rule: str  # exactly as in app.url_map
+    action: str  # the permission the route needs (from services/permissions.py)
+    body: dict[str, Any] | None = None
+    # Which world object fills each path parameter other than team_id.
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.rule.removeprefix(TEAM) or '/'} [{self.action}]"
+
+
+MATRIX = (
+    Case("GET", TEAM, "team.read"),
+    Case("PATCH", TEAM, "team.update", {"name": "Renamed"}),
+    Case("DELETE", TEAM, "team.delete"),
+    Case("POST", f"{TEAM}/transfer-ownership", "ownership.transfer", {"user_id": "<target>"}),
+    Case("GET", f"{TEAM}/members", "members.read"),
+    Case(
+        "PATCH",
+        f"{TEAM}/members/<uuid:user_id>",
+        "members.update_role",
+        {"role": "viewer"},
+        {"user_id": "target"},
+    ),
+    Case("DELETE", f"{TEAM}/members/<uuid:user_id>", "members.remove", None, {"user_id": "target"}),
+    Case("DELETE", f"{TEAM}/members/<uuid:user_id>", "members.leave", None, {"user_id": "caller"}),
+    Case("GET", f"{TEAM}/invites", "invites.read"),
+    Case(
+        "POST", f"{TEAM}/invites", "invites.create", {"email": "new@example.com", "role": "viewer"}
+    ),
+    Case(
+        "DELETE",
+        f"{TEAM}/invites/<uuid:invite_id>",
+        "invites.revoke",
+        None,
+        {"invite_id": "invite"},
+    ),
+    Case(
+        "POST",
+        f"{TEAM}/invites/<uuid:invite_id>/resend",
+        "invites.create",
+        None,
+        {"invite_id": "invite"},
+    ),
+    Case("GET", f"{TEAM}/audit-logs", "audit.read"),
+    Case("GET", f"{TEAM}/audit-logs/verify", "audit.read"),
+)
+
+
+def expected(caller: str, action: str) -> int | str:
+    if caller == "anonymous":
+        return 401
+    if caller == "outsider":
+        return 404
+    return "2xx" if permissions.allows(caller, action) else 403
+
+
+@pytest.fixture
+def world(app: APIFlask) -> dict[str, Any]:
+    """A team with one user per role, a second owner (so the owner may leave), a plain
+    member to act on, an open invitation, and a user from outside the team."""
+    users = {name: make_user(name=name) for name in ("owner", "admin", "member", "viewer")}
+    users.update(co_owner=make_user(), target=make_user(), outsider=make_user())
+    team_id = make_team(
+        users["owner"],
+        members=[
+            (users["admin"], "admin"), (users["member"], "member"), (users["viewer"], "viewer"),
+            (users["co_owner"], "owner"), (users["target"], "member"),
+        ],
+    )  # fmt: skip
+    invite = invites.create_invite(users["owner"], team_id, "pending@example.com", "member")
+    return {"team_id": team_id, "users": users, "invite_id": invite.id}
+
+
+def _url(case: Case, world: dict[str, Any], caller: str) -> str:
+    values = {"team_id": world["team_id"], "invite_id": world["invite_id"]}
+    users = world["users"]
+    for name, source in case.params.items():
+        if source == "target":
+            values[name] = users["target"].id
+        elif source == "caller":
+            # Anonymous and outsiders "leave" as some member would: their id is not theirs.
+            values[name] = users[caller].id if caller in users else users["member"].id
+        elif source == "invite":
+            values[name] = world["invite_id"]
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), case.rule)
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("case", MATRIX, ids=lambda c: c.id)
+def test_route_answers_as_the_permission_table_says(
+    client: FlaskClient, world: dict[str, Any], case: Case, caller: str
+) -> None:
+    headers = {} if caller == "anonymous" else dict(auth_headers(world["users"][caller]))
+    body = None
+    if case.body is not None:
+        body = {
+            k: str(world["users"]["target"].id) if v == "<target>" else v
+            for k, v in case.body.items()
+        }
+    response = client.open(
+        _url(case, world, caller), method=case.method, json=body, headers=headers
+    )
+
+    want = expected(caller, case.action)
+    text = response.get_data(as_text=True)
+    if want == "2xx":
+        assert 200 <= response.status_code < 300, text
+    else:
+        assert response.status_code == want, text
+        assert response.mimetype == "application/problem+json"
+    if want == 404:
+        # Indistinguishable from a team that does not exist: nothing leaks.
+        assert response.get_json()["detail"] == "No such team."
+
+
+def test_every_team_route_is_in_the_matrix(app: APIFlask) -> None:
+    routes = {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(TEAM)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    covered = {(case.method, case.rule) for case in MATRIX}
+    assert routes - covered == set(), "add these team routes to MATRIX"
+    assert covered - routes == set(), "MATRIX names routes that do not exist"
+
+
+def test_every_team_route_is_guarded_by_the_action_the_matrix_expects(app: APIFlask) -> None:
+    endpoints = {
+        (method, rule.rule): rule.endpoint
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(TEAM)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    for case in MATRIX:
+        view = app.view_functions[endpoints[(case.method, case.rule)]]
+        actions = getattr(view, "team_actions", None)
+        assert actions is not None, f"{case.id} is not guarded by @team_permission"
+        assert case.action in actions, f"{case.id} is guarded by {actions}"
+    every_action = {case.action for case in MATRIX}
+    assert every_action == set(permissions.PERMISSIONS), "each permission is used by a route"
+
+
+def test_readme_permissions_table_matches_the_module() -> None:
+    readme = (Path(ROOT) / "README.md").read_text()
+    assert "## Permissions" in readme
+    assert permissions.markdown_table() in readme, (
+        "README.md's permission table is out of date; paste services.permissions.markdown_table()"
+    )
