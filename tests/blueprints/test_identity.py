@@ -228,7 +228,8 @@ def test_mass_assignment_is_impossible(client: FlaskClient) -> None:
     user = make_user()
     for field, value in [
         ("is_admin", True), ("email_verified", True), ("email", "x@example.com"),
-        ("role", "owner"), ("team_id", str(uuid.uuid4())), ("email_verified_at", "2020-01-01T00:00:00Z"),
+        ("role", "owner"), ("team_id", str(uuid.uuid4())),
+        ("email_verified_at", "2020-01-01T00:00:00Z"),
     ]:  # fmt: skip
         response = client.patch("/api/v1/me", json={field: value}, headers=auth_headers(user))
         assert field in problem_body(response, 422)["errors"], field
