@@ -14,7 +14,7 @@ import pytest
 from alembic import command
 from apiflask import APIFlask
 from flask.testing import FlaskClient
-from psycopg.errors import DeadlockDetected
+from psycopg.errors import DeadlockDetected, LockNotAvailable
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -74,23 +74,27 @@ def _isolated(request: pytest.FixtureRequest) -> Iterator[None]:
             request.getfixturevalue("mailbox").messages.clear()
 
 
-def _truncate_all_tables(attempts: int = 10) -> None:
-    """TRUNCATE every table, retrying when a deadlock aborts it.
+def _truncate_all_tables(give_up_after: float = 30.0) -> None:
+    """TRUNCATE every table, backing off while a worker's transaction holds one of them.
 
     The session's worker may still be running a job the test queued on the side (an
-    invitation email, say); its transaction can hold a table TRUNCATE needs while waiting
-    for one TRUNCATE already locked, and PostgreSQL then aborts one of the two.
+    invitation email, say). TRUNCATE locks table after table, so it could deadlock with
+    that transaction (and wait PostgreSQL's deadlock_timeout to find out); with a short
+    lock timeout it steps aside instead, lets the job finish, and tries again.
     """
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-    for attempt in range(attempts):
+    deadline = time.monotonic() + give_up_after
+    while True:
         try:
             with db.engine.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '100ms'"))
                 conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
             return
         except OperationalError as exc:
-            if not isinstance(exc.orig, DeadlockDetected) or attempt == attempts - 1:
+            busy = isinstance(exc.orig, (LockNotAvailable, DeadlockDetected))
+            if not busy or time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            time.sleep(0.02)
 
 
 @pytest.fixture

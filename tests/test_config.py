@@ -52,3 +52,8 @@ def test_env_example_documents_every_setting() -> None:
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
     missing = {name.upper() for name in Settings.model_fields} - documented
     assert missing == set(), f".env.example lacks {sorted(missing)}"
+
+
+def test_production_refuses_a_short_jwt_secret() -> None:
+    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
+        load_settings(app_env="production", secret_key="s" * 40, jwt_secret_key="short-secret")
