@@ -99,7 +99,7 @@ def verify_chain(team_id: uuid.UUID | None, batch_size: int = 1000) -> ChainRepo
     while True:
         rows = db.session.scalars(
             select(AuditLog).where(condition, AuditLog.id > last_id).order_by(AuditLog.id)
-            .limit(batch_size)
+            .limit(batch_size).execution_options(populate_existing=True)
         ).all()  # fmt: skip
         if not rows:
             return ChainReport(True, checked)

@@ -10,29 +10,33 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from blueprints.common.schemas import ListQuery, Strict
 from blueprints.jobs.schemas import JobOut
 
 Role = Literal["owner", "admin", "member", "viewer"]
 InviteRole = Literal["admin", "member", "viewer"]  # owners are made by transfer, not invite
-TeamName = Field(min_length=1, max_length=200)
 
 
 class TeamIn(Strict):
-    name: str = TeamName
+    name: str = Field(min_length=1, max_length=200)
 
 
 class TeamPatch(Strict):
-    name: str | None = TeamName
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("name")
+    @classmethod
+    def _not_null(cls, value: str | None) -> str:
+        if value is None:  # only reached when the client sent null explicitly
+            raise ValueError("A team needs a name.")
+        return value
 
     @model_validator(mode="after")
     def _something_to_change(self) -> TeamPatch:
         if not self.model_fields_set:
             raise ValueError("Send at least one field to change.")
-        if "name" in self.model_fields_set and self.name is None:
-            raise ValueError("name cannot be null.")
         return self
 
 
