@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     breaker_fail_max: int = 5
     breaker_reset_seconds: int = 30
 
+    # Payments. Empty STRIPE_API_BASE = Stripe itself; `make run`/`make test` point it at a
+    # local Stripe-compatible server (localstripe) when no real keys are configured.
+    stripe_secret_key: str = ""
+    stripe_api_base: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_webhook_tolerance_seconds: int = 300
+    stripe_timeout_seconds: float = 10.0
+    # ISO-4217 codes accepted for payments (comma-separated).
+    payment_currencies: str = "USD,EUR,GBP,CHF,CAD,AUD,JPY,SEK,NOK,DKK"
+    # Payments keep trying longer than other jobs: a gateway outage must not fail a charge.
+    payments_max_attempts: int = 10
+
     flower_basic_auth: str = ""
     log_level: str = "INFO"
     log_json: bool = True
@@ -110,6 +122,10 @@ class Settings(BaseSettings):
     @cached_property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
+
+    @cached_property
+    def currency_allow_list(self) -> frozenset[str]:
+        return frozenset(c.strip().upper() for c in self.payment_currencies.split(",") if c.strip())
 
     @cached_property
     def cors_origin_list(self) -> list[str]:

@@ -9,7 +9,7 @@ from models.idempotency import IdempotencyKey
 from models.inventory import InventoryItem
 from models.job import Job
 from models.notification import Notification, NotificationPreference
-from models.payment import Payment, Subscription
+from models.payment import GatewayEvent, Payment, Refund, Subscription
 from models.search import SearchDocument
 from models.team import Team, TeamInvite, TeamMember
 from models.user import Setting, User, UserProfile
@@ -19,12 +19,14 @@ __all__ = [
     "ApiKey",
     "AuditLog",
     "Base",
+    "GatewayEvent",
     "IdempotencyKey",
     "InventoryItem",
     "Job",
     "Notification",
     "NotificationPreference",
     "Payment",
+    "Refund",
     "SearchDocument",
     "Setting",
     "Subscription",

@@ -28,6 +28,11 @@ PERMISSIONS: Final[dict[str, tuple[str, str]]] = {
     "invites.revoke": (ADMIN, "revoke an invitation"),
     "ownership.transfer": (OWNER, "hand ownership to another member"),
     "audit.read": (ADMIN, "read and verify the team's audit log"),
+    "payments.read": (MEMBER, "list and see payments and refunds"),
+    "payments.create": (MEMBER, "take a payment"),
+    "payments.refund": (ADMIN, "refund a payment"),
+    "subscription.read": (MEMBER, "see the team's plan and subscription"),
+    "subscription.manage": (ADMIN, "subscribe, change plan, cancel or resume"),
 }
 
 
