@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
 from config import Settings
@@ -131,5 +132,22 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "maintenance.cleanup_idempotency_keys",
             "schedule": 3600.0,
             "options": {"expires": 1800},
+        },
+        # Daily at 03:15 UTC (a quiet hour): queue the `subscriptions.reconcile` job, which
+        # re-reads every live subscription from the gateway (catching webhooks that were
+        # lost or rejected) and sends past-due teams their daily dunning email.
+        "subscriptions-reconcile": {
+            "task": "subscriptions.start_reconcile",
+            "schedule": crontab(hour=3, minute=15),
+            "options": {"expires": 3600},
+        },
+        # Daily at 03:45 UTC, after the subscriptions have converged: queue the
+        # `payments.reconcile` job comparing the last day's payments with the gateway's
+        # and reporting mismatches to operators. Money discrepancies must surface within
+        # a day, not at the month-end close.
+        "payments-reconcile": {
+            "task": "payments.start_reconcile",
+            "schedule": crontab(hour=3, minute=45),
+            "options": {"expires": 3600},
         },
     }

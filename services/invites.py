@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from extensions import db
 from models import Team, TeamInvite, TeamMember, User
-from services import mail, permissions, tokens
+from services import mail, permissions, plans, tokens
 from services.audit import record_audit
 from services.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from services.pagination import Page, paginate
@@ -75,6 +75,7 @@ def create_invite(user: User, team_id: uuid.UUID, email: str, role: str) -> Team
             "An invitation to this address is already open; resend it instead.",
             extra={"invite_id": str(pending.id)},
         )
+    plans.require_seat_for_invite(team_id)
     invite = TeamInvite(
         id=uuid.uuid4(),
         team_id=team_id,
@@ -109,6 +110,8 @@ def resend_invite(user: User, team_id: uuid.UUID, invite_id: uuid.UUID) -> TeamI
     load_membership(user, team_id, "invites.create", lock=True)
     invite = _team_invite(team_id, invite_id)
     _require_open(invite, check_expiry=False)  # resending is how an expired invite revives
+    if invite_status(invite) == "expired":
+        plans.require_seat_for_invite(team_id)  # it is about to take a seat again
     before = invite.expires_at
     invite.token_hash = secrets.token_hex(32)
     invite.expires_at = _expiry()
@@ -149,6 +152,7 @@ def accept_invite(user: User, token: str) -> tuple[Team, TeamMember]:
     )
     if existing is not None:
         raise Conflict("You are already a member of this team.")
+    plans.require_seat_for_member(team.id)
     invite.accepted_at = datetime.now(UTC)
     member = TeamMember(team_id=team.id, user_id=user.id, role=invite.role)
     db.session.add(member)

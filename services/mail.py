@@ -8,13 +8,13 @@ a link is never older than its email and a queued job reveals nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 from flask import current_app
@@ -23,18 +23,20 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from config import Settings
 from extensions import db
 from integrations.mail import sender_domain
-from models import Job, Team, TeamInvite, User
-from services import tokens
+from models import Job, Payment, Team, TeamInvite, TeamMember, User
+from services import permissions, plans, tokens
 from tasks.dispatch import enqueue
 
 PRODUCT = "Maycole"
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
-# Each email and what its job argument names: a user or a team invite.
-TEMPLATES: dict[str, Literal["user", "invite"]] = {
+# Each email and what its job argument names: `<kind>_id` (a user, an invite, a payment).
+TEMPLATES: dict[str, str] = {
     "verify_email": "user",
     "password_reset": "user",
     "password_changed": "user",
     "team_invite": "invite",
+    "payment_receipt": "payment",
+    "dunning": "member",  # a team member who manages the subscription
 }
 
 
@@ -50,19 +52,21 @@ class EmailNotApplicable(Exception):
         self.reason = reason
 
 
-def queue_email(
-    template: str, *, user_id: uuid.UUID | None = None, invite_id: uuid.UUID | None = None
-) -> Job:
-    """Record an `email.send` job in the current transaction (sent after the caller commits)."""
-    kind = _kind(template)
-    subject_id = user_id if kind == "user" else invite_id
-    other_id = invite_id if kind == "user" else user_id
-    if subject_id is None or other_id is not None:
-        raise ValueError(f"email {template!r} takes {kind}_id (and only that)")
-    args = {"template": template, f"{kind}_id": str(subject_id)}
+def queue_email(template: str, **ids: uuid.UUID) -> Job:
+    """Record an `email.send` job in the current transaction (sent after the caller commits).
+
+    Pass exactly the id the template's kind names, e.g. `user_id=` or `payment_id=`.
+    """
+    key = f"{_kind(template)}_id"
+    if set(ids) != {key} or ids[key] is None:
+        raise ValueError(f"email {template!r} takes {key} (and only that)")
+    args = {"template": template, key: str(ids[key])}
     settings = current_app.config["SETTINGS"]
     return enqueue(
-        "email.send", args=args, user_id=user_id, max_attempts=settings.email_max_attempts
+        "email.send",
+        args=args,
+        user_id=ids.get("user_id"),
+        max_attempts=settings.email_max_attempts,
     )
 
 
@@ -71,10 +75,7 @@ def build_message(template: str, args: Mapping[str, Any], *, job_id: uuid.UUID) 
     `EmailNotApplicable` (nothing to send) or `UnknownTemplate`."""
     settings: Settings = current_app.config["SETTINGS"]
     kind = _kind(template)
-    if kind == "user":
-        address, name, context = _user_context(template, _id(args, "user_id"), settings)
-    else:
-        address, name, context = _invite_context(_id(args, "invite_id"), settings)
+    address, name, context = _CONTEXTS[kind](template, _id(args, f"{kind}_id"), settings)
     context["product"] = PRODUCT
     subject = " ".join(_render(f"{template}.subject.txt", context).split())
     context["subject"] = subject
@@ -94,7 +95,7 @@ def build_message(template: str, args: Mapping[str, Any], *, job_id: uuid.UUID) 
     return message
 
 
-def _kind(template: str) -> Literal["user", "invite"]:
+def _kind(template: str) -> str:
     try:
         return TEMPLATES[template]
     except KeyError:
@@ -138,7 +139,9 @@ def _user_context(
     return user.email, user.name, context
 
 
-def _invite_context(invite_id: uuid.UUID, settings: Settings) -> tuple[str, str, dict[str, Any]]:
+def _invite_context(
+    template: str, invite_id: uuid.UUID, settings: Settings
+) -> tuple[str, str, dict[str, Any]]:
     invite = db.session.get(TeamInvite, invite_id)
     if invite is None:
         raise EmailNotApplicable("invite not found")
@@ -161,6 +164,76 @@ def _invite_context(invite_id: uuid.UUID, settings: Settings) -> tuple[str, str,
         "link": _link(settings, f"/invites/{quote(tokens.mint_invite(invite))}"),
     }
     return invite.email, "", context
+
+
+def _payment_context(
+    template: str, payment_id: uuid.UUID, settings: Settings
+) -> tuple[str, str, dict[str, Any]]:
+    payment = db.session.get(Payment, payment_id)
+    if payment is None or payment.status != "succeeded":
+        raise EmailNotApplicable("payment not found or not succeeded")
+    payer = db.session.get(User, payment.created_by_id) if payment.created_by_id else None
+    if payer is None or payer.deleted_at is not None or not payer.is_active:
+        raise EmailNotApplicable("nobody to send the receipt to")
+    team = db.session.get(Team, payment.team_id)
+    context: dict[str, Any] = {
+        "name": payer.name,
+        "team": team.name if team else "",
+        "amount": format_money(payment.amount, payment.currency),
+        "description": payment.description or "Payment",
+        "reference": str(payment.id),
+        "paid_on": (payment.succeeded_at or payment.updated_at).strftime("%d %B %Y"),
+        "link": _link(settings, f"/teams/{payment.team_id}/payments/{payment.id}"),
+    }
+    return payer.email, payer.name, context
+
+
+# Currencies without minor units (ISO-4217 exponent 0); every other one has two.
+_ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF"})
+
+
+def format_money(amount: int, currency: str) -> str:
+    """Integer minor units as text, e.g. 123456 USD -> "1,234.56 USD" (no floats)."""
+    if currency.upper() in _ZERO_DECIMAL:
+        return f"{amount:,} {currency.upper()}"
+    whole, cents = divmod(amount, 100)
+    return f"{whole:,}.{cents:02d} {currency.upper()}"
+
+
+def _member_context(
+    template: str, member_id: uuid.UUID, settings: Settings
+) -> tuple[str, str, dict[str, Any]]:
+    """Dunning: the member is still allowed to fix billing and the payment is still late."""
+    member = db.session.get(TeamMember, member_id)
+    if member is None or not permissions.allows(member.role, "subscription.manage"):
+        raise EmailNotApplicable("no longer a member who manages the subscription")
+    user = db.session.get(User, member.user_id)
+    team = db.session.get(Team, member.team_id)
+    if user is None or user.deleted_at is not None or not user.is_active:
+        raise EmailNotApplicable("user not found")
+    if team is None or team.deleted_at is not None:
+        raise EmailNotApplicable("team deleted")
+    subscription = plans.live_subscription(team.id)
+    if subscription is None or subscription.status != "past_due":
+        raise EmailNotApplicable("the subscription is no longer past due")
+    plan = plans.PLANS.get(subscription.plan, plans.PLANS[plans.FREE])
+    context: dict[str, Any] = {
+        "name": user.name,
+        "team": team.name,
+        "plan": plan.display_name,
+        "amount": format_money(plan.amount, plan.currency),
+        "link": _link(settings, f"/teams/{team.id}/billing"),
+    }
+    return user.email, user.name, context
+
+
+_ContextBuilder = Callable[[str, uuid.UUID, Settings], tuple[str, str, dict[str, Any]]]
+_CONTEXTS: dict[str, _ContextBuilder] = {
+    "user": _user_context,
+    "invite": _invite_context,
+    "payment": _payment_context,
+    "member": _member_context,
+}
 
 
 @lru_cache(maxsize=1)

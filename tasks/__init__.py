@@ -12,7 +12,11 @@ TASK_MODULES = (
     "tasks.email",
     "tasks.jobs",
     "tasks.maintenance",
+    "tasks.payments",
+    "tasks.reconciliation",
+    "tasks.subscriptions",
     "tasks.teams",
+    "tasks.webhooks",
 )
 
 

@@ -24,7 +24,7 @@ from config import Settings
 from extensions import db, limiter
 from models import Base
 from scripts.devservices import free_port
-from tests.support import ROOT, Mailbox, Worker, make_settings
+from tests.support import ROOT, LocalStripe, Mailbox, Worker, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,22 @@ def mailbox() -> Iterator[Mailbox]:
 
 
 @pytest.fixture(scope="session")
-def settings(mailbox: Mailbox) -> Settings:
-    return make_settings(smtp_url=mailbox.url)
+def stripe_server() -> Iterator[LocalStripe]:
+    """The fake Stripe API (localstripe) every test run's app and workers pay through."""
+    server = LocalStripe(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(mailbox: Mailbox, stripe_server: LocalStripe) -> Settings:
+    return make_settings(
+        smtp_url=mailbox.url,
+        stripe_api_base=stripe_server.url,
+        stripe_secret_key="sk_test_local",
+        stripe_webhook_secret="whsec_test",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from flask_jwt_extended import create_access_token
 
 from extensions import db
-from models import TeamMember, User
+from models import Subscription, TeamMember, User
 from services import accounts, teams
 
 PASSWORD = "correct horse battery staple"
@@ -48,3 +48,12 @@ def add_member(team_id: uuid.UUID, user: User, role: str) -> None:
     """Put a user in a team directly (joining normally takes an emailed invitation)."""
     db.session.add(TeamMember(team_id=team_id, user_id=user.id, role=role))
     db.session.commit()
+
+
+def give_plan(team_id: uuid.UUID, plan: str = "business") -> Subscription:
+    """An active subscription row for the team, as if the gateway had confirmed it (no
+    gateway call): for tests that need a paid plan's limits, not the billing itself."""
+    subscription = Subscription(team_id=team_id, plan=plan, status="active")
+    db.session.add(subscription)
+    db.session.commit()
+    return subscription

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from email import message_from_bytes
@@ -23,6 +24,7 @@ from celeryconfig import QUEUES
 from config import Settings, load_settings
 from extensions import db
 from models import Job
+from scripts.devservices import LocalStripeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -214,3 +216,45 @@ class Mailbox:
         part = message.get_body(preferencelist=("plain",))
         assert part is not None, "the email has no text part"
         return str(part.get_content())
+
+
+class LocalStripe:
+    """localstripe (a fake Stripe API) as a subprocess on 127.0.0.1:port, for tests.
+
+    `stop()` then `start()` restarts it on the same port, which is how tests take the
+    gateway down and bring it back. Its data lives in memory only, so a restart (like
+    `flush()`) forgets every customer, payment and plan; webhook endpoints survive
+    `flush()` but not a restart.
+    """
+
+    def __init__(self, port: int, logs: Path = ROOT / "var" / "test-logs") -> None:
+        self.server = LocalStripeServer(port, logs)  # logs to logs/localstripe.log
+        self.port = port
+        self.url = self.server.api_base
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def flush(self) -> None:
+        """Delete every object it holds (its `DELETE /_config/data`)."""
+        self._config("DELETE", "/_config/data")
+
+    def configure_webhook(
+        self, url: str, secret: str, events: list[str] | None = None, name: str = "tests"
+    ) -> None:
+        """Send events (all, or those named) to `url`, signed with `secret` like Stripe."""
+        body: dict[str, Any] = {"url": url, "secret": secret}
+        if events is not None:
+            body["events"] = events
+        self._config("POST", f"/_config/webhooks/{name}", body)
+
+    def _config(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200, f"localstripe {method} {path}: {response.status}"

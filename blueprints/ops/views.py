@@ -19,6 +19,8 @@ AREAS = {
     "teams": "/api/v1/teams",
     "invites": "/api/v1/invites",
     "admin_jobs": "/api/v1/admin/jobs",
+    "plans": "/api/v1/plans",
+    "subscription": "/api/v1/teams/{team_id}/subscription",
 }
 
 

@@ -17,9 +17,10 @@ import pytest
 from apiflask import APIFlask
 from flask.testing import FlaskClient
 
+from extensions import db
 from models.team import ROLES
 from services import invites, permissions
-from tests.factories import auth_headers, make_team, make_user
+from tests.factories import auth_headers, give_plan, make_team, make_user
 from tests.support import ROOT
 
 TEAM = "/api/v1/teams/<uuid:team_id>"
@@ -34,6 +35,10 @@ class Case:
     body: dict[str, Any] | None = None
     # Which world object fills each path parameter other than team_id.
     params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    # The team's subscription in this case's world: "active" (business, so the world's
+    # seven members and an invitation fit), "ending" (set to cancel), or "none" (free).
+    subscription: str = "active"
 
     @property
     def id(self) -> str:
@@ -75,6 +80,23 @@ MATRIX = (
     ),
     Case("GET", f"{TEAM}/audit-logs", "audit.read"),
     Case("GET", f"{TEAM}/audit-logs/verify", "audit.read"),
+    Case("GET", f"{TEAM}/subscription", "subscription.read"),
+    Case(
+        "POST",
+        f"{TEAM}/subscription",
+        "subscription.manage",
+        {"plan": "pro", "payment_method": "pm_card_visa"},
+        headers={"Idempotency-Key": "matrix-subscribe"},
+        subscription="none",
+    ),
+    Case("PATCH", f"{TEAM}/subscription", "subscription.manage", {"plan": "pro"}),
+    Case("DELETE", f"{TEAM}/subscription", "subscription.manage"),
+    Case(
+        "POST",
+        f"{TEAM}/subscription/resume",
+        "subscription.manage",
+        subscription="ending",
+    ),
 )
 
 
@@ -87,9 +109,10 @@ def expected(caller: str, action: str) -> int | str:
 
 
 @pytest.fixture
-def world(app: APIFlask) -> dict[str, Any]:
+def world(app: APIFlask, case: Case) -> dict[str, Any]:
     """A team with one user per role, a second owner (so the owner may leave), a plain
-    member to act on, an open invitation, and a user from outside the team."""
+    member to act on, an open invitation, a paid plan (unless the case wants none), and a
+    user from outside the team."""
     users = {name: make_user(name=name) for name in ("owner", "admin", "member", "viewer")}
     users.update(co_owner=make_user(), target=make_user(), outsider=make_user())
     team_id = make_team(
@@ -99,7 +122,13 @@ def world(app: APIFlask) -> dict[str, Any]:
             (users["co_owner"], "owner"), (users["target"], "member"),
         ],
     )  # fmt: skip
+    subscription = give_plan(team_id, "business")
     invite = invites.create_invite(users["owner"], team_id, "pending@example.com", "member")
+    if case.subscription == "none":
+        subscription.status = "canceled"
+    elif case.subscription == "ending":
+        subscription.cancel_at_period_end = True
+    db.session.commit()
     return {"team_id": team_id, "users": users, "invite_id": invite.id}
 
 
@@ -123,6 +152,7 @@ def test_route_answers_as_the_permission_table_says(
     client: FlaskClient, world: dict[str, Any], case: Case, caller: str
 ) -> None:
     headers = {} if caller == "anonymous" else dict(auth_headers(world["users"][caller]))
+    headers.update(case.headers)
     body = None
     if case.body is not None:
         body = {

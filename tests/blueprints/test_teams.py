@@ -17,7 +17,7 @@ from werkzeug.test import TestResponse
 from extensions import db
 from models import AuditLog, Job, Team, TeamInvite, User
 from services import tokens
-from tests.factories import auth_headers, make_team, make_user, verify_email
+from tests.factories import auth_headers, give_plan, make_team, make_user, verify_email
 from tests.support import Mailbox, Worker, problem_body, wait_job
 
 TEAMS = "/api/v1/teams"
@@ -538,6 +538,7 @@ def test_inviting_a_member_or_an_address_already_invited_is_409(client: FlaskCli
 def test_invitations_are_rate_limited(client: FlaskClient) -> None:
     owner = make_user()
     team_id = make_team(owner)
+    give_plan(team_id, "business")  # seats for all 30, so only the rate limit stops them
     url = f"{TEAMS}/{team_id}/invites"
     statuses = [
         client.post(

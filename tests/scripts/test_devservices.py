@@ -44,8 +44,14 @@ def refused(port: int) -> bool:
 def cli_env(**overrides: str) -> dict[str, str]:
     inherited = ("DATABASE_URL", "REDIS_URL", "PGPORT", "REDIS_PORT")  # set by `make test`
     env = {k: v for k, v in os.environ.items() if k not in inherited}
-    # A configured SMTP server: these tests are about PostgreSQL and Redis, not the mail sink.
-    return {**env, "SMTP_URL": "smtp://127.0.0.1:1", **overrides}
+    # Configured SMTP and Stripe: these tests are about PostgreSQL and Redis, not the
+    # mail sink or localstripe.
+    return {
+        **env,
+        "SMTP_URL": "smtp://127.0.0.1:1",
+        "STRIPE_SECRET_KEY": "sk_test_unused",
+        **overrides,
+    }
 
 
 def cli(tmp_path: Path, *options: str, code: str) -> list[str]:

@@ -1,0 +1,23 @@
+"""Payment jobs (queue `payments`): charge and refund, each safe to run twice."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from integrations.stripe_gateway import get_gateway
+
+from services import payments
+from tasks.base import JobContext, job_task
+
+
+@job_task("payments.charge")
+def charge(ctx: JobContext) -> dict[str, Any]:
+    """Charge a payment (args: payment_id); idempotent: at most one confirmation ever."""
+    return payments.charge(uuid.UUID(ctx.args["payment_id"]), get_gateway())
+
+
+@job_task("payments.refund")
+def refund(ctx: JobContext) -> dict[str, Any]:
+    """Refund (part of) a payment (args: refund_id); idempotent via the gateway's tag."""
+    return payments.refund(uuid.UUID(ctx.args["refund_id"]), get_gateway())

@@ -1,0 +1,16 @@
+"""Processing of stored gateway webhook events (queue `payments`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from integrations.stripe_gateway import get_gateway
+
+from services import webhooks
+from tasks.base import JobContext, job_task
+
+
+@job_task("webhooks.process")
+def process(ctx: JobContext) -> dict[str, Any]:
+    """Converge our state to the gateway's for one event (args: event_id); idempotent."""
+    return webhooks.process_event(str(ctx.args["event_id"]), get_gateway())
