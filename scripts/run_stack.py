@@ -7,6 +7,8 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +34,22 @@ def _mail_destination() -> str:
     return url.split("@")[-1] or "not configured"
 
 
+def point_local_gateway_webhooks(port: str) -> str | None:
+    """With localstripe, have it send its webhooks to this API (as Stripe would)."""
+    base = os.environ.get("STRIPE_API_BASE", "")
+    secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+    if not base.startswith("http://127.0.0.1") or not secret:
+        return None
+    target = f"http://127.0.0.1:{port}/api/v1/webhooks/stripe"
+    body = urllib.parse.urlencode({"url": target, "secret": secret}).encode()
+    request = urllib.request.Request(f"{base}/_config/webhooks/maycole", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5):
+            return f"{base} (localstripe; webhooks to {target})"
+    except OSError as exc:
+        return f"{base} (could not configure webhooks: {exc})"
+
+
 def main() -> int:
     os.chdir(ROOT)
     flask = [sys.executable, "-m", "flask", "--app", "app:create_app"]
@@ -46,6 +64,7 @@ def main() -> int:
         f"  Flower   http://127.0.0.1:{flower_port}/  (login {auth.split(':', 1)[0]}, "
         f"password in var/flower-basic-auth or $FLOWER_BASIC_AUTH)\n"
         f"  Mail     {_mail_destination()}\n"
+        f"  Payments {point_local_gateway_webhooks(port) or 'Stripe (STRIPE_SECRET_KEY)'}\n"
         "  Ctrl-C stops everything.\n",
         flush=True,
     )
