@@ -47,6 +47,7 @@ class GatewayPayment:
     failure_reason: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     created: int = 0
+    invoice_id: str | None = None  # set when a subscription invoice made this payment
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,15 @@ def _payment(data: Mapping[str, Any]) -> GatewayPayment:
         failure_reason=failure,
         metadata=_metadata(data),
         created=int(data.get("created") or 0),
+        invoice_id=_object_id(data.get("invoice")),
     )
+
+
+def _object_id(value: Any) -> str | None:
+    """An expandable field's id, whether the gateway sent the id or the whole object."""
+    if isinstance(value, Mapping):
+        return str(value["id"]) if value.get("id") else None
+    return str(value) if value else None
 
 
 def _refund(data: Mapping[str, Any]) -> GatewayRefund:

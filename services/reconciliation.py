@@ -252,6 +252,8 @@ def compare_payments(since: datetime, until: datetime, gateway: PaymentGateway) 
             continue
         report.checked += 1
         payment = by_provider_id.get(theirs.id) or by_id.get(theirs.metadata.get("payment_id", ""))
+        if payment is None and theirs.invoice_id is not None:
+            continue  # a subscription invoice's charge, not one of our payments
         # Created on our side just outside the window (clocks differ by a moment)?
         payment = payment or _find_payment(theirs)
         if payment is None:

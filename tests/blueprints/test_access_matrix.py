@@ -9,6 +9,7 @@ signed in -> 401. A route under /api/v1/teams/<team_id> missing from MATRIX fail
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 
 from extensions import db
+from models import Payment
 from models.team import ROLES
 from services import invites, permissions
 from tests.factories import auth_headers, give_plan, make_team, make_user
@@ -97,6 +99,29 @@ MATRIX = (
         "subscription.manage",
         subscription="ending",
     ),
+    Case("GET", f"{TEAM}/payments", "payments.read"),
+    Case(
+        "POST",
+        f"{TEAM}/payments",
+        "payments.create",
+        {"amount": 1500, "currency": "USD", "payment_method": "pm_card_visa"},
+        headers={"Idempotency-Key": "matrix-pay"},
+    ),
+    Case(
+        "GET",
+        f"{TEAM}/payments/<uuid:payment_id>",
+        "payments.read",
+        None,
+        {"payment_id": "payment"},
+    ),
+    Case(
+        "POST",
+        f"{TEAM}/payments/<uuid:payment_id>/refunds",
+        "payments.refund",
+        {"amount": 500},
+        {"payment_id": "payment"},
+        headers={"Idempotency-Key": "matrix-refund"},
+    ),
 )
 
 
@@ -128,8 +153,13 @@ def world(app: APIFlask, case: Case) -> dict[str, Any]:
         subscription.status = "canceled"
     elif case.subscription == "ending":
         subscription.cancel_at_period_end = True
+    payment = Payment(
+        id=uuid.uuid4(), team_id=team_id, created_by_id=users["owner"].id, amount=2000,
+        currency="USD", status="succeeded", provider_payment_id=f"pi_matrix_{uuid.uuid4().hex}",
+    )  # fmt: skip
+    db.session.add(payment)
     db.session.commit()
-    return {"team_id": team_id, "users": users, "invite_id": invite.id}
+    return {"team_id": team_id, "users": users, "invite_id": invite.id, "payment_id": payment.id}
 
 
 def _url(case: Case, world: dict[str, Any], caller: str) -> str:
@@ -143,6 +173,8 @@ def _url(case: Case, world: dict[str, Any], caller: str) -> str:
             values[name] = users[caller].id if caller in users else users["member"].id
         elif source == "invite":
             values[name] = world["invite_id"]
+        elif source == "payment":
+            values[name] = world["payment_id"]
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), case.rule)
 
 
