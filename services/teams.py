@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import delete, select
 
 from extensions import db
-from models import Job, Team, TeamInvite, TeamMember, User
+from models import Job, Subscription, Team, TeamInvite, TeamMember, User
 from services import permissions
 from services.audit import record_audit
 from services.errors import Conflict, Forbidden, NotFound
@@ -189,6 +190,7 @@ def soft_delete_team(team_id: uuid.UUID, *, actor_id: uuid.UUID | None) -> dict[
         "invites_removed": int(invites.rowcount or 0),  # type: ignore[attr-defined]
     }
     if team.deleted_at is None:
+        _stop_billing(team_id, actor_id)
         team.deleted_at = datetime.now(UTC)
         record_audit(
             "team.deleted",
@@ -199,3 +201,21 @@ def soft_delete_team(team_id: uuid.UUID, *, actor_id: uuid.UUID | None) -> dict[
             data={"deleted_at": {"from": None, "to": team.deleted_at.isoformat()}, **counts},
         )
     return {"team_id": str(team_id), **counts}
+
+
+def _stop_billing(team_id: uuid.UUID, actor_id: uuid.UUID | None) -> None:
+    """A deleted team must not keep being billed: end its subscription with the period."""
+    from services.subscriptions import CANCEL_TASK  # subscriptions imports this module
+
+    live = db.session.scalar(
+        select(Subscription).where(
+            Subscription.team_id == team_id,
+            Subscription.status != "canceled",
+            Subscription.cancel_at_period_end.is_(False),
+            Subscription.provider_subscription_id.is_not(None),
+        )
+    )
+    if live is not None:
+        settings = current_app.config["SETTINGS"]
+        enqueue(CANCEL_TASK, args={"subscription_id": str(live.id)}, user_id=actor_id,
+                team_id=team_id, max_attempts=settings.payments_max_attempts)  # fmt: skip

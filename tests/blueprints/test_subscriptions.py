@@ -26,7 +26,7 @@ from tests.factories import (
     make_user,
     verify_email,
 )
-from tests.support import Mailbox, Worker, problem_body, wait_job
+from tests.support import Mailbox, Worker, problem_body, wait_for, wait_job
 
 TEAMS = "/api/v1/teams"
 VISA = "pm_card_visa"
@@ -506,3 +506,27 @@ def test_payments_reconcile_reports_what_differs_from_the_gateway(
     )  # fmt: skip
     db.session.commit()
     assert len(notifications()) == 2
+
+
+def test_deleting_a_team_stops_its_billing(client: FlaskClient, worker: Worker) -> None:
+    owner = make_user()
+    team_id = make_team(owner)
+    row = subscribe(client, team_id, owner, "pro")
+    assert row.provider_subscription_id is not None
+    deleted = client.delete(f"/api/v1/teams/{team_id}", headers=auth_headers(owner))
+    assert deleted.status_code == 202
+    wait_job(deleted.get_json()["job"]["id"], "succeeded", describe=worker.describe)
+
+    def cancelled_at_gateway() -> bool:
+        return (
+            get_gateway().get_subscription(str(row.provider_subscription_id)).cancel_at_period_end
+        )
+
+    assert wait_for(cancelled_at_gateway, 20, worker.describe)
+
+    def ours_follows() -> bool:
+        db.session.rollback()
+        ours = db.session.get(Subscription, row.id, populate_existing=True)
+        return ours is not None and ours.cancel_at_period_end
+
+    assert wait_for(ours_follows, 20, worker.describe)  # the cancel job converged our row
