@@ -9,7 +9,7 @@ from celery import Task
 
 import celeryconfig
 import cli
-from blueprints import auth, jobs, me, ops, payments, subscriptions, teams
+from blueprints import auth, events, jobs, me, notifications, ops, payments, subscriptions, teams
 from blueprints.common.jwt_callbacks import register_jwt_callbacks
 from blueprints.common.problems import register_error_handlers
 from blueprints.common.request_hooks import register_request_hooks
@@ -51,7 +51,7 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    for module in (ops, auth, me, jobs, teams, subscriptions, payments):
+    for module in (ops, auth, me, jobs, teams, subscriptions, payments, notifications, events):
         app.register_blueprint(module.bp)
     app.register_blueprint(jobs.admin_bp)
     app.register_blueprint(payments.webhooks_bp)

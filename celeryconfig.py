@@ -150,4 +150,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": crontab(hour=3, minute=45),
             "options": {"expires": 3600},
         },
+        # Daily at 07:00 UTC: one email summarising the day's notifications for users who
+        # chose a digest over immediate email (guarded by a per-day Redis key: two beats
+        # still send one digest).
+        "notification-digests": {
+            "task": "notifications.start_digests",
+            "schedule": crontab(hour=7, minute=0),
+            "options": {"expires": 3600},
+        },
     }

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
 
     # Identity: token lifetimes and the links emails point to.
     frontend_url: str = "http://localhost:3000"
+    # This API's public address (one-click unsubscribe links in email point here).
+    public_api_url: str = "http://127.0.0.1:8000"
     verify_email_token_hours: int = 48
     password_reset_token_minutes: int = 60
     invite_days: int = 7
@@ -98,6 +100,24 @@ class Settings(BaseSettings):
     # Payments keep trying longer than other jobs: a gateway outage must not fail a charge.
     payments_max_attempts: int = 10
 
+    # Realtime events (GET /api/v1/events/stream; services/realtime.py). Each user's
+    # events stay in Redis this long, so a reconnect with Last-Event-ID within it loses
+    # nothing; an older id gets `event: reset` (refetch) instead.
+    events_retention_seconds: int = 600
+    # A `: keepalive` comment this often on an idle stream: well under the usual 60 s idle
+    # timeout of proxies and load balancers (nginx proxy_read_timeout, AWS ALB).
+    events_heartbeat_seconds: float = 15.0
+    # A stream ends after this long (jittered 10% down) with a `retry:` hint; the client
+    # reconnects with Last-Event-ID, so threads are recycled and credentials re-checked.
+    events_max_stream_seconds: int = 300
+    # Lifetime of a `?token=` stream token (EventSource cannot send headers; URLs get logged).
+    events_token_seconds: int = 60
+    # Streams one web process serves at once; keep it below gunicorn's threads (WEB_THREADS)
+    # so the remaining threads always serve normal requests (see gunicorn.conf.py).
+    events_max_streams_per_process: int = 24
+    # Per user (or address): a reconnecting client needs one per stream lifetime.
+    ratelimit_events_stream: str = "60/minute"
+
     flower_basic_auth: str = ""
     log_level: str = "INFO"
     log_json: bool = True
@@ -117,6 +137,11 @@ class Settings(BaseSettings):
             raise ValueError("RETRY_BACKOFF_MAX must be under half of BROKER_VISIBILITY_TIMEOUT")
         if self.task_time_limit >= self.broker_visibility_timeout:
             raise ValueError("TASK_TIME_LIMIT must be below BROKER_VISIBILITY_TIMEOUT")
+        if not 0 < self.events_heartbeat_seconds < self.events_max_stream_seconds:
+            # Otherwise a stream could end without ever proving to a proxy it is alive.
+            raise ValueError(
+                "EVENTS_HEARTBEAT_SECONDS must be positive and below EVENTS_MAX_STREAM_SECONDS"
+            )
         return self
 
     @cached_property

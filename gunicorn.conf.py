@@ -1,17 +1,44 @@
-"""Gunicorn settings for the web process (overridable with GUNICORN_CMD_ARGS)."""
+"""Gunicorn settings for the web process (overridable with GUNICORN_CMD_ARGS).
+
+Sized for Server-Sent Events next to ordinary requests (GET /api/v1/events/stream):
+
+- gthread: a stream holds one thread, blocked in a Redis XREAD (the GIL is released),
+  not a whole worker process. Idle keep-alive connections wait in the worker's poller
+  and hold no thread at all.
+- threads = 32 per worker, of which the app lets at most EVENTS_MAX_STREAMS_PER_PROCESS
+  (24) be streams; further streams get 503 + Retry-After. So 8 threads per worker always
+  serve ordinary requests, however many browsers are connected. Raise both together
+  (e.g. WEB_THREADS=64 with EVENTS_MAX_STREAMS_PER_PROCESS=48); an idle stream thread
+  costs little memory and no CPU.
+- A stream lives at most EVENTS_MAX_STREAM_SECONDS (300), so a thread is recycled every
+  few minutes and a worker told to stop (deploy, max_requests) has no stream older than
+  that; clients resume with Last-Event-ID, so cutting them loses nothing.
+- Database: streams give their connection back before streaming, so only the other
+  threads use the pool (DB_POOL_SIZE 10 + 10 overflow = 20 per worker, above the 8
+  reserved threads; a burst beyond 20 waits up to 5 s for a connection).
+"""
 
 import multiprocessing
 import os
 
 # Loopback by default; deployments set BIND (e.g. 0.0.0.0:8000) behind their proxy.
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
-# gthread: a long-lived SSE stream holds a thread, not a whole worker process.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
-threads = int(os.environ.get("WEB_THREADS", "8"))
+# 24 streams + 8 threads for everything else (see the module docstring).
+threads = int(os.environ.get("WEB_THREADS", "32"))
+# gthread workers tell the arbiter they are alive from their main loop, not from request
+# threads, so a 5-minute stream never trips this; it only catches a wedged worker.
 timeout = 30
+# On stop, in-flight requests get this long; streams still open then are cut (their
+# clients reconnect to another worker with Last-Event-ID). Ordinary requests finish well
+# within it (statement timeout 30 s is the ceiling for the slowest).
 graceful_timeout = 30
+# Seconds an idle client connection stays open between requests. Behind a load balancer,
+# set it above the balancer's idle timeout (e.g. 65 for AWS ALB's 60) via GUNICORN_CMD_ARGS.
 keepalive = 5
+# Open connections per worker (streams + kept-alive + queued): far above the threads.
+worker_connections = 1000
 # Recycle workers now and then so slow leaks cannot accumulate.
 max_requests = 10_000
 max_requests_jitter = 1_000

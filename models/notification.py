@@ -25,6 +25,12 @@ class Notification(UUIDPrimaryKey, Timestamps, Base):
             "user_id",
             postgresql_where=text("read_at IS NULL"),
         ),
+        # The daily digest's scan: only rows still waiting to be summarised.
+        Index(
+            "ix_notifications_digest_pending",
+            "user_id",
+            postgresql_where=text("digest_pending"),
+        ),
     )
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -35,6 +41,9 @@ class Notification(UUIDPrimaryKey, Timestamps, Base):
     body: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     read_at: Mapped[datetime | None]
+    # Email delivery: when it was mailed on its own, or that it waits for the daily digest.
+    emailed_at: Mapped[datetime | None]
+    digest_pending: Mapped[bool] = mapped_column(default=False, server_default="false")
 
 
 class NotificationPreference(UUIDPrimaryKey, Timestamps, Base):

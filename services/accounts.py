@@ -15,6 +15,7 @@ from services import sessions, tokens
 from services.audit import record_audit
 from services.errors import Conflict, Unauthorized, ValidationFailed
 from services.mail import queue_email
+from services.notifications import notify
 from services.passwords import check_password_policy, hash_password, needs_rehash, verify_password
 from services.sessions import TokenPair
 
@@ -117,6 +118,10 @@ def log_in(email: str, password: str, *, ip: str | None, user_agent: str | None)
     if user.password_hash and needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = datetime.now(UTC)
+    if not sessions.seen_before(user, ip=ip, user_agent=user_agent):
+        device = sessions.device_name(user_agent) or "an unknown device"
+        data = {"device": device, "ip": ip or "an unknown address"}
+        notify([user.id], "new_login", data, event_key=f"login:{uuid.uuid4()}")
     pair = sessions.open_session(user, ip=ip, user_agent=user_agent)
     record_audit("auth.login_succeeded", actor_id=user.id, subject_type="session",
                  subject_id=pair.session_id, ip=ip)  # fmt: skip
@@ -173,6 +178,8 @@ def _set_password(
     record_audit(action, actor_id=user.id, subject_type="user", subject_id=user.id,
                  data={"sessions_revoked": ended})  # fmt: skip
     queue_email("password_changed", user_id=user.id)
+    # In the app too; email=False because the dedicated email above says it better.
+    notify([user.id], "password_changed", {}, event_key=f"password:{uuid.uuid4()}", email=False)
 
 
 def load_active_user(user_id: str) -> User | None:

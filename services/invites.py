@@ -93,6 +93,7 @@ def create_invite(user: User, team_id: uuid.UUID, email: str, role: str) -> Team
         db.session.rollback()
         raise Conflict("The invitation could not be created; try again.") from None
     mail.queue_email(MAIL_TEMPLATE, invite_id=invite.id)
+    _notify_invitee(invite, user)
     record_audit(
         "invite.created",
         actor_id=user.id,
@@ -244,3 +245,16 @@ def _close(invite: TeamInvite, action: str, actor_id: uuid.UUID | None, to: str)
 
 def _expiry() -> datetime:
     return datetime.now(UTC) + timedelta(days=current_app.config["SETTINGS"].invite_days)
+
+
+def _notify_invitee(invite: TeamInvite, inviter: User) -> None:
+    """An invitee who already has an account also sees the invitation in the app."""
+    from services.notifications import notify
+
+    invitee = db.session.scalar(select(User).where(func.lower(User.email) == invite.email.lower()))
+    team = db.session.get(Team, invite.team_id)
+    if invitee is None or team is None:
+        return
+    # email=False: the invitation email itself is on its way.
+    data = {"team": team.name, "inviter": inviter.name, "role": invite.role}
+    notify([invitee.id], "invite_received", data, event_key=f"invite:{invite.id}", email=False)

@@ -19,11 +19,12 @@ from urllib.parse import quote
 
 from flask import current_app
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import select
 
 from config import Settings
 from extensions import db
 from integrations.mail import sender_domain
-from models import Job, Payment, Team, TeamInvite, TeamMember, User
+from models import Job, Notification, Payment, Team, TeamInvite, TeamMember, User
 from services import permissions, plans, tokens
 from tasks.dispatch import enqueue
 
@@ -37,6 +38,8 @@ TEMPLATES: dict[str, str] = {
     "team_invite": "invite",
     "payment_receipt": "payment",
     "dunning": "member",  # a team member who manages the subscription
+    "notification": "notification",
+    "digest": "user",
 }
 
 
@@ -90,6 +93,10 @@ def build_message(template: str, args: Mapping[str, Any], *, job_id: uuid.UUID) 
     # (mail clients thread or de-duplicate them, and operators can match them up).
     message["Message-ID"] = f"<{job_id}.{template}@{sender_domain(settings.mail_from)}>"
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies
+    if context.get("unsubscribe_api"):
+        # RFC 8058 one-click unsubscribe: mail clients POST here without opening a page.
+        message["List-Unsubscribe"] = f"<{context['unsubscribe_api']}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(_render(f"{template}.txt", context))
     message.add_alternative(_render(f"{template}.html", context), subtype="html")
     return message
@@ -126,6 +133,9 @@ def _user_context(
         return user.email, user.name, context
     if not user.is_active:
         raise EmailNotApplicable("user is deactivated")
+    if template == "digest":
+        context.update(_digest_context(user, settings))
+        return user.email, user.name, context
     if template == "verify_email":
         if user.email_verified_at is not None:
             raise EmailNotApplicable("email already verified")
@@ -228,7 +238,53 @@ def _member_context(
 
 
 _ContextBuilder = Callable[[str, uuid.UUID, Settings], tuple[str, str, dict[str, Any]]]
+
+
+def _notification_context(
+    template: str, notification_id: uuid.UUID, settings: Settings
+) -> tuple[str, str, dict[str, Any]]:
+    row = db.session.get(Notification, notification_id)
+    user = db.session.get(User, row.user_id) if row else None
+    if row is None or user is None or user.deleted_at is not None or not user.is_active:
+        raise EmailNotApplicable("notification or recipient gone")
+    context: dict[str, Any] = {
+        "name": user.name, "title": row.title, "body": row.body or "",
+        "link": _link(settings, str(row.data.get("link") or "/")),
+    }  # fmt: skip
+    context.update(_unsubscribe_links(user.id, row.category, settings))
+    return user.email, user.name, context
+
+
+def _unsubscribe_links(user_id: uuid.UUID, category: str, settings: Settings) -> dict[str, Any]:
+    from services.notifications import unsubscribe_token
+
+    token = unsubscribe_token(user_id, category)
+    if token is None:  # security notices cannot be switched off
+        return {"unsubscribe": None, "unsubscribe_api": None}
+    return {
+        "unsubscribe": _link(settings, f"/unsubscribe?token={quote(token)}"),
+        "unsubscribe_api": f"{settings.public_api_url.rstrip('/')}"
+        f"/api/v1/notifications/unsubscribe?token={quote(token)}",
+    }
+
+
+def _digest_context(user: User, settings: Settings) -> dict[str, Any]:
+    rows = db.session.scalars(
+        select(Notification).where(Notification.user_id == user.id, Notification.digest_pending)
+        .order_by(Notification.created_at).limit(200)
+    ).all()  # fmt: skip
+    if not rows:
+        raise EmailNotApplicable("nothing to summarise")
+    return {
+        "items": [{"title": r.title, "body": r.body or "",
+                   "link": _link(settings, str(r.data.get("link") or "/"))} for r in rows],
+        "count": len(rows),
+        "settings_link": _link(settings, "/settings/notifications"),
+    }  # fmt: skip
+
+
 _CONTEXTS: dict[str, _ContextBuilder] = {
+    "notification": _notification_context,
     "user": _user_context,
     "invite": _invite_context,
     "payment": _payment_context,

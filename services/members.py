@@ -51,6 +51,7 @@ def update_member_role(
                 team_id, "The team's last owner cannot be demoted; transfer ownership first."
             )
         before, target.role = target.role, role
+        _notify_role_change(target, before, role)
         record_audit(
             "member.role_changed",
             actor_id=user.id,
@@ -159,3 +160,13 @@ def _keep_an_owner(team_id: uuid.UUID, detail: str) -> None:
     )
     if (owners or 0) <= 1:
         raise Conflict(detail)
+
+
+def _notify_role_change(member: TeamMember, before: str, after: str) -> None:
+    from services.notifications import notify
+
+    team = db.session.get(Team, member.team_id)
+    notify([member.user_id], "role_changed",
+           {"team": team.name if team else "", "team_id": str(member.team_id), "role": after,
+            "previous": before},
+           event_key=f"role:{member.team_id}:{uuid.uuid4()}", team_id=member.team_id)  # fmt: skip

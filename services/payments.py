@@ -34,7 +34,8 @@ from integrations.payments import (
 from models import Job, Payment, Refund, User
 from services.audit import record_audit
 from services.errors import Conflict, NotFound, ValidationFailed
-from services.mail import queue_email
+from services.mail import format_money, queue_email
+from services.notifications import notify
 from services.pagination import Page, paginate
 from tasks.dispatch import enqueue
 
@@ -162,8 +163,23 @@ def _create_and_confirm(payment: Payment, gateway: PaymentGateway) -> GatewayPay
     return intent
 
 
+def _notify_payer(payment: Payment) -> None:
+    if payment.created_by_id is None:
+        return
+    data = {
+        "amount": format_money(payment.amount, payment.currency), "team_id": str(payment.team_id),
+        "payment_id": str(payment.id), "description": payment.description or "The payment",
+        "reason": payment.failure_reason or "",
+    }  # fmt: skip
+    # A success already mails a receipt; a failure is worth an email of its own.
+    notify([payment.created_by_id], f"payment_{payment.status}", data,
+           event_key=f"payment:{payment.id}:{payment.status}", team_id=payment.team_id,
+           email=payment.status == "failed")  # fmt: skip
+
+
 def _fail(payment: Payment, reason: str) -> None:
     before, payment.status, payment.failure_reason = payment.status, "failed", reason[:1000]
+    _notify_payer(payment)
     record_audit(
         "payment.failed", team_id=payment.team_id, subject_type="payment", subject_id=payment.id,
         data={"status": {"from": before, "to": "failed"}, "reason": payment.failure_reason},
@@ -203,6 +219,8 @@ def apply_payment_state(payment: Payment, intent: GatewayPayment) -> bool:
         queue_email("payment_receipt", payment_id=payment.id)
     if new_status == "failed":
         payment.failure_reason = intent.failure_reason
+    if new_status in ("succeeded", "failed"):
+        _notify_payer(payment)
     record_audit(
         f"payment.{new_status}", team_id=payment.team_id, subject_type="payment",
         subject_id=payment.id,

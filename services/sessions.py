@@ -48,7 +48,7 @@ def open_session(user: User, *, ip: str | None, user_agent: str | None) -> Token
         user_id=user.id,
         ip=ip,
         user_agent=(user_agent or "")[:1000] or None,
-        device=_device_name(user_agent),
+        device=device_name(user_agent),
         last_used_at=now,
         expires_at=now + timedelta(days=settings.refresh_token_days),
     )
@@ -94,6 +94,9 @@ def rotate_refresh_token(
             subject_id=session.id,
             ip=ip,
         )
+        from services.notifications import notify  # here, not at the top: avoids an import cycle
+
+        notify([user.id], "token_reuse", {}, event_key=f"token_reuse:{session.id}")
         db.session.commit()
         log.warning("refresh_token_reused", session_id=str(session.id), user_id=str(user.id))
         raise Unauthorized("This refresh token was already used; the session has been revoked.")
@@ -187,7 +190,23 @@ def mark_refresh_sessions_revoked(user_id: uuid.UUID) -> None:
         block_session(session_id)
 
 
-def _device_name(user_agent: str | None) -> str | None:
+def seen_before(user: User, *, ip: str | None, user_agent: str | None) -> bool:
+    """Whether the user signed in from this address and browser within the last 90 days."""
+    since = datetime.now(UTC) - timedelta(days=90)
+    found = db.session.scalar(
+        select(UserSession.id)
+        .where(
+            UserSession.user_id == user.id,
+            UserSession.created_at >= since,
+            UserSession.ip == ip,
+            UserSession.user_agent == ((user_agent or "")[:1000] or None),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def device_name(user_agent: str | None) -> str | None:
     """A human label for the session list ("Firefox on Linux"), best effort."""
     if not user_agent:
         return None

@@ -394,6 +394,8 @@ def sync_from_gateway(
     canceled_at = subscription.canceled_at
     if status == "canceled" and canceled_at is None:
         canceled_at = datetime.now(UTC)
+    if status == "past_due" and subscription.status != "past_due":
+        _notify_past_due(subscription, plan.name if plan else subscription.plan)
     _set(
         subscription, actor_id, "subscription.updated",
         status=status,
@@ -405,6 +407,23 @@ def sync_from_gateway(
         canceled_at=canceled_at,
     )  # fmt: skip
     return subscription
+
+
+def _notify_past_due(subscription: Subscription, plan_name: str) -> None:
+    """Tell whoever manages billing, in the app (the dunning email covers the inbox)."""
+    from services.notifications import notify
+
+    managers = db.session.scalars(
+        select(TeamMember.user_id).where(
+            TeamMember.team_id == subscription.team_id, TeamMember.role.in_(("owner", "admin"))
+        )
+    ).all()
+    team = db.session.get(Team, subscription.team_id)
+    notify(managers, "subscription_past_due",
+           {"team": team.name if team else "", "team_id": str(subscription.team_id),
+            "plan": plan_name},
+           event_key=f"past_due:{subscription.id}:{datetime.now(UTC).date()}",
+           team_id=subscription.team_id, email=False)  # fmt: skip
 
 
 def _set(

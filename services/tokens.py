@@ -24,6 +24,8 @@ from services.errors import ValidationFailed
 VERIFY_EMAIL = "verify-email"
 PASSWORD_RESET = "password-reset"
 TEAM_INVITE = "team-invite"
+UNSUBSCRIBE = "unsubscribe"
+UNSUBSCRIBE_DAYS = 60
 
 
 def _serializer(purpose: str) -> URLSafeTimedSerializer:
@@ -89,3 +91,16 @@ def read_invite(token: str) -> tuple[uuid.UUID, str]:
 def matches(fingerprint: str, value: str | None) -> bool:
     """Whether a token's fingerprint still matches the current state it was bound to."""
     return hmac.compare_digest(fingerprint, _fingerprint(value))
+
+
+def mint_unsubscribe(user_id: uuid.UUID, category: str, preference_state: str) -> str:
+    """A link that turns one category's email off for one user, bound to the preference's
+    current state (so it works once: using it changes that state)."""
+    payload = {"uid": str(user_id), "c": category, "s": _fingerprint(preference_state)}
+    return _serializer(UNSUBSCRIBE).dumps(payload)
+
+
+def read_unsubscribe(token: str) -> tuple[uuid.UUID, str, str]:
+    """(user id, category, state fingerprint) from an unsubscribe token, or 422."""
+    payload = _load(UNSUBSCRIBE, token, UNSUBSCRIBE_DAYS * 86400)
+    return uuid.UUID(payload["uid"]), str(payload["c"]), str(payload["s"])

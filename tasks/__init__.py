@@ -12,6 +12,7 @@ TASK_MODULES = (
     "tasks.email",
     "tasks.jobs",
     "tasks.maintenance",
+    "tasks.notifications",
     "tasks.payments",
     "tasks.reconciliation",
     "tasks.subscriptions",

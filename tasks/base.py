@@ -16,10 +16,11 @@ import os
 import random
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,9 +32,13 @@ from extensions import celery_app, db
 from logs import bind_request_id, get_logger
 from models import Job
 from models.job import RUNNABLE
+from services import realtime
 from tasks.dispatch import send_after_commit
 
 log = get_logger(__name__)
+# Realtime `job.progress` events: at most one per job this often (the last report always
+# goes out). Progress is still written to the database on every call.
+PROGRESS_EVENT_INTERVAL = 0.5
 
 
 class PermanentError(Exception):
@@ -55,18 +60,35 @@ class JobContext:
     team_id: uuid.UUID | None
     worker: str
     request_id: str | None = None
+    job_type: str = ""
+    _progress_announced_at: float = field(default=float("-inf"), init=False, repr=False)
 
     def progress(self, percent: int) -> None:
         """Record progress (visible at once) and stop if cancellation was requested."""
+        stored = max(0, min(99, percent))
         with db.engine.begin() as conn:
-            cancel_requested = conn.scalar(
+            row = conn.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.worker == self.worker)
-                .values(progress=max(0, min(99, percent)), heartbeat_at=datetime.now(UTC))
+                .values(progress=stored, heartbeat_at=datetime.now(UTC))
                 .returning(Job.cancel_requested_at)
-            )
+            ).first()
+        # No row: another worker owns the job now (same as before: no cancel, no event).
+        cancel_requested = row.cancel_requested_at if row is not None else None
         if cancel_requested is not None:
             raise JobCancelled()
+        if row is not None:
+            self._announce_progress(stored, final=percent >= 100)  # after the commit above
+
+    def _announce_progress(self, stored: int, *, final: bool) -> None:
+        """Realtime `job.progress` to the owner, throttled (best-effort, never raises)."""
+        now = time.monotonic()
+        if self.user_id is None or (
+            not final and now - self._progress_announced_at < PROGRESS_EVENT_INTERVAL
+        ):
+            return
+        self._progress_announced_at = now
+        realtime.publish_job_progress(self.user_id, self.job_id, self.job_type, stored, "running")
 
 
 TaskBody = Callable[[JobContext], dict[str, Any] | None]
@@ -133,6 +155,7 @@ def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
         job.error = job.error or "Gave up: the worker died on every attempt."
         session.commit()
         log.error("job_dead", job_id=str(job_id), attempts=job.attempts)
+        realtime.publish_job(job)  # realtime `job.finished` (dead), after the commit
         return None
     job.status = "running"
     job.attempts += 1
@@ -140,8 +163,9 @@ def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
     job.heartbeat_at = now
     job.started_at = job.started_at or now
     session.commit()
+    realtime.publish_job(job)  # realtime `job.progress` (running), after the commit
     return JobContext(
-        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id
+        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id, job.type
     )
 
 
@@ -181,6 +205,7 @@ def _settle_success(ctx: JobContext, me: str, result: dict[str, Any] | None) -> 
     job.error = job.traceback = None
     db.session.commit()  # the work's effects and `succeeded`, atomically
     log.info("job_succeeded", job_id=str(ctx.job_id), attempt=ctx.attempt)
+    realtime.publish_job(job)  # realtime `job.finished`, after the commit
 
 
 def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
@@ -204,6 +229,9 @@ def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
         send_after_commit(db.session(), job, countdown=delay)
     db.session.commit()
     log.warning("job_failed", job_id=str(ctx.job_id), status=job.status, error=job.error)
+    # Realtime, after the commit: `job.finished` (failed/dead/cancelled) or, when it will
+    # be retried, `job.progress` with status `retrying`.
+    realtime.publish_job(job)
 
 
 def backoff_seconds(attempt: int) -> float:

@@ -15,6 +15,10 @@ bp = APIBlueprint("ops", __name__, tag="ops")
 
 AREAS = {
     "auth": "/api/v1/auth",
+    "profile": "/api/v1/me",
+    "notifications": "/api/v1/notifications",
+    "events": "/api/v1/events",
+    "payments": "/api/v1/teams/{team_id}/payments",
     "jobs": "/api/v1/jobs",
     "teams": "/api/v1/teams",
     "invites": "/api/v1/invites",

@@ -171,7 +171,8 @@ def test_cli_creates_an_admin_who_can_use_admin_routes(app: APIFlask, client: Fl
     tokens = login(client, "ops@example.com", OPS_PASSWORD).get_json()
     response = client.get("/api/v1/admin/jobs", headers=bearer(tokens["access_token"]))
     assert response.status_code == 200
-    assert response.get_json() == {"items": [], "next_cursor": None}
+    # The only job so far: emailing the "new sign-in" security notice of that login.
+    assert [j["type"] for j in response.get_json()["items"]] == ["notifications.send_emails"]
 
 
 def test_cli_refuses_a_duplicate_email(app: APIFlask) -> None:
