@@ -118,6 +118,24 @@ class Settings(BaseSettings):
     # Per user (or address): a reconnecting client needs one per stream lifetime.
     ratelimit_events_stream: str = "60/minute"
 
+    # Files. "local" keeps objects under STORAGE_LOCAL_DIR and serves signed URLs from this
+    # app (the default); "s3" uses S3_BUCKET (S3_ENDPOINT_URL for MinIO/moto/localstack).
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_local_dir: str = "var/storage"
+    s3_bucket: str = "maycole"
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_timeout_seconds: float = 10.0
+    upload_max_bytes: int = 25 * 1024 * 1024
+    # Comma-separated MIME types accepted for uploads.
+    upload_allowed_types: str = (
+        "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/csv,text/plain"
+    )
+    upload_url_seconds: int = 600  # how long a presigned upload form stays valid
+    download_url_seconds: int = 300  # how long a presigned download link stays valid
+    pending_upload_hours: int = 24  # uploads never completed are removed after this
+    export_retention_days: int = 7
+
     flower_basic_auth: str = ""
     log_level: str = "INFO"
     log_json: bool = True
@@ -151,6 +169,12 @@ class Settings(BaseSettings):
     @cached_property
     def currency_allow_list(self) -> frozenset[str]:
         return frozenset(c.strip().upper() for c in self.payment_currencies.split(",") if c.strip())
+
+    @cached_property
+    def upload_type_allow_list(self) -> frozenset[str]:
+        return frozenset(
+            t.strip().lower() for t in self.upload_allowed_types.split(",") if t.strip()
+        )
 
     @cached_property
     def cors_origin_list(self) -> list[str]:

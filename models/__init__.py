@@ -4,6 +4,7 @@ from models.analytics import AnalyticsEvent
 from models.audit import AuditLog
 from models.auth import ApiKey, UserSession
 from models.base import Base
+from models.export import Export
 from models.file import UserFile
 from models.idempotency import IdempotencyKey
 from models.inventory import InventoryItem
@@ -19,6 +20,7 @@ __all__ = [
     "ApiKey",
     "AuditLog",
     "Base",
+    "Export",
     "GatewayEvent",
     "IdempotencyKey",
     "InventoryItem",

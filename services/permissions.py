@@ -33,6 +33,11 @@ PERMISSIONS: Final[dict[str, tuple[str, str]]] = {
     "payments.refund": (ADMIN, "refund a payment"),
     "subscription.read": (MEMBER, "see the team's plan and subscription"),
     "subscription.manage": (ADMIN, "subscribe, change plan, cancel or resume"),
+    "files.read": (VIEWER, "list and download the team's files"),
+    "files.upload": (MEMBER, "upload files"),
+    "files.delete": (ADMIN, "delete any file (members may delete their own)"),
+    "exports.create": (MEMBER, "export data they may read"),
+    "exports.read": (MEMBER, "list and download exports"),
 }
 
 
