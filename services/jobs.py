@@ -11,7 +11,9 @@ from sqlalchemy import Select, select
 from extensions import db
 from models import Job, User
 from models.job import RUNNABLE
+from services import realtime
 from services.audit import record_audit
+from services.commit_hooks import after_commit
 from services.errors import Conflict, NotFound
 from services.pagination import Page, paginate
 from tasks.dispatch import enqueue, send_after_commit
@@ -50,6 +52,7 @@ def cancel_job(user: User, job_id: uuid.UUID) -> Job:
         subject_type="job",
         subject_id=job.id,
     )
+    after_commit(lambda: realtime.publish_job(job))
     db.session.commit()
     return job
 
@@ -106,5 +109,6 @@ def retry_job(admin: User, job_id: uuid.UUID) -> Job:
     record_audit(
         "job.retried", actor_id=admin.id, team_id=job.team_id, subject_type="job", subject_id=job.id
     )
+    after_commit(lambda: realtime.publish_job(job))
     db.session.commit()
     return job

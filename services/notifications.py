@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from extensions import db
 from models import Job, Notification, NotificationPreference, TeamMember, User
-from services import tokens
+from services import realtime, tokens
 from services.audit import record_audit
 from services.commit_hooks import after_commit
 from services.errors import NotFound, ValidationFailed
@@ -222,8 +222,6 @@ def write_chunk(
 
 
 def _publish_live(user_ids: list[uuid.UUID], event: dict[str, Any]) -> None:
-    from services import realtime  # TEMPORARY lazy import until services/realtime lands
-
     realtime.publish(user_ids, "notification.created", event)
 
 

@@ -139,7 +139,7 @@ def publish(user_ids: Iterable[uuid.UUID | None], event: str, data: dict[str, An
         settings = _settings()
         fields = {"event": event, "data": _dumps(data)}
         # Retention by this host's clock: a skew of seconds against Redis's only moves the
-        # trim point by as much; the resume check relies on Redis's own record of trims.
+        # trim point by as much (resuming checks what Redis actually kept, not this).
         oldest_kept = int((time.time() - settings.events_retention_seconds) * 1000)
         ttl = max(_MIN_KEY_TTL_SECONDS, 2 * settings.events_retention_seconds)
         pipe = redis.client.pipeline(transaction=False)
@@ -154,17 +154,20 @@ def publish(user_ids: Iterable[uuid.UUID | None], event: str, data: dict[str, An
 
 
 def publish_job(job: Job) -> None:
-    """Tell the job's owner its current state: `job.finished` once final, else `job.progress`."""
-    if job.status in FINISHED:
-        data: dict[str, Any] = {"job_id": job.id, "type": job.type, "status": job.status}
-        if job.error and job.status != "succeeded":
-            data["error"] = job.error
-        result_url = (job.result or {}).get("url") if job.status == "succeeded" else None
-        if result_url:
-            data["result_url"] = result_url
-        publish([job.user_id], JOB_FINISHED, data)
-    else:
+    """Tell the job's owner its current state: `job.finished` once final, else `job.progress`.
+
+    `job.finished` is {job_id, type, status, error?, result_url?}; never raises.
+    """
+    if job.status not in FINISHED:
         publish_job_progress(job.user_id, job.id, job.type, job.progress, job.status)
+        return
+    data: dict[str, Any] = {"job_id": job.id, "type": job.type, "status": job.status}
+    if job.error and job.status != "succeeded":
+        data["error"] = job.error
+    result = job.result if isinstance(job.result, dict) else {}
+    if job.status == "succeeded" and result.get("url"):
+        data["result_url"] = result["url"]  # as the REST API's `links.result`
+    publish([job.user_id], JOB_FINISHED, data)
 
 
 def publish_job_progress(
@@ -298,11 +301,18 @@ def _may_have_lost(
         return True  # the key may have expired (with events in it) and been recreated
     if info is None:
         return False  # no key, and any event after `last` would have kept it alive
-    deleted = _parse_id(_text(info.get("max-deleted-entry-id")))
-    if deleted is not None:  # Redis 7+ records the newest id it trimmed: exact
-        return last < deleted
-    # Redis 6.2 does not: anything older than the first stored entry may have been trimmed.
-    return first is not None and last < _just_before(first)
+    deleted = _parse_id(_text(info.get("max-deleted-entry-id")))  # Redis 7+: XDEL, not trims
+    if deleted is not None and last < deleted:
+        return True
+    added = info.get("entries-added")  # Redis 7+
+    if added is not None and int(added) == int(info["length"]):
+        return False  # nothing was ever trimmed from this stream
+    if first is None:
+        return last < current  # everything was trimmed, including what came after `last`
+    # Trims take the oldest entries: if an id fits between `last` and the oldest kept, an
+    # entry with it may have been trimmed, so the client must refetch. (Without one, the
+    # client's own last event is what was trimmed: it was gone longer than the retention.)
+    return last < _just_before(first)
 
 
 def _text(value: Any) -> str | None:

@@ -227,11 +227,29 @@ def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
         job.status, job.worker, job.heartbeat_at = "retrying", None, None
         job.run_after, job.published_at = now + timedelta(seconds=delay), None
         send_after_commit(db.session(), job, countdown=delay)
+    if job.status in ("failed", "dead"):
+        notify_failed_for_good(job)
     db.session.commit()
     log.warning("job_failed", job_id=str(ctx.job_id), status=job.status, error=job.error)
     # Realtime, after the commit: `job.finished` (failed/dead/cancelled) or, when it will
     # be retried, `job.progress` with status `retrying`.
     realtime.publish_job(job)
+
+
+# Failures of the notification machinery itself are not notified (that could loop).
+_SILENT_FAILURES = ("notifications.", "email.")
+
+
+def notify_failed_for_good(job: Job) -> None:
+    """Tell the job's owner it failed for good (in the caller's transaction)."""
+    if job.user_id is None or job.type.startswith(_SILENT_FAILURES):
+        return
+    from services.notifications import notify  # services import this module's siblings
+
+    data = {"job_type": job.type, "attempts": job.attempts, "error": job.error or job.status,
+            "job_id": str(job.id)}  # fmt: skip
+    notify([job.user_id], "job_failed", data, event_key=f"job_failed:{job.id}:{job.attempts}",
+           team_id=job.team_id)  # fmt: skip
 
 
 def backoff_seconds(attempt: int) -> float:

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from extensions import db
 from logs import get_logger
 from models import Job
-from tasks.base import periodic_task
+from services import realtime
+from tasks.base import notify_failed_for_good, periodic_task
 from tasks.dispatch import Message, publish, send_after_commit
 
 log = get_logger(__name__)
@@ -71,11 +72,14 @@ def reap_orphans(batch_size: int = 500) -> int:
         if job.attempts >= job.max_attempts:
             job.status, job.finished_at = "dead", now
             job.error = job.error or "The worker running this job stopped responding."
+            notify_failed_for_good(job)
         else:
             job.status, job.run_after, job.published_at = "retrying", now, None
             send_after_commit(session(), job)
         log.warning("job_reaped", job_id=str(job.id), status=job.status, attempts=job.attempts)
     session.commit()
+    for job in jobs:
+        realtime.publish_job(job)  # after the commit: `retrying` or `job.finished` (dead)
     return len(jobs)
 
 

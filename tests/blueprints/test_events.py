@@ -104,9 +104,12 @@ class SSEReader:
 
     def events(self, count: int, timeout: float = 20) -> list[Frame]:
         """The next `count` events, skipping keepalive comments."""
+        deadline = time.monotonic() + timeout
         found: list[Frame] = []
-        self.until(lambda f: f.event is not None and not found.append(f) and len(found) == count,
-                   timeout)  # fmt: skip
+        while len(found) < count:
+            frame = self.next_frame(max(0.1, deadline - time.monotonic()))
+            if frame.event is not None:
+                found.append(frame)
         return found
 
 
@@ -118,9 +121,9 @@ def client_stream(
     response = client.get(url, headers=dict(headers or {}), buffered=False)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.mimetype == "text/event-stream"
-    chunks = iter(response.response)
+    chunks: Iterator[bytes] = iter(response.response)  # type: ignore[arg-type]
     try:
-        yield SSEReader(lambda: next(chunks, None))  # type: ignore[arg-type]
+        yield SSEReader(lambda: next(chunks, None))
     finally:
         response.close()  # ends the generator and gives the stream slot back
 
@@ -191,13 +194,26 @@ class WebServer:
 
     @contextmanager
     def stream(
-        self, path: str = STREAM, headers: Mapping[str, str] | None = None, read_timeout: float = 5
+        self,
+        path: str = STREAM,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float = 5,
+        wait_for_slot: float = 0,
     ) -> Iterator[SSEReader]:
-        """An SSE stream over real HTTP; a read waits at most `read_timeout` seconds."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=read_timeout)
-        try:
+        """An SSE stream over real HTTP; a read waits at most `read_timeout` seconds.
+
+        `wait_for_slot`: for that long, retry while the server says it is at capacity.
+        """
+        deadline = time.monotonic() + wait_for_slot
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=read_timeout)
             conn.request("GET", path, headers=dict(headers or {}))
             response = conn.getresponse()
+            if response.status != 503 or time.monotonic() > deadline:
+                break
+            conn.close()
+            time.sleep(0.1)
+        try:
             assert response.status == 200, response.read()
             assert response.getheader("Content-Type", "").startswith("text/event-stream")
             yield SSEReader(lambda: response.read1(65536) or None)
@@ -350,15 +366,21 @@ def test_an_id_older_than_what_is_kept_gets_reset_then_what_is_kept(
         assert opening.event == "reset"  # event 2 is gone: the client must refetch
         assert [f.data["n"] for f in stream.events(1)] == [3]
 
-    resumed["Last-Event-ID"] = stored[1].id  # nothing after this one is missing
+    # The reset's id is where the replay started: reconnecting with it is no new reset.
+    resumed["Last-Event-ID"] = opening.id or ""
     with client_stream(client, headers=resumed) as stream:
         assert stream.next_frame().event == "ready"
         assert [f.data["n"] for f in stream.events(1)] == [3]
+    resumed["Last-Event-ID"] = stored[2].id
+    with client_stream(client, headers=resumed) as stream:
+        assert stream.next_frame().event == "ready"
+        realtime.publish([user.id], "notification.created", {"n": 4})
+        assert [f.data["n"] for f in stream.events(1)] == [4]
 
     resumed["Last-Event-ID"] = "not-an-id"
     with client_stream(client, headers=resumed) as stream:
         assert stream.next_frame().event == "reset"
-        assert [f.data["n"] for f in stream.events(1)] == [3]
+        assert [f.data["n"] for f in stream.events(2)] == [3, 4]
 
 
 def test_publish_serialises_like_the_api_and_never_raises(
@@ -492,10 +514,13 @@ def test_streams_end_with_a_retry_hint_and_never_take_every_thread(
 ) -> None:
     a, _ = web_pair  # A: one stream at a time, three seconds each
     headers = auth_headers(make_user())
-    with a.stream(headers=headers) as stream:
+    with a.stream(headers=headers) as dropped:
+        assert dropped.next_frame().event == "ready"
+    # That client went away: the server notices at its next write and frees the slot.
+    with a.stream(headers=headers, wait_for_slot=5) as stream:
         assert stream.next_frame().event == "ready"
         started = time.monotonic()
-        # The stream slot is taken: another stream is refused, ordinary requests are served.
+        # The slot is taken: another stream is refused, ordinary requests are served.
         status, answer_headers, body = a.request("GET", STREAM, headers=headers)
         assert status == 503 and body["type"].endswith("/stream-capacity")
         assert int(answer_headers["Retry-After"]) > 0
@@ -506,21 +531,25 @@ def test_streams_end_with_a_retry_hint_and_never_take_every_thread(
         assert frames[-1].event is None  # a bare retry hint: EventSource reconnects
         with pytest.raises(AssertionError, match="ended"):
             stream.next_frame(timeout=5)
-
-    # The slot is free again once the server has closed the response.
-    def reopened() -> bool:
-        status = a.request("GET", "/healthz")[0]
-        with a.stream(headers=headers) as again:
-            return status == 200 and again.next_frame().event == "ready"
-
-    wait_for(_ignoring(AssertionError, reopened), 5, a.describe)
+    # The slot is free again once the server has closed the finished response.
+    with a.stream(headers=headers, wait_for_slot=5) as again:
+        assert again.next_frame().event == "ready"
 
 
-def _ignoring(error: type[Exception], probe: Callable[[], bool]) -> Callable[[], bool]:
-    def run() -> bool:
-        try:
-            return probe()
-        except error:
-            return False
-
-    return run
+def test_signing_out_ends_an_open_stream_within_a_heartbeat(
+    web_pair: tuple[WebServer, WebServer],
+) -> None:
+    _, b = web_pair
+    user = make_user()
+    pair = sessions.open_session(user, ip="127.0.0.1", user_agent="pytest")
+    db.session.commit()
+    with b.stream(headers=bearer(pair.access_token)) as stream:
+        assert stream.next_frame().event == "ready"
+        sessions.end_session(user, pair.session_id)
+        started = time.monotonic()
+        frames = stream.until(lambda f: f.retry is not None, timeout=5)
+        assert time.monotonic() - started < 2  # heartbeats every 0.2 s here
+        assert all(f.event is None for f in frames)
+    # Reconnecting with the same credentials is refused.
+    status, _, body = b.request("GET", STREAM, headers=bearer(pair.access_token))
+    assert status == 401 and "revoked" in body["detail"]

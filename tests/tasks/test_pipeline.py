@@ -73,6 +73,10 @@ def test_exhausted_retries_make_a_dead_letter_that_an_admin_can_replay(
     job = start_ping(client, headers, fail_attempts=3)  # max_attempts is 3 in tests
     dead = wait_job(job["id"], "dead", describe=worker.describe)
     assert dead.attempts == 3
+    # Its owner hears about it (category "jobs": in the app by default, not by email).
+    mine = client.get("/api/v1/notifications", headers=headers).get_json()["items"]
+    assert [n["category"] for n in mine] == ["jobs"]
+    assert "maintenance.ping" in mine[0]["body"] and job["id"] in (mine[0]["link"] or "")
     assert "deliberate failure on attempt 3" in (dead.error or "")
 
     letters = client.get("/api/v1/admin/jobs?status=dead", headers=headers).get_json()["items"]
