@@ -31,8 +31,8 @@ migrate: $(STAMP)  ## apply migrations to the configured (or local) database
 	@$(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
 
 lint: $(STAMP)
-	ruff check .
-	ruff format --check .
+	ruff check --no-cache .
+	ruff format --no-cache --check .
 
 format: $(STAMP)
 	ruff check --fix .

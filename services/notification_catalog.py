@@ -25,7 +25,7 @@ CATEGORIES: dict[str, Category] = {
         Category("team", "Changes to your teams and your role in them", True),
         Category("payments", "Payments you make", True),
         Category("billing", "Subscription and billing problems", True),
-        Category("jobs", "Background work that failed for good", False),
+        Category("jobs", "Background work: exports ready, jobs that failed for good", False),
         Category("operations", "Notices from the operators", True),
         Category("inventory", "Stock running low", True),
     )
@@ -76,6 +76,12 @@ TEMPLATES: dict[str, Template] = {
         "A background job failed",
         "{{ job_type }} stopped after {{ attempts }} attempts: {{ error }}",
         "/jobs/{{ job_id }}",
+    ),
+    "export_ready": Template(
+        "jobs",
+        "Your {{ resource }} export is ready",
+        "{{ rows }} rows as {{ format }}. Download it before {{ expires }}.",
+        "{{ download }}",
     ),
     "password_changed": Template(
         "security",

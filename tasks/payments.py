@@ -6,7 +6,6 @@ import uuid
 from typing import Any
 
 from integrations.stripe_gateway import get_gateway
-
 from services import payments
 from tasks.base import JobContext, job_task
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from integrations.stripe_gateway import get_gateway
-
 from services import webhooks
 from tasks.base import JobContext, job_task
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from apiflask import APIBlueprint
 from flask import request
-from integrations.stripe_gateway import get_gateway
 
 from blueprints.common.auth import me
 from blueprints.common.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -31,6 +30,7 @@ from blueprints.payments.schemas import (
 )
 from extensions import limiter
 from integrations.payments import InvalidWebhook
+from integrations.stripe_gateway import get_gateway
 from models import Payment, Refund
 from services import payments, webhooks
 from services.errors import ServiceError
