@@ -9,7 +9,20 @@ from celery import Task
 
 import celeryconfig
 import cli
-from blueprints import auth, events, jobs, me, notifications, ops, payments, subscriptions, teams
+from blueprints import (
+    auth,
+    events,
+    exports,
+    jobs,
+    me,
+    notifications,
+    ops,
+    payments,
+    storage_local,
+    subscriptions,
+    teams,
+    uploads,
+)
 from blueprints.common.jwt_callbacks import register_jwt_callbacks
 from blueprints.common.problems import register_error_handlers
 from blueprints.common.request_hooks import register_request_hooks
@@ -51,9 +64,13 @@ def register_extensions(app: APIFlask) -> None:
 
 
 def register_blueprints(app: APIFlask) -> None:
-    for module in (ops, auth, me, jobs, teams, subscriptions, payments, notifications, events):
+    for module in (
+        ops, auth, me, jobs, teams, subscriptions, payments, notifications, events, exports,
+    ):  # fmt: skip
         app.register_blueprint(module.bp)
     app.register_blueprint(jobs.admin_bp)
+    app.register_blueprint(uploads.bp)
+    app.register_blueprint(storage_local.bp)
     app.register_blueprint(payments.webhooks_bp)
     app.register_blueprint(teams.invites_bp)
     app.register_blueprint(subscriptions.plans_bp)

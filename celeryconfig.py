@@ -133,6 +133,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": 3600.0,
             "options": {"expires": 1800},
         },
+        # Hourly: uploads whose browser never called `complete` within PENDING_UPLOAD_HOURS
+        # are deleted with their objects, so abandoned bytes do not accumulate in storage.
+        "uploads-cleanup-pending": {
+            "task": "uploads.cleanup_pending",
+            "schedule": 3600.0,
+            "options": {"expires": 1800},
+        },
         # Daily at 03:15 UTC (a quiet hour): queue the `subscriptions.reconcile` job, which
         # re-reads every live subscription from the gateway (catching webhooks that were
         # lost or rejected) and sends past-due teams their daily dunning email.
@@ -148,6 +155,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "payments-reconcile": {
             "task": "payments.start_reconcile",
             "schedule": crontab(hour=3, minute=45),
+            "options": {"expires": 3600},
+        },
+        # Daily at 04:30 UTC: delete the objects of exports past EXPORT_RETENTION_DAYS and
+        # mark their rows expired (downloads already answer 410 after `expires_at`; this
+        # frees the storage). The rows stay as history.
+        "exports-cleanup": {
+            "task": "exports.cleanup",
+            "schedule": crontab(hour=4, minute=30),
             "options": {"expires": 3600},
         },
         # Daily at 07:00 UTC: one email summarising the day's notifications for users who

@@ -10,6 +10,7 @@ import importlib
 TASK_MODULES = (
     "tasks.accounts",
     "tasks.email",
+    "tasks.exports",
     "tasks.jobs",
     "tasks.maintenance",
     "tasks.notifications",
@@ -17,6 +18,7 @@ TASK_MODULES = (
     "tasks.reconciliation",
     "tasks.subscriptions",
     "tasks.teams",
+    "tasks.uploads",
     "tasks.webhooks",
 )
 

@@ -24,7 +24,7 @@ from config import Settings
 from extensions import db, limiter
 from models import Base
 from scripts.devservices import free_port
-from tests.support import ROOT, LocalStripe, Mailbox, Worker, make_settings
+from tests.support import ROOT, LocalStripe, Mailbox, MotoS3, Worker, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,15 @@ def mailbox() -> Iterator[Mailbox]:
 def stripe_server() -> Iterator[LocalStripe]:
     """The fake Stripe API (localstripe) every test run's app and workers pay through."""
     server = LocalStripe(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3]:
+    """moto's S3 over real HTTP; tests point STORAGE_BACKEND=s3 at `s3_server.url`."""
+    server = MotoS3(free_port())
     server.start()
     yield server
     server.stop()

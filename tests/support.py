@@ -258,3 +258,27 @@ class LocalStripe:
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200, f"localstripe {method} {path}: {response.status}"
+
+
+class MotoS3:
+    """moto's S3 in server mode (real HTTP, in a thread), for the app and its workers.
+
+    boto3 needs credentials even for moto: dummy ones go into os.environ, which
+    `settings_env` copies, so worker subprocesses sign requests the same way.
+    """
+
+    def __init__(self, port: int) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+
+    def start(self) -> None:
+        os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+        os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()

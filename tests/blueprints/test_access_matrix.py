@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 
 from extensions import db
-from models import Payment
+from models import Export, Payment
+from models.file import UserFile
 from models.team import ROLES
 from services import invites, permissions
 from tests.factories import auth_headers, give_plan, make_team, make_user
@@ -122,6 +124,39 @@ MATRIX = (
         {"payment_id": "payment"},
         headers={"Idempotency-Key": "matrix-refund"},
     ),
+    Case("POST", f"{TEAM}/exports", "exports.create", {"resource": "inventory", "format": "csv"}),
+    Case("GET", f"{TEAM}/exports", "exports.read"),
+    Case("GET", f"{TEAM}/exports/<uuid:export_id>", "exports.read", None, {"export_id": "export"}),
+    Case(
+        "GET",
+        f"{TEAM}/exports/<uuid:export_id>/download",
+        "exports.read",
+        None,
+        {"export_id": "export"},
+    ),
+    Case("GET", f"{TEAM}/uploads", "files.read"),
+    Case(
+        "POST",
+        f"{TEAM}/uploads",
+        "files.upload",
+        {"filename": "a.png", "content_type": "image/png", "size": 100},
+    ),
+    Case("GET", f"{TEAM}/uploads/<uuid:file_id>", "files.read", None, {"file_id": "upload"}),
+    Case(
+        "POST",
+        f"{TEAM}/uploads/<uuid:file_id>/complete",
+        "files.upload",
+        None,
+        {"file_id": "pending_upload"},
+    ),
+    Case(
+        "GET", f"{TEAM}/uploads/<uuid:file_id>/download", "files.read", None, {"file_id": "upload"}
+    ),
+    # Someone else's file (the owner's) needs `files.delete`; your own, `files.upload`.
+    Case("DELETE", f"{TEAM}/uploads/<uuid:file_id>", "files.delete", None, {"file_id": "upload"}),
+    Case(
+        "DELETE", f"{TEAM}/uploads/<uuid:file_id>", "files.upload", None, {"file_id": "own_upload"}
+    ),
 )
 
 
@@ -157,9 +192,33 @@ def world(app: APIFlask, case: Case) -> dict[str, Any]:
         id=uuid.uuid4(), team_id=team_id, created_by_id=users["owner"].id, amount=2000,
         currency="USD", status="succeeded", provider_payment_id=f"pi_matrix_{uuid.uuid4().hex}",
     )  # fmt: skip
-    db.session.add(payment)
+    # A ready export (its download answers a redirect to the file's signed URL).
+    export = Export(
+        id=uuid.uuid4(), team_id=team_id, requested_by_id=users["owner"].id, resource="inventory",
+        format="csv", storage_key=f"teams/{team_id}/exports/matrix.csv", row_count=0, size=0,
+        sha256="0" * 64, finished_at=datetime.now(UTC),
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+    )  # fmt: skip
+    # A ready file per role (members may delete their own) and a pending one to complete.
+    uploads = {
+        name: _user_file(team_id, users[name].id, "ready")
+        for name in ("owner", "admin", "member", "viewer")
+    }
+    pending_upload = _user_file(team_id, users["owner"].id, "pending")
+    db.session.add_all([payment, export, *uploads.values(), pending_upload])
     db.session.commit()
-    return {"team_id": team_id, "users": users, "invite_id": invite.id, "payment_id": payment.id}
+    return {"team_id": team_id, "users": users, "invite_id": invite.id, "payment_id": payment.id,
+            "export_id": export.id, "uploads": uploads,
+            "pending_upload_id": pending_upload.id}  # fmt: skip
+
+
+def _user_file(team_id: uuid.UUID, user_id: uuid.UUID, state: str) -> UserFile:
+    file_id = uuid.uuid4()
+    return UserFile(
+        id=file_id, team_id=team_id, uploaded_by_id=user_id, filename="f.png",
+        content_type="image/png", size=100, state=state,
+        storage_key=f"teams/{team_id}/uploads/{file_id}/original",
+    )  # fmt: skip
 
 
 def _url(case: Case, world: dict[str, Any], caller: str) -> str:
@@ -175,6 +234,15 @@ def _url(case: Case, world: dict[str, Any], caller: str) -> str:
             values[name] = world["invite_id"]
         elif source == "payment":
             values[name] = world["payment_id"]
+        elif source == "export":
+            values[name] = world["export_id"]
+        elif source == "upload":
+            values[name] = world["uploads"]["owner"].id
+        elif source == "pending_upload":
+            values[name] = world["pending_upload_id"]
+        elif source == "own_upload":
+            # Outsiders and anonymous callers aim at a member's file: it is not theirs.
+            values[name] = world["uploads"].get(caller, world["uploads"]["member"]).id
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), case.rule)
 
 
@@ -198,7 +266,8 @@ def test_route_answers_as_the_permission_table_says(
     want = expected(caller, case.action)
     text = response.get_data(as_text=True)
     if want == "2xx":
-        assert 200 <= response.status_code < 300, text
+        # A download's success is a redirect to the file's signed URL.
+        assert 200 <= response.status_code < 300 or response.status_code == 302, text
     else:
         assert response.status_code == want, text
         assert response.mimetype == "application/problem+json"

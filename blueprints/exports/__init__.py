@@ -1,0 +1,3 @@
+from blueprints.exports.views import bp
+
+__all__ = ["bp"]

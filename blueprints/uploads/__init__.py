@@ -1,0 +1,3 @@
+from blueprints.uploads.views import bp
+
+__all__ = ["bp"]
