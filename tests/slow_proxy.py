@@ -49,7 +49,7 @@ class SlowProxy:
             do_GET = do_POST = do_DELETE = _forward
 
             def log_message(self, format: str, *args: object) -> None:
-                pass
+                """Keep the test output free of access-log lines."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,30 +118,43 @@ def test_cli_starts_and_stops_throwaway_servers(tmp_path: Path) -> None:
     assert refused(pg_port) and refused(redis_port)
 
 
-@pytest.fixture
-def found_db(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Skip unless the machine's servers run on 5432/6379; drop the test database afterwards."""
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+@dataclass(frozen=True)
+class Found:
+    database: str
+    pg_port: int
+    redis_port: int
+
+
+@pytest.fixture(scope="module")
+def running_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """Servers already listening when the CLI starts (ours, so this never depends on what
+    the machine happens to run)."""
+    workdir = tmp_path_factory.mktemp("found")
+    pg, rd = ds.PostgresServer(ds.free_port(), workdir), ds.RedisServer(ds.free_port(), workdir)
+    pg.start()
+    rd.start()
     try:
-        psycopg.connect(admin).close()
-        redis.Redis(port=6379).ping()
-    except (psycopg.Error, redis.RedisError):
-        pytest.skip("no PostgreSQL on 5432 / Redis on 6379")
+        yield pg.port, rd.port
+    finally:
+        rd.stop()
+        pg.stop()
+
+
+@pytest.fixture
+def found(request: pytest.FixtureRequest, running_servers: tuple[int, int]) -> Found:
     # One name per test so that parallel runs (pytest -n) do not drop each other's database.
     callspec = getattr(request.node, "callspec", None)
     name = "devsvc_found_test" + (f"_{callspec.id}" if callspec else "")
-    yield name
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    return Found(name, *running_servers)
 
 
-def found_cli(tmp_path: Path, database: str, code: str, **popen: Any) -> subprocess.Popen[str]:
-    """Start the CLI against the machine's servers with stdout/stderr captured."""
-    options = ["--database", database, "--redis-db", "15"]
+def found_cli(tmp_path: Path, found: Found, code: str, **popen: Any) -> subprocess.Popen[str]:
+    """Start the CLI against servers that already run, with stdout/stderr captured."""
+    options = ["--database", found.database, "--redis-db", "15"]
     return subprocess.Popen(
         cli(tmp_path, *options, code=code),
         cwd=tmp_path,
-        env=cli_env(PGPORT="5432", REDIS_PORT="6379"),
+        env=cli_env(PGPORT=str(found.pg_port), REDIS_PORT=str(found.redis_port)),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -148,21 +162,23 @@ def found_cli(tmp_path: Path, database: str, code: str, **popen: Any) -> subproc
     )
 
 
-def test_cli_uses_found_servers(tmp_path: Path, found_db: str) -> None:
-    proc = found_cli(tmp_path, found_db, CHILD + "sys.exit(3)")
+def test_cli_uses_found_servers(tmp_path: Path, found: Found) -> None:
+    proc = found_cli(tmp_path, found, CHILD + "sys.exit(3)")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err  # the child's exit code is passed through
-    assert "postgres: found at 127.0.0.1:5432" in err and "redis: found at 127.0.0.1:6379" in err
+    assert f"postgres: found at 127.0.0.1:{found.pg_port}" in err
+    assert f"redis: found at 127.0.0.1:{found.redis_port}" in err
     assert "started" not in err and not (tmp_path / "var").exists()
-    assert "REDIS_URL=redis://127.0.0.1:6379/15" in out and f"db={found_db}" in out
+    assert f"REDIS_URL=redis://127.0.0.1:{found.redis_port}/15" in out
+    assert f"db={found.database}" in out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_cli_signals(tmp_path: Path, found_db: str, sig: signal.Signals) -> None:
+def test_cli_signals(tmp_path: Path, found: Found, sig: signal.Signals) -> None:
     # "up" is printed inside the try so that the signal cannot arrive before the handler.
     code = "import sys, time\ntry:\n print('up', flush=True)\n time.sleep(30)\n"
     code += "except KeyboardInterrupt:\n sys.exit(7)"
-    proc = found_cli(tmp_path, found_db, code, start_new_session=True)
+    proc = found_cli(tmp_path, found, code, start_new_session=True)
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # like a terminal Ctrl-C: wrapper and child both get it
