@@ -359,7 +359,9 @@ def test_gateway_outage_keeps_payments_pending_then_charges_once(
             assert fetch_job(job_id).status in ("retrying", "running")
             assert payment_row(payment_id).status == "pending"
             with outage_app.app_context():
-                assert breaker("stripe").current_state == "open"  # shared with the worker
+                # Opened by the worker's failures, seen here through Redis ("half-open" only
+                # while the worker's trial call after each reset timeout is in flight).
+                assert breaker("stripe").current_state in ("open", "half-open")
 
             gateway_server.start()
             attempts = wait_job(job_id, "succeeded", timeout=60, describe=worker.describe).attempts

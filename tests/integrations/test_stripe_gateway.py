@@ -314,6 +314,9 @@ def test_missing_secret_key_is_unavailable_not_rejected(app: APIFlask, circuit_n
     assert own_breaker(circuit_name).current_state == "closed"
 
 
+RESET = 4  # seconds
+
+
 def test_outage_opens_the_shared_breaker_which_recovers_after_the_reset_timeout(
     app: APIFlask, settings: Settings, restore_globals: None, circuit_name: str
 ) -> None:
@@ -323,7 +326,9 @@ def test_outage_opens_the_shared_breaker_which_recovers_after_the_reset_timeout(
         outage_app = create_app(
             make_settings(
                 breaker_fail_max=2,
-                breaker_reset_seconds=1,
+                # Long enough that restarting localstripe on a loaded CI machine cannot
+                # outlast it before the "still open" check below.
+                breaker_reset_seconds=RESET,
                 stripe_api_base=server.url,
                 stripe_secret_key="sk_test_local",
                 stripe_timeout_seconds=2,
@@ -341,19 +346,24 @@ def test_outage_opens_the_shared_breaker_which_recovers_after_the_reset_timeout(
                     first.get_payment(payment.id)
                 assert time.monotonic() - began < config.stripe_timeout_seconds
             assert breaker(circuit_name).current_state == "open"
+            opened = time.monotonic()
 
             server.start()  # back (and empty: localstripe forgets everything on restart)
             # Another process's gateway, with its own breaker object and Redis connection,
             # refuses too without contacting the (healthy again) server.
             other_redis = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True)
-            elsewhere = build_breaker(circuit_name, client=other_redis, fail_max=2, reset_seconds=1)
+            elsewhere = build_breaker(
+                circuit_name, client=other_redis, fail_max=2, reset_seconds=RESET
+            )
             second = StripeGateway(config, circuit=lambda: elsewhere)
             with pytest.raises(GatewayUnavailable, match="circuit open"):
                 new_payment(second)
             raw = stripe.StripeClient("sk_test_local", base_addresses={"api": server.url})
             assert raw.v1.payment_intents.list().data == []  # it was never asked
 
-            time.sleep(1.2)  # the reset timeout: the next call is the trial
+            assert time.monotonic() - opened < RESET, "the machine was too slow to judge"
+            # After the reset timeout the next call is the trial.
+            time.sleep(max(0.0, RESET - (time.monotonic() - opened)) + 0.2)
             recovered = new_payment(second)
             assert breaker(circuit_name).current_state == "closed"
             assert first.get_payment(recovered.id) == recovered
