@@ -10,9 +10,11 @@ from celery import Task
 import celeryconfig
 import cli
 from blueprints import (
+    analytics,
     auth,
     events,
     exports,
+    inventory,
     jobs,
     me,
     notifications,
@@ -66,6 +68,7 @@ def register_extensions(app: APIFlask) -> None:
 def register_blueprints(app: APIFlask) -> None:
     for module in (
         ops, auth, me, jobs, teams, subscriptions, payments, notifications, events, exports,
+        inventory, analytics,
     ):  # fmt: skip
         app.register_blueprint(module.bp)
     app.register_blueprint(jobs.admin_bp)

@@ -7,7 +7,7 @@ from models.base import Base
 from models.export import Export
 from models.file import UserFile
 from models.idempotency import IdempotencyKey
-from models.inventory import InventoryItem
+from models.inventory import InventoryAdjustment, InventoryItem
 from models.job import Job
 from models.notification import Notification, NotificationPreference
 from models.payment import GatewayEvent, Payment, Refund, Subscription
@@ -23,6 +23,7 @@ __all__ = [
     "Export",
     "GatewayEvent",
     "IdempotencyKey",
+    "InventoryAdjustment",
     "InventoryItem",
     "Job",
     "Notification",

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, Timestamps, UUIDPrimaryKey, non_negative
@@ -33,3 +41,21 @@ class InventoryItem(UUIDPrimaryKey, Timestamps, Base):
     version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     __mapper_args__ = {"version_id_col": version}
+
+
+class InventoryAdjustment(UUIDPrimaryKey, Timestamps, Base):
+    """The stock ledger: one row per applied change of an item's quantity."""
+
+    __tablename__ = "inventory_adjustments"
+    __table_args__ = (
+        CheckConstraint("delta <> 0", name="delta_not_zero"),
+        non_negative("quantity_after"),
+        Index("ix_inventory_adjustments_item_created", "item_id", "created_at"),
+    )
+
+    item_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("inventory.id", ondelete="CASCADE"))
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    delta: Mapped[int] = mapped_column(BigInteger)
+    quantity_after: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)

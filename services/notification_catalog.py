@@ -102,6 +102,12 @@ TEMPLATES: dict[str, Template] = {
         "/settings/security",
     ),
     "operator_notice": Template("operations", "{{ title }}", "{{ body }}", "/"),
+    "inventory_low_stock": Template(
+        "inventory",
+        "{{ sku }} is running low",
+        "{{ name }} is down to {{ quantity }} (low-stock threshold {{ threshold }}).",
+        "/teams/{{ team_id }}/inventory/{{ item_id }}",
+    ),
 }
 
 _env = Environment(undefined=StrictUndefined, autoescape=False)  # noqa: S701 - plain text

@@ -38,6 +38,10 @@ PERMISSIONS: Final[dict[str, tuple[str, str]]] = {
     "files.delete": (ADMIN, "delete any file (members may delete their own)"),
     "exports.create": (MEMBER, "export data they may read"),
     "exports.read": (MEMBER, "list and download exports"),
+    "inventory.read": (VIEWER, "see stock items and their adjustments"),
+    "inventory.write": (MEMBER, "create and edit items, adjust stock"),
+    "inventory.delete": (ADMIN, "delete stock items"),
+    "analytics.ingest": (MEMBER, "send analytics events (API keys with the ingest scope too)"),
 }
 
 

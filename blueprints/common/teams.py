@@ -22,11 +22,14 @@ from services.teams import load_membership
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def team_permission(action: str, *, on_self: str | None = None) -> Callable[[F], F]:
+def team_permission(
+    action: str, *, on_self: str | None = None, scope: str | None = None
+) -> Callable[[F], F]:
     """Require the caller's role in `team_id` to allow `action`.
 
     `on_self`: the action required instead when the route's `user_id` is the caller
     (removing yourself is leaving, which every member may do).
+    `scope`: the API-key scope the route needs instead of read/write (e.g. `ingest`).
     """
     for name in (action, on_self):
         if name is not None and name not in permissions.PERMISSIONS:
@@ -42,7 +45,7 @@ def team_permission(action: str, *, on_self: str | None = None) -> Callable[[F],
 
         # Read by the access-matrix test, which checks every team route against the table.
         guarded.team_actions = (action, on_self)  # type: ignore[attr-defined]
-        return auth_required(cast(F, guarded))
+        return auth_required(scope=scope)(cast(F, guarded))
 
     return decorator
 

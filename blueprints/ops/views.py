@@ -25,6 +25,8 @@ AREAS = {
     "admin_jobs": "/api/v1/admin/jobs",
     "plans": "/api/v1/plans",
     "subscription": "/api/v1/teams/{team_id}/subscription",
+    "inventory": "/api/v1/teams/{team_id}/inventory",
+    "analytics": "/api/v1/teams/{team_id}/analytics/events",
 }
 
 

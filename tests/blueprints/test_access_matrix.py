@@ -20,7 +20,7 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 
 from extensions import db
-from models import Export, Payment
+from models import Export, InventoryItem, Payment
 from models.file import UserFile
 from models.team import ROLES
 from services import invites, permissions
@@ -157,6 +157,39 @@ MATRIX = (
     Case(
         "DELETE", f"{TEAM}/uploads/<uuid:file_id>", "files.upload", None, {"file_id": "own_upload"}
     ),
+    Case(
+        "POST",
+        f"{TEAM}/analytics/events",
+        "analytics.ingest",
+        {"events": [{"name": "matrix.ping", "occurred_at": datetime.now(UTC).isoformat()}]},
+    ),
+    Case("GET", f"{TEAM}/inventory", "inventory.read"),
+    Case("POST", f"{TEAM}/inventory", "inventory.write", {"sku": "NEW-1", "name": "New"}),
+    Case("GET", f"{TEAM}/inventory/<uuid:item_id>", "inventory.read", None, {"item_id": "item"}),
+    Case(
+        "PATCH",
+        f"{TEAM}/inventory/<uuid:item_id>",
+        "inventory.write",
+        {"name": "Renamed"},
+        {"item_id": "item"},
+    ),
+    Case(
+        "DELETE", f"{TEAM}/inventory/<uuid:item_id>", "inventory.delete", None, {"item_id": "item"}
+    ),
+    Case(
+        "POST",
+        f"{TEAM}/inventory/<uuid:item_id>/adjustments",
+        "inventory.write",
+        {"delta": -1, "reason": "matrix"},
+        {"item_id": "item"},
+    ),
+    Case(
+        "GET",
+        f"{TEAM}/inventory/<uuid:item_id>/adjustments",
+        "inventory.read",
+        None,
+        {"item_id": "item"},
+    ),
 )
 
 
@@ -205,11 +238,13 @@ def world(app: APIFlask, case: Case) -> dict[str, Any]:
         for name in ("owner", "admin", "member", "viewer")
     }
     pending_upload = _user_file(team_id, users["owner"].id, "pending")
-    db.session.add_all([payment, export, *uploads.values(), pending_upload])
+    item = InventoryItem(id=uuid.uuid4(), team_id=team_id, sku="MATRIX-1", name="Matrix",
+                         quantity=10)  # fmt: skip
+    db.session.add_all([payment, export, *uploads.values(), pending_upload, item])
     db.session.commit()
     return {"team_id": team_id, "users": users, "invite_id": invite.id, "payment_id": payment.id,
             "export_id": export.id, "uploads": uploads,
-            "pending_upload_id": pending_upload.id}  # fmt: skip
+            "pending_upload_id": pending_upload.id, "item_id": item.id}  # fmt: skip
 
 
 def _user_file(team_id: uuid.UUID, user_id: uuid.UUID, state: str) -> UserFile:
@@ -238,6 +273,8 @@ def _url(case: Case, world: dict[str, Any], caller: str) -> str:
             values[name] = world["export_id"]
         elif source == "upload":
             values[name] = world["uploads"]["owner"].id
+        elif source == "item":
+            values[name] = world["item_id"]
         elif source == "pending_upload":
             values[name] = world["pending_upload_id"]
         elif source == "own_upload":

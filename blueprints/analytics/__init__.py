@@ -1,0 +1,3 @@
+from blueprints.analytics.views import bp
+
+__all__ = ["bp"]

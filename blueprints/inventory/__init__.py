@@ -1,0 +1,3 @@
+from blueprints.inventory.views import bp
+
+__all__ = ["bp"]

@@ -1,0 +1,91 @@
+"""Stock item and adjustment bodies (money in integer minor units plus an ISO-4217 currency)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from blueprints.common.schemas import ListQuery, Strict
+
+# Quantities, prices and changes up to 10^12: a typo of a few zeros is refused.
+MAX_AMOUNT = 1_000_000_000_000
+
+
+class ItemIn(Strict):
+    sku: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=5000)
+    quantity: int = Field(0, ge=0, le=MAX_AMOUNT, strict=True, description="Opening stock.")
+    unit_price: int = Field(0, ge=0, le=MAX_AMOUNT, strict=True, description="Minor units.")
+    currency: str = Field("USD", pattern=r"^[A-Za-z]{3}$", description="ISO-4217, e.g. USD.")
+    low_stock_threshold: int = Field(0, ge=0, le=MAX_AMOUNT, strict=True)
+
+
+class ItemPatch(Strict):
+    """Editable fields; `quantity` is not one (adjust stock through /adjustments)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=5000)
+    unit_price: int | None = Field(None, ge=0, le=MAX_AMOUNT, strict=True)
+    currency: str | None = Field(None, pattern=r"^[A-Za-z]{3}$")
+    low_stock_threshold: int | None = Field(None, ge=0, le=MAX_AMOUNT, strict=True)
+    archived: bool | None = None
+
+
+class AdjustmentIn(Strict):
+    delta: int = Field(
+        ge=-MAX_AMOUNT, le=MAX_AMOUNT, strict=True, description="Non-zero change of quantity."
+    )
+    reason: str | None = Field(None, max_length=500)
+
+
+class ItemOut(BaseModel):
+    id: uuid.UUID
+    team_id: uuid.UUID
+    sku: str
+    name: str
+    description: str | None
+    quantity: int
+    unit_price: int
+    currency: str
+    low_stock_threshold: int
+    archived: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ItemEnvelope(BaseModel):
+    item: ItemOut
+
+
+class ItemPage(BaseModel):
+    items: list[ItemOut]
+    next_cursor: str | None
+
+
+class ItemListQuery(ListQuery):
+    q: str | None = Field(None, max_length=100, description="Inside the SKU or the name.")
+    archived: bool | None = Field(None, description="Only archived (true) or active (false).")
+
+
+class AdjustmentOut(BaseModel):
+    id: uuid.UUID
+    item_id: uuid.UUID
+    actor_id: uuid.UUID | None
+    delta: int
+    quantity_after: int
+    reason: str | None
+    created_at: datetime
+
+
+class AdjustmentResult(BaseModel):
+    item: ItemOut
+    adjustment: AdjustmentOut
+
+
+class AdjustmentPage(BaseModel):
+    items: list[AdjustmentOut]
+    next_cursor: str | None
