@@ -20,6 +20,7 @@ from blueprints import (
     notifications,
     ops,
     payments,
+    search,
     storage_local,
     subscriptions,
     teams,
@@ -68,7 +69,7 @@ def register_extensions(app: APIFlask) -> None:
 def register_blueprints(app: APIFlask) -> None:
     for module in (
         ops, auth, me, jobs, teams, subscriptions, payments, notifications, events, exports,
-        inventory, analytics,
+        inventory, analytics, search,
     ):  # fmt: skip
         app.register_blueprint(module.bp)
     app.register_blueprint(jobs.admin_bp)

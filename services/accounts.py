@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from extensions import db
 from models import Team, TeamMember, User, UserProfile
-from services import sessions, tokens
+from services import search, sessions, tokens
 from services.audit import record_audit
 from services.errors import Conflict, Unauthorized, ValidationFailed
 from services.mail import queue_email
@@ -39,9 +39,10 @@ def _add_user(email: str, password: str, name: str, *, is_admin: bool = False) -
     db.session.flush()
     db.session.add(team)
     db.session.flush()
-    db.session.add_all(
-        [TeamMember(team_id=team.id, user_id=user.id, role="owner"), UserProfile(user_id=user.id)]
-    )
+    member = TeamMember(id=uuid.uuid4(), team_id=team.id, user_id=user.id, role="owner")
+    db.session.add_all([member, UserProfile(user_id=user.id)])
+    # Indexed in this transaction (not by a task after commit): atomic, cheap for one row.
+    search.index_document(team.id, "member", member.id, user.name, user.email)
     record_audit("user.registered", actor_id=user.id, team_id=team.id, subject_type="user",
                  subject_id=user.id)  # fmt: skip
     return user

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from extensions import db
 from models import InventoryAdjustment, InventoryItem, User
+from services import search
 from services.audit import record_audit
 from services.errors import Conflict, NotFound, ValidationFailed
 from services.notifications import notify_team
@@ -28,6 +29,7 @@ from services.pagination import Page, paginate
 # Fields PATCH may change; quantity is not one of them (only adjustments move it).
 EDITABLE = ("name", "description", "unit_price", "currency", "low_stock_threshold", "archived")
 LOW_STOCK_ROLES = ("owner", "admin")
+SEARCH_TYPE = "inventory"
 
 
 def _currency(code: str) -> str:
@@ -73,8 +75,16 @@ def create_item(
         db.session.add(opening)
     record_audit("inventory.created", actor_id=user.id, team_id=team_id, subject_type="inventory",
                  subject_id=item.id, data={"sku": sku, "quantity": quantity})  # fmt: skip
+    # Indexed in this transaction (not by a task after commit): atomic, cheap for one row.
+    _index(item)
     db.session.commit()
     return item
+
+
+def _index(item: InventoryItem) -> None:
+    """The item's search document (title: name; body: SKU and description)."""
+    body = "\n".join(part for part in (item.sku, item.description) if part)
+    search.index_document(item.team_id, SEARCH_TYPE, item.id, item.name, body)
 
 
 def get_item(team_id: uuid.UUID, item_id: uuid.UUID) -> InventoryItem:
@@ -135,6 +145,7 @@ def update_item(
     if diff:
         record_audit("inventory.updated", actor_id=user.id, team_id=team_id,
                      subject_type="inventory", subject_id=item.id, data=diff)  # fmt: skip
+        _index(item)
     db.session.commit()
     return item
 
@@ -145,6 +156,7 @@ def delete_item(user: User, team_id: uuid.UUID, item_id: uuid.UUID) -> None:
     record_audit("inventory.deleted", actor_id=user.id, team_id=team_id, subject_type="inventory",
                  subject_id=item.id, data={"sku": item.sku, "quantity": item.quantity})  # fmt: skip
     db.session.delete(item)
+    search.remove_document(SEARCH_TYPE, item.id)
     db.session.commit()
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from extensions import db
 from models import Team, TeamInvite, TeamMember, User
-from services import mail, permissions, plans, tokens
+from services import mail, permissions, plans, search, tokens
 from services.audit import record_audit
 from services.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from services.pagination import Page, paginate
@@ -155,8 +155,10 @@ def accept_invite(user: User, token: str) -> tuple[Team, TeamMember]:
         raise Conflict("You are already a member of this team.")
     plans.require_seat_for_member(team.id)
     invite.accepted_at = datetime.now(UTC)
-    member = TeamMember(team_id=team.id, user_id=user.id, role=invite.role)
+    member = TeamMember(id=uuid.uuid4(), team_id=team.id, user_id=user.id, role=invite.role)
     db.session.add(member)
+    # Indexed in this transaction (not by a task after commit): atomic, cheap for one row.
+    search.index_document(team.id, "member", member.id, user.name, user.email)
     record_audit(
         "invite.accepted",
         actor_id=user.id,

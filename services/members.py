@@ -12,13 +12,14 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import Team, TeamMember, User
-from services import permissions
+from services import permissions, search
 from services.audit import record_audit
 from services.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from services.pagination import Page, paginate
 from services.teams import load_membership
 
 OWNER, ADMIN = permissions.OWNER, permissions.ADMIN
+SEARCH_TYPE = "member"
 
 
 def list_members(
@@ -60,6 +61,9 @@ def update_member_role(
             subject_id=target.user_id,
             data={"role": {"from": before, "to": role}},
         )
+        # Indexed in this transaction (not by a task after commit): atomic, cheap for one row.
+        account = _account(target)
+        search.index_document(team_id, SEARCH_TYPE, target.id, account.name, account.email)
     db.session.commit()
     return target, _account(target)
 
@@ -82,6 +86,8 @@ def remove_member(user: User, team_id: uuid.UUID, target_id: uuid.UUID) -> None:
             else "The team's last owner cannot be removed; transfer ownership first.",
         )
     db.session.delete(target)
+    # Indexed in this transaction (not by a task after commit): atomic, cheap for one row.
+    search.remove_document(SEARCH_TYPE, target.id)
     record_audit(
         "member.left" if leaving else "member.removed",
         actor_id=user.id,

@@ -32,6 +32,7 @@ from integrations.payments import (
     PaymentGateway,
 )
 from models import Job, Payment, Refund, User
+from services import search
 from services.audit import record_audit
 from services.errors import Conflict, NotFound, ValidationFailed
 from services.mail import format_money, queue_email
@@ -75,6 +76,9 @@ def create_payment(
                   team_id=team_id, max_attempts=_max_attempts())  # fmt: skip
     record_audit("payment.created", actor_id=user.id, team_id=team_id, subject_type="payment",
                  subject_id=payment.id, data={"amount": amount, "currency": currency})  # fmt: skip
+    # Indexed in this transaction (not by a task after commit): atomic, cheap for one row.
+    search.index_document(team_id, "payment", payment.id, description or "Payment",
+                          f"{amount} {currency} {payment.status}")  # fmt: skip
     db.session.commit()
     return payment, job
 

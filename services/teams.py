@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 
 from extensions import db
 from models import Job, Subscription, Team, TeamInvite, TeamMember, User
-from services import permissions
+from services import permissions, search
 from services.audit import record_audit
 from services.errors import Conflict, Forbidden, NotFound
 from services.pagination import Page, paginate
@@ -92,7 +92,10 @@ def create_team(user: User, name: str) -> TeamWithRole:
     team = Team(id=uuid.uuid4(), name=name, is_personal=False, created_by_id=user.id)
     db.session.add(team)
     db.session.flush()  # no ORM relationships: the team must exist before its member
-    db.session.add(TeamMember(team_id=team.id, user_id=user.id, role=permissions.OWNER))
+    member = TeamMember(id=uuid.uuid4(), team_id=team.id, user_id=user.id, role=permissions.OWNER)
+    db.session.add(member)
+    # Indexed in this transaction (not by a task after commit): atomic, cheap for one row.
+    search.index_document(team.id, "member", member.id, user.name, user.email)
     record_audit(
         "team.created",
         actor_id=user.id,

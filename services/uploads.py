@@ -25,8 +25,7 @@ from typing import IO, Any
 import filetype
 from flask import current_app
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 
 from config import Settings
 from extensions import db
@@ -34,8 +33,7 @@ from integrations.storage import ObjectStorage, StorageUnavailable
 from integrations.storage_backends import get_storage
 from models import Job, User
 from models.file import UserFile
-from models.search import SearchDocument
-from services import permissions
+from services import permissions, search
 from services.audit import record_audit
 from services.errors import Conflict, DependencyUnavailable, Forbidden, NotFound, ValidationFailed
 from services.pagination import Page, paginate
@@ -197,11 +195,7 @@ def _mark_deleted(row: UserFile, *, actor_id: uuid.UUID | None, action: str) -> 
     """In the caller's transaction: state `deleted`, search entry gone, removal queued."""
     previous = row.state
     row.state = "deleted"
-    db.session.execute(
-        delete(SearchDocument).where(
-            SearchDocument.subject_type == SUBJECT_TYPE, SearchDocument.subject_id == row.id
-        )
-    )
+    search.remove_document(SUBJECT_TYPE, row.id)
     keys = [row.storage_key] + ([row.thumbnail_key] if row.thumbnail_key else [])
     job = enqueue(
         "uploads.delete_object", args={"keys": keys}, user_id=actor_id, team_id=row.team_id
@@ -343,23 +337,7 @@ def _thumbnail(source: IO[bytes]) -> bytes:
 
 def _index_text(row: UserFile, text: str) -> None:
     """Upsert the file's search document (to_tsvector('simple'): no language guessing)."""
-    values = {
-        "id": uuid.uuid4(), "team_id": row.team_id, "subject_type": SUBJECT_TYPE,
-        "subject_id": row.id, "title": row.filename[:300], "body": text,
-        "document": func.to_tsvector("simple", row.filename + "\n" + text),
-    }  # fmt: skip
-    statement = insert(SearchDocument).values(**values)
-    db.session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["subject_type", "subject_id"],
-            set_={
-                "title": statement.excluded.title,
-                "body": statement.excluded.body,
-                "document": statement.excluded.document,
-                "updated_at": func.now(),
-            },
-        )
-    )
+    search.index_document(row.team_id, SUBJECT_TYPE, row.id, row.filename, text)
 
 
 def delete_objects(keys: list[str], storage: ObjectStorage) -> dict[str, Any]:

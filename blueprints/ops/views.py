@@ -27,6 +27,7 @@ AREAS = {
     "subscription": "/api/v1/teams/{team_id}/subscription",
     "inventory": "/api/v1/teams/{team_id}/inventory",
     "analytics": "/api/v1/teams/{team_id}/analytics/events",
+    "search": "/api/v1/teams/{team_id}/search",
 }
 
 

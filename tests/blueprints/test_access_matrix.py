@@ -43,6 +43,7 @@ class Case:
     # The team's subscription in this case's world: "active" (business, so the world's
     # seven members and an invitation fit), "ending" (set to cancel), or "none" (free).
     subscription: str = "active"
+    query: str = ""  # appended to the URL, e.g. "?q=acme"
 
     @property
     def id(self) -> str:
@@ -190,6 +191,7 @@ MATRIX = (
         None,
         {"item_id": "item"},
     ),
+    Case("GET", f"{TEAM}/search", "team.read", query="?q=acme"),
 )
 
 
@@ -297,7 +299,7 @@ def test_route_answers_as_the_permission_table_says(
             for k, v in case.body.items()
         }
     response = client.open(
-        _url(case, world, caller), method=case.method, json=body, headers=headers
+        _url(case, world, caller) + case.query, method=case.method, json=body, headers=headers
     )
 
     want = expected(caller, case.action)
