@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -30,7 +28,7 @@ from extensions import db, redis
 from scripts.devservices import free_port
 from services import realtime, sessions
 from tests.factories import auth_headers, make_user
-from tests.support import ROOT, Worker, bearer, problem_body, settings_env, wait_for
+from tests.support import ROOT, WebServer, Worker, bearer, problem_body, wait_for
 
 STREAM = "/api/v1/events/stream"
 LOGS = ROOT / "var" / "test-logs"
@@ -131,66 +129,8 @@ def client_stream(
 # --- real web processes ------------------------------------------------------------------
 
 
-class WebServer:
-    """`gunicorn -c gunicorn.conf.py 'app:create_app()'` as in the Procfile, on a free port."""
-
-    def __init__(self, name: str, settings: Settings) -> None:
-        self.name, self.settings, self.port = name, settings, free_port()
-        self.log_path = LOGS / f"web-{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30) -> None:
-        env = {
-            **settings_env(self.settings),
-            "BIND": f"127.0.0.1:{self.port}",
-            "WEB_CONCURRENCY": "1",
-            "WEB_THREADS": "4",
-        }
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
-        wait_for(lambda: self._healthy(), timeout, self.describe)
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn {self.name} exited. {self.describe()}")
-        try:
-            return self.request("GET", "/healthz", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    def describe(self) -> str:
-        return f"{self.log_path}:\n{self.log_path.read_text(errors='replace')[-3000:]}"
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 10,
-    ) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, parsed JSON body or None) of one plain request."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            all_headers = {"Content-Type": "application/json", **(headers or {})}
-            payload = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=payload, headers=all_headers)
-            response = conn.getresponse()
-            raw = response.read()
-            return response.status, dict(response.getheaders()), json.loads(raw) if raw else None
-        finally:
-            conn.close()
+class StreamServer(WebServer):
+    """A web process with an SSE client over real HTTP."""
 
     @contextmanager
     def stream(
@@ -221,8 +161,11 @@ class WebServer:
             conn.close()
 
 
+WebPair = tuple["StreamServer", "StreamServer"]
+
+
 @pytest.fixture(scope="module")
-def web_pair(settings: Settings, app: APIFlask) -> Iterator[tuple[WebServer, WebServer]]:
+def web_pair(settings: Settings, app: APIFlask) -> Iterator[WebPair]:
     """Two web processes on the test database and Redis, with fast stream clocks.
 
     A lets one stream at a time, for three seconds (capacity and stream end); B is the
@@ -230,13 +173,13 @@ def web_pair(settings: Settings, app: APIFlask) -> Iterator[tuple[WebServer, Web
     """
     fast = {"events_heartbeat_seconds": 0.2}
     servers = (
-        WebServer(
+        StreamServer(
             "a",
             settings.model_copy(
                 update={**fast, "events_max_stream_seconds": 3, "events_max_streams_per_process": 1}
             ),
         ),
-        WebServer("b", settings.model_copy(update={**fast, "events_max_stream_seconds": 60})),
+        StreamServer("b", settings.model_copy(update={**fast, "events_max_stream_seconds": 60})),
     )
     try:
         for server in servers:
@@ -475,7 +418,7 @@ def test_the_stream_has_its_own_rate_limit_and_uncacheable_headers(client: Flask
 
 
 def test_any_web_process_streams_events_caused_through_another(
-    web_pair: tuple[WebServer, WebServer], worker: Worker
+    web_pair: WebPair, worker: Worker
 ) -> None:
     a, b = web_pair
     admin = make_user(admin=True)
@@ -499,7 +442,9 @@ def test_any_web_process_streams_events_caused_through_another(
         assert stream.events(1)[0].data == {"title": "Hello"}
 
 
-def test_an_idle_stream_sends_heartbeats(web_pair: tuple[WebServer, WebServer]) -> None:
+def test_an_idle_stream_sends_heartbeats(
+    web_pair: WebPair,
+) -> None:
     _, b = web_pair
     with b.stream(headers=auth_headers(make_user())) as stream:
         assert stream.next_frame().event == "ready"
@@ -510,7 +455,7 @@ def test_an_idle_stream_sends_heartbeats(web_pair: tuple[WebServer, WebServer]) 
 
 
 def test_streams_end_with_a_retry_hint_and_never_take_every_thread(
-    web_pair: tuple[WebServer, WebServer],
+    web_pair: WebPair,
 ) -> None:
     a, _ = web_pair  # A: one stream at a time, three seconds each
     headers = auth_headers(make_user())
@@ -537,7 +482,7 @@ def test_streams_end_with_a_retry_hint_and_never_take_every_thread(
 
 
 def test_signing_out_ends_an_open_stream_within_a_heartbeat(
-    web_pair: tuple[WebServer, WebServer],
+    web_pair: WebPair,
 ) -> None:
     _, b = web_pair
     user = make_user()

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,9 +17,8 @@ from sqlalchemy import func, select
 from config import Settings
 from extensions import db
 from models import InventoryAdjustment, InventoryItem, Notification, User
-from scripts.devservices import free_port
 from tests.factories import auth_headers, make_team, make_user
-from tests.support import ROOT, Worker, problem_body, settings_env, wait_for
+from tests.support import ROOT, WebServer, Worker, problem_body, wait_for
 
 LOGS = ROOT / "var" / "test-logs"
 
@@ -223,65 +218,9 @@ def _fan_outs_finished(team_id: uuid.UUID) -> bool:
 # --- concurrency over real HTTP ----------------------------------------------------------
 
 
-class WebServer:
-    """One `gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings, self.port = settings, free_port()
-        self.log_path = LOGS / "web-inventory.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30) -> None:
-        env = {**settings_env(self.settings), "BIND": f"127.0.0.1:{self.port}",
-               "WEB_CONCURRENCY": "2", "WEB_THREADS": "8"}  # fmt: skip
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-        LOGS.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
-        wait_for(self._healthy, timeout, self.describe)
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited. {self.describe()}")
-        try:
-            return self.request("GET", "/healthz")[0] == 200
-        except OSError:
-            return False
-
-    def describe(self) -> str:
-        return f"{self.log_path}:\n{self.log_path.read_text(errors='replace')[-3000:]}"
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def request(
-        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
-    ) -> tuple[int, Any]:
-        """(status, parsed JSON body) of one request through urllib."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            return exc.code, json.loads(raw) if raw else None
-
-
 @pytest.fixture
 def web(settings: Settings, app: APIFlask) -> Iterator[WebServer]:
-    server = WebServer(settings)
+    server = WebServer("inventory", settings, workers=2, threads=8)
     server.start()
     try:
         yield server
@@ -293,7 +232,7 @@ def test_twenty_concurrent_adjustments_over_http_lose_nothing(
     web: WebServer, team: dict[str, Any]
 ) -> None:
     headers = dict(auth_headers(team["users"]["member"]))
-    status, body = web.request("POST", _base(team["id"]), {"sku": "RACE", "name": "Race",
+    status, _, body = web.request("POST", _base(team["id"]), {"sku": "RACE", "name": "Race",
                                "quantity": 40}, headers)  # fmt: skip
     assert status == 201, body
     item_id = body["item"]["id"]
@@ -308,7 +247,7 @@ def test_twenty_concurrent_adjustments_over_http_lose_nothing(
         statuses = list(pool.map(fire, deltas))
     assert statuses == [201] * 20
 
-    status, body = web.request("GET", f"{_base(team['id'])}/{item_id}", headers=headers)
+    status, _, body = web.request("GET", f"{_base(team['id'])}/{item_id}", headers=headers)
     assert status == 200 and body["item"]["quantity"] == 40 + 50 - 30
     ledger = _ledger(item_id)
     applied = [a for a in ledger if a.id not in opening]
