@@ -1,6 +1,6 @@
 """Every model, imported here so `Base.metadata` knows all tables (Alembic, tests)."""
 
-from models.analytics import AnalyticsEvent
+from models.analytics import AnalyticsEvent, AnalyticsRollup, AnalyticsWatermark
 from models.audit import AuditLog
 from models.auth import ApiKey, UserSession
 from models.base import Base
@@ -11,12 +11,15 @@ from models.inventory import InventoryAdjustment, InventoryItem
 from models.job import Job
 from models.notification import Notification, NotificationPreference
 from models.payment import GatewayEvent, Payment, Refund, Subscription
+from models.report import Report
 from models.search import SearchDocument
 from models.team import Team, TeamInvite, TeamMember
 from models.user import Setting, User, UserProfile
 
 __all__ = [
     "AnalyticsEvent",
+    "AnalyticsRollup",
+    "AnalyticsWatermark",
     "ApiKey",
     "AuditLog",
     "Base",
@@ -30,6 +33,7 @@ __all__ = [
     "NotificationPreference",
     "Payment",
     "Refund",
+    "Report",
     "SearchDocument",
     "Setting",
     "Subscription",

@@ -25,6 +25,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {
         dict[str, Any]: JSONB,
+        list[str]: JSONB,
         uuid.UUID: UUID(as_uuid=True),
         datetime: DateTime(timezone=True),
     }
