@@ -127,6 +127,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": 10.0,
             "options": {"expires": 20},
         },
+        # Hourly at :02 (the closed hour's last batches have committed): queue an
+        # `analytics.aggregate` run folding new events into rollups and recomputing the
+        # last hours of built-in metrics. A run already waiting makes the tick a no-op, and
+        # the expiry drops ticks a stopped worker missed (the next run catches up anyway).
+        "analytics-aggregate": {
+            "task": "analytics.start_aggregate",
+            "schedule": crontab(minute=2),
+            "options": {"expires": 1800},
+        },
         # Hourly: delete Idempotency-Key records past their 24 h replay window.
         "idempotency-cleanup": {
             "task": "maintenance.cleanup_idempotency_keys",

@@ -17,6 +17,8 @@ class AuditLog(Timestamps, Base):
     __table_args__ = (
         Index("ix_audit_logs_team_created", "team_id", "created_at"),
         Index("ix_audit_logs_subject", "subject_type", "subject_id"),
+        # Analytics built-ins: every team's actors in a time window (active users).
+        Index("ix_audit_logs_created", "created_at"),
     )
 
     # A sequence gives the chain its order; ids are never reused.

@@ -40,6 +40,8 @@ class Job(UUIDPrimaryKey, Timestamps, Base):
         Index(
             "ix_jobs_running_heartbeat", "heartbeat_at", postgresql_where=text("status = 'running'")
         ),
+        # Analytics built-ins: team jobs finished in the last hours.
+        Index("ix_jobs_team_finished", "finished_at", postgresql_where=text("team_id IS NOT NULL")),
     )
 
     type: Mapped[str] = mapped_column(String(100))  # the Celery task name, e.g. exports.build

@@ -51,6 +51,12 @@ class Payment(UUIDPrimaryKey, Timestamps, Base):
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
         # The same client key can never create two payments for one team.
         UniqueConstraint("team_id", "idempotency_key"),
+        # Analytics built-ins and the dashboard: payments captured in a time window.
+        Index(
+            "ix_payments_succeeded",
+            "succeeded_at",
+            postgresql_where=text("succeeded_at IS NOT NULL"),
+        ),
     )
 
     team_id: Mapped[uuid.UUID] = mapped_column(

@@ -27,7 +27,11 @@ class Team(UUIDPrimaryKey, Timestamps, Base):
 
 class TeamMember(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "team_members"
-    __table_args__ = (UniqueConstraint("team_id", "user_id"), one_of("role", ROLES))
+    __table_args__ = (
+        UniqueConstraint("team_id", "user_id"),
+        one_of("role", ROLES),
+        Index("ix_team_members_created", "created_at"),  # analytics: joins in a window
+    )
 
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     user_id: Mapped[uuid.UUID] = mapped_column(

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from extensions import db
 from models import AnalyticsEvent
 from services.errors import ValidationFailed
+from services.rollups import BUILTIN_PREFIX
 
 MAX_EVENTS: Final = 1_000
 MAX_PROPERTIES_BYTES: Final = 8 * 1024
@@ -47,6 +48,8 @@ def name_problem(name: str) -> str | None:
     """Why `name` is not a valid event name, or None."""
     if not _NAME.fullmatch(name):
         return "Use 1-100 characters: a lowercase letter, then a-z, 0-9, '_' or '.'."
+    if name.startswith(BUILTIN_PREFIX):
+        return f"Names starting with '{BUILTIN_PREFIX}' are reserved for built-in metrics."
     return None
 
 

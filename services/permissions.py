@@ -19,6 +19,7 @@ PERMISSIONS: Final[dict[str, tuple[str, str]]] = {
     "team.read": (VIEWER, "see the team"),
     "team.update": (ADMIN, "rename the team"),
     "team.delete": (OWNER, "delete the team"),
+    "dashboard.read": (VIEWER, "see the team's dashboard"),
     "members.read": (VIEWER, "list the members and their roles"),
     "members.update_role": (ADMIN, "change a member's role"),
     "members.remove": (ADMIN, "remove another member"),
@@ -42,6 +43,8 @@ PERMISSIONS: Final[dict[str, tuple[str, str]]] = {
     "inventory.write": (MEMBER, "create and edit items, adjust stock"),
     "inventory.delete": (ADMIN, "delete stock items"),
     "analytics.ingest": (MEMBER, "send analytics events (API keys with the ingest scope too)"),
+    "analytics.read": (MEMBER, "read metrics (events and built-ins, revenue included)"),
+    "analytics.aggregate": (ADMIN, "aggregate now, rebuild a window of rollups"),
 }
 
 

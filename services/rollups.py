@@ -68,17 +68,16 @@ def series(
 ) -> list[Point]:
     """The metric's zero-filled series for the team over [start, end)."""
     wanted = buckets(start, end, interval)
-    stored = dict(
-        db.session.execute(
-            select(AnalyticsRollup.bucket, AnalyticsRollup.value).where(
-                AnalyticsRollup.team_id == team_id,
-                AnalyticsRollup.name == name,
-                AnalyticsRollup.interval == interval,
-                AnalyticsRollup.bucket >= wanted[0],
-                AnalyticsRollup.bucket < end,
-            )
-        ).tuples()
+    rows = db.session.execute(
+        select(AnalyticsRollup.bucket, AnalyticsRollup.value).where(
+            AnalyticsRollup.team_id == team_id,
+            AnalyticsRollup.name == name,
+            AnalyticsRollup.interval == interval,
+            AnalyticsRollup.bucket >= wanted[0],
+            AnalyticsRollup.bucket < end,
+        )
     )
+    stored = {bucket: value for bucket, value in rows}
     return [Point(bucket, stored.get(bucket, 0)) for bucket in wanted]
 
 
@@ -91,7 +90,7 @@ def totals(team_id: uuid.UUID, start: datetime, end: datetime) -> dict[str, int]
             AnalyticsRollup.bucket >= floor(start, "day"),
             AnalyticsRollup.bucket < end,
         )
-    ).tuples()
+    )
     result: dict[str, int] = {}
     for name, value in rows:
         # Distinct counts do not add up across days; a report shows their daily peak.

@@ -9,6 +9,7 @@ import importlib
 
 TASK_MODULES = (
     "tasks.accounts",
+    "tasks.analytics",
     "tasks.email",
     "tasks.exports",
     "tasks.jobs",

@@ -6,7 +6,8 @@ is answered with every problem at once, keyed by position (`events.3.occurred_at
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
@@ -76,3 +77,35 @@ class EventBatchIn(Strict):
 class IngestAccepted(BaseModel):
     accepted: int = Field(description="Events stored now.")
     duplicates: int = Field(description="Events skipped: their dedup id was already stored.")
+
+
+class MetricsQuery(BaseModel):
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        description="An event name, or a built-in metric: builtin.signups, "
+        "builtin.active_users, builtin.payments.count, builtin.payments.revenue.<currency>, "
+        "builtin.jobs.run, builtin.jobs.failed.",
+    )
+    from_: AwareDatetime = Field(alias="from", description="Start (inclusive, rounded down).")
+    to: AwareDatetime = Field(description="End (exclusive).")
+    interval: Literal["hour", "day"] = Field("hour", description="UTC hours or UTC days.")
+
+
+class MetricPointOut(BaseModel):
+    bucket: datetime = Field(description="Start of the UTC hour or day.")
+    value: int
+
+
+class MetricSeriesOut(BaseModel):
+    name: str
+    interval: str
+    total: int = Field(description="Sum of the points (for active users: their maximum).")
+    points: list[MetricPointOut] = Field(description="Every bucket of the range, zero-filled.")
+
+
+class AggregateIn(Strict):
+    from_: AwareDatetime | None = Field(
+        None, alias="from", description="Rebuild from here (whole UTC days); with `to`."
+    )
+    to: AwareDatetime | None = Field(None, description="Rebuild up to here (at most 92 days).")

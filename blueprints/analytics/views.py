@@ -1,4 +1,4 @@
-"""HTTP for analytics ingestion (issue 7): batches of events from apps and API keys."""
+"""HTTP for analytics: event batches from apps and API keys, metric series, on-demand runs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,19 @@ from typing import Any, TypeVar, cast
 from apiflask import APIBlueprint
 from flask import request
 
-from blueprints.analytics.schemas import EventBatchIn, IngestAccepted
-from blueprints.common.teams import team_permission
-from services import analytics
+from blueprints.analytics.schemas import (
+    AggregateIn,
+    EventBatchIn,
+    IngestAccepted,
+    MetricPointOut,
+    MetricSeriesOut,
+    MetricsQuery,
+)
+from blueprints.common.auth import me
+from blueprints.common.teams import current_membership, team_permission
+from blueprints.jobs.schemas import JobEnvelope, job_out
+from blueprints.jobs.views import accepted
+from services import aggregation, analytics, rollups
 
 bp = APIBlueprint("analytics", __name__, url_prefix="/api/v1/teams", tag="analytics")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,3 +52,32 @@ def ingest_events(team_id: uuid.UUID, body: EventBatchIn) -> IngestAccepted:
     """Send up to 1,000 events: all stored or none (422 names each bad event's field)."""
     accepted, duplicates = analytics.ingest_events(team_id, [e.to_input() for e in body.events])
     return IngestAccepted(accepted=accepted, duplicates=duplicates)
+
+
+@bp.get("/<uuid:team_id>/analytics/metrics")
+@team_permission("analytics.read")
+@bp.input(MetricsQuery, location="query", arg_name="query")
+@bp.output(MetricSeriesOut)
+def get_metric(team_id: uuid.UUID, query: MetricsQuery) -> MetricSeriesOut:
+    """One metric as a zero-filled series read from the rollups (at most 1,000 points);
+    the current hour fills in as aggregation runs."""
+    points = rollups.series(team_id, query.name, query.from_, query.to, query.interval)
+    values = [p.value for p in points]
+    total = max(values) if query.name == rollups.ACTIVE_USERS else sum(values)
+    return MetricSeriesOut(
+        name=query.name,
+        interval=query.interval,
+        total=total,
+        points=[MetricPointOut(bucket=p.bucket, value=p.value) for p in points],
+    )
+
+
+@bp.post("/<uuid:team_id>/analytics/aggregate")
+@team_permission("analytics.aggregate")
+@bp.input(AggregateIn, location="json", arg_name="body")
+@bp.output(JobEnvelope, status_code=202)
+def aggregate(team_id: uuid.UUID, body: AggregateIn) -> Any:
+    """Aggregate now instead of at the next hourly run; with `from` and `to`, also rebuild
+    the team's rollups over those days from the raw events (e.g. after a fix)."""
+    job = aggregation.request_run(me(), current_membership(), body.from_, body.to)
+    return accepted(JobEnvelope(job=job_out(job)), job.id)

@@ -164,6 +164,13 @@ MATRIX = (
         "analytics.ingest",
         {"events": [{"name": "matrix.ping", "occurred_at": datetime.now(UTC).isoformat()}]},
     ),
+    Case(
+        "GET",
+        f"{TEAM}/analytics/metrics",
+        "analytics.read",
+        query="?name=builtin.payments.count&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+    ),
+    Case("POST", f"{TEAM}/analytics/aggregate", "analytics.aggregate", {}),
     Case("GET", f"{TEAM}/inventory", "inventory.read"),
     Case("POST", f"{TEAM}/inventory", "inventory.write", {"sku": "NEW-1", "name": "New"}),
     Case("GET", f"{TEAM}/inventory/<uuid:item_id>", "inventory.read", None, {"item_id": "item"}),
