@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only for development and tests; production refuses it (see _refuse_default_secrets).
@@ -136,7 +136,19 @@ class Settings(BaseSettings):
     pending_upload_hours: int = 24  # uploads never completed are removed after this
     export_retention_days: int = 7
 
+    # Dashboard (GET /api/v1/teams/{id}/dashboard): the team-wide part is cached in Redis
+    # and invalidated explicitly on every change; this TTL only bounds a missed invalidation.
+    dashboard_cache_seconds: PositiveInt = 60
+    # GET /metrics: with a token, callers must send `Authorization: Bearer <token>`;
+    # without one, only loopback callers are answered (everyone else gets 404).
+    metrics_token: str = ""
+
+    # Flower (scripts/flower.py): always behind basic auth; loopback unless an ops network
+    # is given, because its /metrics and /healthcheck bypass the login.
     flower_basic_auth: str = ""
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_db: str = "var/flower.db"  # persistent state: task history survives restarts
     log_level: str = "INFO"
     log_json: bool = True
 
