@@ -31,6 +31,9 @@ ROUTES_BY_PREFIX = {
     "email.": EMAIL,
     "notifications.": NOTIFICATIONS,
     "exports.": EXPORTS,
+    # Reports render a chart and a CSV per team (CPU-bound, all teams at once at 06:00):
+    # with the exports, not on `default`, where they would hold up the relay and reaper.
+    "reports.": EXPORTS,
     "uploads.": UPLOADS,
     "analytics.": ANALYTICS,
 }
@@ -106,6 +109,10 @@ def build(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "beat_schedule": beat_schedule(settings),
+        # One sending beat at a time (a Redis lease; a second beat stands by), and a
+        # `beat:last_tick` heartbeat for the "beat silent" alert (tasks/beat_scheduler.py).
+        "beat_scheduler": "tasks.beat_scheduler:LeaderScheduler",
+        "beat_max_loop_interval": 10,
     }
 
 
@@ -173,6 +180,24 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "exports.cleanup",
             "schedule": crontab(hour=4, minute=30),
             "options": {"expires": 3600},
+        },
+        # Daily at 06:00 UTC, when aggregation has long folded in yesterday's late events
+        # and built-ins: create yesterday's report of every team with an opted-in owner or
+        # admin and queue its `reports.send` job. Once per team and day (a unique row per
+        # period), so a second beat or a repeated tick sends nothing twice. Expires after
+        # 6 h: a backlog (workers down all day) drops stale ticks instead of running one
+        # after midnight, which would report the day just ended before it settled.
+        "reports-daily": {
+            "task": "reports.start_daily",
+            "schedule": crontab(hour=6, minute=0),
+            "options": {"expires": 6 * 3600},
+        },
+        # Mondays at 06:30 UTC, after the daily one: last week's (Monday to Monday) usage
+        # summary, once per team and week like the daily report; expires the same way.
+        "reports-weekly": {
+            "task": "reports.start_weekly",
+            "schedule": crontab(hour=6, minute=30, day_of_week="mon"),
+            "options": {"expires": 6 * 3600},
         },
         # Daily at 07:00 UTC: one email summarising the day's notifications for users who
         # chose a digest over immediate email (guarded by a per-day Redis key: two beats
