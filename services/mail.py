@@ -8,7 +8,8 @@ a link is never older than its email and a queued job reveals nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
@@ -79,6 +80,37 @@ def build_message(template: str, args: Mapping[str, Any], *, job_id: uuid.UUID) 
     settings: Settings = current_app.config["SETTINGS"]
     kind = _kind(template)
     address, name, context = _CONTEXTS[kind](template, _id(args, f"{kind}_id"), settings)
+    return compose_message(template, address, name, context, job_id=job_id)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file in an email: attached, or `inline` (an image the HTML shows by `cid:`)."""
+
+    filename: str
+    content_type: str  # e.g. "text/csv", "image/png"
+    data: bytes = field(repr=False)
+    inline: bool = False
+
+
+def compose_message(
+    template: str,
+    address: str,
+    name: str,
+    context: dict[str, Any],
+    *,
+    job_id: uuid.UUID,
+    attachments: Sequence[Attachment] = (),
+) -> EmailMessage:
+    """Render `template` for one recipient from a ready context (for senders that load
+    their own data, like reports). Inline images are reachable in the HTML template as
+    `cid:{{ cids[filename] }}`; the structure is mixed[alternative[text,
+    related[html, images]], attachments], which every mail client understands."""
+    settings: Settings = current_app.config["SETTINGS"]
+    domain = sender_domain(settings.mail_from)
+    inline = [a for a in attachments if a.inline]
+    # Derived from the job id, like the Message-ID: stable if the worker has to send again.
+    context["cids"] = {a.filename: f"{i}.{job_id}@{domain}" for i, a in enumerate(inline)}
     context["product"] = PRODUCT
     subject = " ".join(_render(f"{template}.subject.txt", context).split())
     context["subject"] = subject
@@ -91,7 +123,7 @@ def build_message(template: str, args: Mapping[str, Any], *, job_id: uuid.UUID) 
     message["Date"] = format_datetime(datetime.now(UTC))
     # Stable per job: if a crash makes the worker send twice, both copies share this id
     # (mail clients thread or de-duplicate them, and operators can match them up).
-    message["Message-ID"] = f"<{job_id}.{template}@{sender_domain(settings.mail_from)}>"
+    message["Message-ID"] = f"<{job_id}.{template}@{domain}>"
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies
     if context.get("unsubscribe_api"):
         # RFC 8058 one-click unsubscribe: mail clients POST here without opening a page.
@@ -99,6 +131,20 @@ def build_message(template: str, args: Mapping[str, Any], *, job_id: uuid.UUID) 
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(_render(f"{template}.txt", context))
     message.add_alternative(_render(f"{template}.html", context), subtype="html")
+    html = message.get_body(preferencelist=("html",))
+    if inline and html is not None:
+        for part in inline:
+            maintype, _, subtype = part.content_type.partition("/")
+            cid = f"<{context['cids'][part.filename]}>"
+            html.add_related(part.data, maintype, subtype, cid=cid, filename=part.filename,
+                             disposition="inline")  # fmt: skip
+    for part in attachments:
+        if not part.inline:
+            maintype, _, subtype = part.content_type.partition("/")
+            # Text attachments are UTF-8; naming the charset lets clients decode them.
+            params = {"charset": "utf-8"} if maintype == "text" else {}
+            message.add_attachment(part.data, maintype, subtype, filename=part.filename,
+                                   params=params)  # fmt: skip
     return message
 
 
@@ -251,11 +297,14 @@ def _notification_context(
         "name": user.name, "title": row.title, "body": row.body or "",
         "link": _link(settings, str(row.data.get("link") or "/")),
     }  # fmt: skip
-    context.update(_unsubscribe_links(user.id, row.category, settings))
+    context.update(unsubscribe_links(user.id, row.category, settings))
     return user.email, user.name, context
 
 
-def _unsubscribe_links(user_id: uuid.UUID, category: str, settings: Settings) -> dict[str, Any]:
+def unsubscribe_links(user_id: uuid.UUID, category: str, settings: Settings) -> dict[str, Any]:
+    """The `unsubscribe` page link and one-click `unsubscribe_api` URL for a category's
+    email (both None for security notices); `compose_message` turns the latter into
+    the List-Unsubscribe headers."""
     from services.notifications import unsubscribe_token
 
     token = unsubscribe_token(user_id, category)

@@ -28,6 +28,8 @@ CATEGORIES: dict[str, Category] = {
         Category("jobs", "Background work: exports ready, jobs that failed for good", False),
         Category("operations", "Notices from the operators", True),
         Category("inventory", "Stock running low", True),
+        # Opt-in: a daily email per team is too much to switch on for every admin.
+        Category("reports", "Daily and weekly team reports (owners and admins)", False),
     )
 }
 

@@ -17,6 +17,7 @@ TASK_MODULES = (
     "tasks.notifications",
     "tasks.payments",
     "tasks.reconciliation",
+    "tasks.reports",
     "tasks.subscriptions",
     "tasks.teams",
     "tasks.uploads",

@@ -1,0 +1,34 @@
+"""Scheduled reports (queue `exports`): beat triggers create each period's reports once,
+and one `reports.send` job per team mails them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Any
+
+from integrations.mail import get_mailer
+from services import reports
+from tasks.base import JobContext, job_task, periodic_task
+
+
+@periodic_task("reports.start_daily")
+def start_daily(day: str | None = None) -> int:
+    """Beat, daily: queue yesterday's (or ISO `day`'s, to backfill) report of every team
+    with a recipient; once per team and day however often it runs."""
+    return reports.schedule_reports(reports.daily_period(date.fromisoformat(day) if day else None))
+
+
+@periodic_task("reports.start_weekly")
+def start_weekly(monday: str | None = None) -> int:
+    """Beat, Mondays: queue last week's (or the week from ISO `monday`'s) summary of every
+    team with a recipient; once per team and week however often it runs."""
+    week = date.fromisoformat(monday) if monday else None
+    return reports.schedule_reports(reports.weekly_period(week))
+
+
+@job_task(reports.SEND_TASK)
+def send(ctx: JobContext) -> dict[str, Any]:
+    """Email report `report_id` to its recipients; idempotent (each recipient is recorded
+    as mailed, and a sent report is skipped)."""
+    return reports.send_report(uuid.UUID(ctx.args["report_id"]), get_mailer())
