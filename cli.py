@@ -1,4 +1,4 @@
-"""Flask CLI commands: `flask db ...` (Alembic) and `flask users create`."""
+"""Flask CLI commands: `flask db ...` (Alembic), `flask users create`, `flask jobs ...`."""
 
 from __future__ import annotations
 
@@ -70,5 +70,8 @@ def create_user(email: str, name: str, password: str, admin: bool) -> None:
 
 
 def register(app: Flask) -> None:
+    from cli_jobs import jobs_cli  # imports the services: only once the app is being built
+
     app.cli.add_command(db_cli)
     app.cli.add_command(users_cli)
+    app.cli.add_command(jobs_cli)

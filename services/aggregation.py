@@ -233,6 +233,8 @@ def _insert_event_rollups(where: str, params: dict[str, Any], *, additive: bool 
     return int(read) if additive else int(written)
 
 
+# A dead job an operator discarded (services.dead_letters) still failed for good.
+_DISCARDED: Final = "(status = 'cancelled' AND result ->> 'discarded' IS NOT NULL)"
 # Each built-in metric as (name expression, value expression, source, time column, filter).
 _BUILTINS: Final = (
     ("'builtin.signups'", "count(*)", "team_members", "created_at", "TRUE"),
@@ -256,14 +258,14 @@ _BUILTINS: Final = (
         "count(*)",
         "jobs",
         "finished_at",
-        "team_id IS NOT NULL AND status IN ('succeeded', 'dead')",
+        f"team_id IS NOT NULL AND (status IN ('succeeded', 'dead') OR {_DISCARDED})",
     ),
     (
         "'builtin.jobs.failed'",
         "count(*)",
         "jobs",
         "finished_at",
-        "team_id IS NOT NULL AND status = 'dead'",
+        f"team_id IS NOT NULL AND (status = 'dead' OR {_DISCARDED})",
     ),
 )
 

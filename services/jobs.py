@@ -1,11 +1,13 @@
-"""The job ledger as users and operators see it: read, list, cancel, retry, start a probe."""
+"""The job ledger as users and operators see it: read, list, cancel, start a probe.
+
+Replaying and discarding jobs that failed for good lives in `services.dead_letters`.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
-from flask import current_app
 from sqlalchemy import Select, select
 
 from extensions import db
@@ -16,7 +18,7 @@ from services.audit import record_audit
 from services.commit_hooks import after_commit
 from services.errors import Conflict, NotFound
 from services.pagination import Page, paginate
-from tasks.dispatch import enqueue, send_after_commit
+from tasks.dispatch import enqueue
 
 
 def get_job(user: User, job_id: uuid.UUID) -> Job:
@@ -91,24 +93,3 @@ def _filtered(user_id: uuid.UUID | None, status: str | None, type_: str | None) 
     if type_:
         query = query.where(Job.type == type_)
     return query
-
-
-def retry_job(admin: User, job_id: uuid.UUID) -> Job:
-    """Replay a dead or failed job with a fresh set of attempts (operators)."""
-    job = db.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None:
-        raise NotFound("No such job.")
-    if job.status not in ("dead", "failed"):
-        raise Conflict(f"Only dead or failed jobs can be retried (this one is {job.status}).")
-    # Attempts keep counting (the history stays true); the replay gets a fresh allowance.
-    job.max_attempts = job.attempts + current_app.config["SETTINGS"].task_max_attempts
-    job.status, job.progress = "queued", 0
-    job.finished_at = job.worker = job.heartbeat_at = job.published_at = None
-    job.run_after = datetime.now(UTC)
-    send_after_commit(db.session(), job)
-    record_audit(
-        "job.retried", actor_id=admin.id, team_id=job.team_id, subject_type="job", subject_id=job.id
-    )
-    after_commit(lambda: realtime.publish_job(job))
-    db.session.commit()
-    return job

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from blueprints.common.schemas import ListQuery, Strict
 from models import Job
+from services import dead_letters
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "retrying", "dead", "cancelled"]
 
@@ -44,7 +45,11 @@ class AdminJobOut(JobOut):
     team_id: uuid.UUID | None
     traceback: str | None
     published_at: datetime | None
+    run_after: datetime
     worker: str | None
+    heartbeat_at: datetime | None
+    updated_at: datetime
+    request_id: str | None = Field(description="Find the request and worker logs by it.")
 
 
 class JobEnvelope(BaseModel):
@@ -70,6 +75,29 @@ class JobListQuery(ListQuery):
     type: str | None = Field(None, max_length=100)
 
 
+class RetryAllIn(Strict):
+    type: str = Field(min_length=1, max_length=100, description="The task name, e.g. email.send.")
+    status: Literal["dead", "failed"] = "dead"
+    limit: int = Field(
+        dead_letters.RETRY_ALL_MAX,
+        ge=1,
+        le=dead_letters.RETRY_ALL_MAX,
+        description="At most this many, oldest first; repeat while `remaining` > 0.",
+    )
+
+
+class RetryAllOut(BaseModel):
+    type: str
+    status: str
+    retried: int
+    job_ids: list[uuid.UUID]
+    remaining: int
+
+
+class DiscardIn(Strict):
+    reason: str | None = Field(None, max_length=500, description="Kept in the audit log.")
+
+
 class PingIn(Strict):
     sleep_seconds: float = Field(0, ge=0, le=60)
     fail_attempts: int = Field(0, ge=0, le=10)
@@ -89,7 +117,11 @@ def admin_job_out(job: Job) -> AdminJobOut:
         team_id=job.team_id,
         traceback=job.traceback,
         published_at=job.published_at,
+        run_after=job.run_after,
         worker=job.worker,
+        heartbeat_at=job.heartbeat_at,
+        updated_at=job.updated_at,
+        request_id=job.request_id,
     )
 
 

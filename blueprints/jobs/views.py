@@ -13,13 +13,17 @@ from blueprints.common.idempotency import idempotent
 from blueprints.jobs.schemas import (
     AdminJobEnvelope,
     AdminJobPage,
+    DiscardIn,
     JobEnvelope,
     JobListQuery,
     JobPage,
     PingIn,
+    RetryAllIn,
+    RetryAllOut,
     admin_job_out,
     job_out,
 )
+from services import dead_letters
 from services import jobs as job_service
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1/jobs", tag="jobs")
@@ -72,14 +76,52 @@ def list_all_jobs(query: JobListQuery) -> AdminJobPage:
     return AdminJobPage(items=[admin_job_out(j) for j in page.items], next_cursor=page.next_cursor)
 
 
+@admin_bp.get("/<uuid:job_id>")
+@admin_required
+@admin_bp.output(AdminJobEnvelope)
+def inspect_job(job_id: uuid.UUID) -> AdminJobEnvelope:
+    """Any job with its arguments, attempts, last error and traceback (operators only)."""
+    return AdminJobEnvelope(job=admin_job_out(dead_letters.inspect_job(job_id)))
+
+
 @admin_bp.post("/<uuid:job_id>/retry")
 @admin_required
 @idempotent()
 @admin_bp.output(AdminJobEnvelope, status_code=202)
 def retry_job(job_id: uuid.UUID) -> Any:
-    """Replay a dead or failed job."""
-    job = job_service.retry_job(me(), job_id)
+    """Replay a dead or failed job with a fresh set of attempts (409 for any other)."""
+    job = dead_letters.retry_job(job_id, actor_id=me().id, via="api")
     return accepted(AdminJobEnvelope(job=admin_job_out(job)), job.id)
+
+
+@admin_bp.post("/retry")
+@admin_required
+@admin_bp.input(RetryAllIn, location="json", arg_name="body")
+@idempotent()
+@admin_bp.output(RetryAllOut)
+def retry_all(body: RetryAllIn) -> RetryAllOut:
+    """Replay the dead (or failed) jobs of one type, oldest first, up to `limit` a call."""
+    outcome = dead_letters.retry_all(
+        body.type, status=body.status, limit=body.limit, actor_id=me().id, via="api"
+    )
+    return RetryAllOut(
+        type=body.type,
+        status=body.status,
+        retried=len(outcome.job_ids),
+        job_ids=outcome.job_ids,
+        remaining=outcome.remaining,
+    )
+
+
+@admin_bp.post("/<uuid:job_id>/discard")
+@admin_required
+@admin_bp.input(DiscardIn, location="json", arg_name="body")
+@idempotent()
+@admin_bp.output(AdminJobEnvelope)
+def discard_job(job_id: uuid.UUID, body: DiscardIn) -> AdminJobEnvelope:
+    """Take a dead job off the dead-letter list; it stays in the ledger as `cancelled`."""
+    job = dead_letters.discard_job(job_id, actor_id=me().id, via="api", reason=body.reason)
+    return AdminJobEnvelope(job=admin_job_out(job))
 
 
 @admin_bp.post("/ping")
