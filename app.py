@@ -12,6 +12,7 @@ import cli
 from blueprints import (
     analytics,
     auth,
+    dashboard,
     events,
     exports,
     inventory,
@@ -69,7 +70,7 @@ def register_extensions(app: APIFlask) -> None:
 def register_blueprints(app: APIFlask) -> None:
     for module in (
         ops, auth, me, jobs, teams, subscriptions, payments, notifications, events, exports,
-        inventory, analytics, search,
+        inventory, analytics, search, dashboard,
     ):  # fmt: skip
         app.register_blueprint(module.bp)
     app.register_blueprint(jobs.admin_bp)

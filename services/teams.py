@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 
 from extensions import db
 from models import Job, Subscription, Team, TeamInvite, TeamMember, User
-from services import permissions, search
+from services import dashboard, permissions, search
 from services.audit import record_audit
 from services.errors import Conflict, Forbidden, NotFound
 from services.pagination import Page, paginate
@@ -181,6 +181,7 @@ def soft_delete_team(team_id: uuid.UUID, *, actor_id: uuid.UUID | None) -> dict[
     if team.is_personal:
         raise Conflict("A personal team cannot be deleted; it goes away with its account.")
     members = db.session.execute(delete(TeamMember).where(TeamMember.team_id == team_id))
+    dashboard.invalidate(team_id)  # a Core DELETE: the flush listener does not see it
     invites = db.session.execute(
         delete(TeamInvite).where(
             TeamInvite.team_id == team_id,

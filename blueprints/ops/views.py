@@ -1,14 +1,17 @@
-"""Operational endpoints: liveness, readiness and the API index."""
+"""Operational endpoints: liveness, readiness, metrics and the API index."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import url_for
+from flask import Response, abort, current_app, request, url_for
 
 from blueprints.common.problems import problem
 from extensions import limiter
+from services import metrics as metric_exposition
 from services.health import readiness
 
 bp = APIBlueprint("ops", __name__, tag="ops")
@@ -28,6 +31,7 @@ AREAS = {
     "inventory": "/api/v1/teams/{team_id}/inventory",
     "analytics": "/api/v1/teams/{team_id}/analytics/events",
     "search": "/api/v1/teams/{team_id}/search",
+    "dashboard": "/api/v1/teams/{team_id}/dashboard",
 }
 
 
@@ -55,6 +59,39 @@ def readyz() -> Any:
     return {"status": "ok", "checks": checks}
 
 
+@bp.get("/metrics")
+@limiter.exempt
+def metrics() -> Response:
+    """Prometheus metrics (text format; OpenMetrics if asked). With METRICS_TOKEN set,
+    send `Authorization: Bearer <token>` (401 otherwise); without it, only loopback
+    callers are answered (404 for everyone else, as for a path that does not exist)."""
+    token = current_app.config["SETTINGS"].metrics_token
+    if token:
+        if not _bearer_matches(token):
+            return problem(
+                401,
+                "A valid metrics token is required.",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    elif not _is_loopback(request.remote_addr):
+        abort(404)
+    body, content_type = metric_exposition.render(request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
+
+
+def _bearer_matches(token: str) -> bool:
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    # Constant time: the comparison must not reveal how much of a guess was right.
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode())
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 @bp.get("/api")
 def api_index() -> dict[str, Any]:
     """Where everything is: the areas of the API and its documentation."""
@@ -66,5 +103,6 @@ def api_index() -> dict[str, Any]:
             "docs": url_for("openapi.docs"),
             "health": url_for("ops.healthz"),
             "ready": url_for("ops.readyz"),
+            "metrics": url_for("ops.metrics"),
         },
     }

@@ -199,6 +199,7 @@ MATRIX = (
         {"item_id": "item"},
     ),
     Case("GET", f"{TEAM}/search", "team.read", query="?q=acme"),
+    Case("GET", f"{TEAM}/dashboard", "dashboard.read"),
 )
 
 

@@ -1,0 +1,3 @@
+from blueprints.dashboard.views import bp
+
+__all__ = ["bp"]
