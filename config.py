@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import PositiveInt, model_validator
+from pydantic import PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only for development and tests; production refuses it (see _refuse_default_secrets).
@@ -52,6 +52,22 @@ class Settings(BaseSettings):
     job_stale_seconds: int = 30
     relay_interval_seconds: float = 5.0
     relay_min_age_seconds: float = 5.0
+
+    # Deploys. SIGTERM drains a worker: it takes no new tasks and waits this long for the
+    # running ones, then cancels the rest, whose messages go back to the queue (acks_late)
+    # for the next worker. Keep the process manager's kill timeout above it (Kubernetes
+    # terminationGracePeriodSeconds 30 by default; docker stop -t; systemd TimeoutStopSec).
+    worker_shutdown_grace_seconds: PositiveFloat = 20.0
+    # Gunicorn's graceful_timeout: on SIGTERM in-flight requests get this long to finish.
+    web_shutdown_grace_seconds: PositiveInt = 30
+    # Worker liveness (scripts/worker_check.py): each worker sends itself a heartbeat
+    # message this often through the broker, on the connection it takes tasks from; the
+    # check fails once none has arrived for WORKER_HEARTBEAT_MAX_AGE_SECONDS while the
+    # worker had room to take one (alive but no longer consuming, celery#8030).
+    worker_heartbeat_seconds: PositiveFloat = 10.0
+    worker_heartbeat_max_age_seconds: PositiveFloat = 60.0
+    # Where each worker keeps its heartbeat state (one small JSON file per worker node).
+    worker_health_dir: str = "var/worker-health"
 
     # Identity: token lifetimes and the links emails point to.
     frontend_url: str = "http://localhost:3000"
@@ -167,6 +183,11 @@ class Settings(BaseSettings):
             raise ValueError("RETRY_BACKOFF_MAX must be under half of BROKER_VISIBILITY_TIMEOUT")
         if self.task_time_limit >= self.broker_visibility_timeout:
             raise ValueError("TASK_TIME_LIMIT must be below BROKER_VISIBILITY_TIMEOUT")
+        if self.worker_heartbeat_seconds * 2 > self.worker_heartbeat_max_age_seconds:
+            # One late heartbeat must not fail the liveness check.
+            raise ValueError(
+                "WORKER_HEARTBEAT_MAX_AGE_SECONDS must be at least twice WORKER_HEARTBEAT_SECONDS"
+            )
         if not 0 < self.events_heartbeat_seconds < self.events_max_stream_seconds:
             # Otherwise a stream could end without ever proving to a proxy it is alive.
             raise ValueError(

@@ -20,6 +20,10 @@ Sized for Server-Sent Events next to ordinary requests (GET /api/v1/events/strea
 
 import multiprocessing
 import os
+import shutil
+from pathlib import Path
+
+from config import load_settings
 
 # Loopback by default; deployments set BIND (e.g. 0.0.0.0:8000) behind their proxy.
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
@@ -30,10 +34,12 @@ threads = int(os.environ.get("WEB_THREADS", "32"))
 # gthread workers tell the arbiter they are alive from their main loop, not from request
 # threads, so a 5-minute stream never trips this; it only catches a wedged worker.
 timeout = 30
-# On stop, in-flight requests get this long; streams still open then are cut (their
+# On stop (SIGTERM: a deploy), workers stop accepting and in-flight requests get
+# WEB_SHUTDOWN_GRACE_SECONDS (30) to finish; streams still open then are cut (their
 # clients reconnect to another worker with Last-Event-ID). Ordinary requests finish well
-# within it (statement timeout 30 s is the ceiling for the slowest).
-graceful_timeout = 30
+# within it (statement timeout 30 s is the ceiling for the slowest). Keep the process
+# manager's kill timeout above it (Kubernetes terminationGracePeriodSeconds).
+graceful_timeout = load_settings().web_shutdown_grace_seconds
 # Seconds an idle client connection stays open between requests. Behind a load balancer,
 # set it above the balancer's idle timeout (e.g. 65 for AWS ALB's 60) via GUNICORN_CMD_ARGS.
 keepalive = 5
@@ -44,3 +50,24 @@ max_requests = 10_000
 max_requests_jitter = 1_000
 accesslog = None  # the app logs every request as JSON, with its request id
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Metrics: every worker writes its counters to files here (prometheus_client multiprocess
+# mode) so /metrics sums all workers. Set before the app, and so prometheus_client, loads.
+metrics_dir = Path(
+    os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR", str(Path(__file__).resolve().parent / "var" / "metrics-web")
+    )
+)
+
+
+def on_starting(server: object) -> None:
+    """A fresh master starts fresh files (counters restarting is normal for Prometheus)."""
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Drop a dead worker's live gauges; its counters stay summed."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]

@@ -2,7 +2,9 @@
 
 Web and worker processes are many and short-lived; what they count is kept in Redis (or
 PostgreSQL), and one collector reads it at scrape time, so every web process exposes the
-same totals and no per-process registry needs aggregating. To add metric families,
+same totals and no per-process registry needs aggregating. The one exception is the HTTP
+layer's own counters (`blueprints.common.http_metrics`, in-process and per request), which
+the /metrics view passes in. To add metric families,
 write a function yielding prometheus_client families and name it in SOURCES; a source
 that fails is logged and reported as `maycole_metrics_source_up{source=...} 0`, and the
 other sources are still exported.
@@ -17,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from extensions import redis
+from extensions import db, redis
 from logs import get_logger
-from services import dashboard
+from services import dashboard, metric_sources
 
 log = get_logger(__name__)
 
@@ -46,6 +48,12 @@ def dashboard_cache() -> Iterator[Metric]:
 
 SOURCES: Mapping[str, Source] = {
     "dashboard_cache": dashboard_cache,
+    "tasks": metric_sources.tasks,
+    "queues": metric_sources.queues,
+    "jobs": metric_sources.jobs,
+    "breakers": metric_sources.breakers,
+    "beat": metric_sources.beat,
+    "business": metric_sources.business,
 }
 
 
@@ -79,7 +87,22 @@ REGISTRY = CollectorRegistry(auto_describe=False)
 REGISTRY.register(SharedStateCollector(SOURCES))
 
 
-def render(accept: str | None) -> tuple[bytes, str]:
-    """The exposition (Prometheus text, or OpenMetrics if `accept` asks) and its type."""
+class _Combined:
+    """Several registries exposed as one."""
+
+    def __init__(self, registries: Iterable[CollectorRegistry]) -> None:
+        self._registries = registries
+
+    def collect(self) -> Iterator[Metric]:
+        for registry in self._registries:
+            yield from registry.collect()
+
+
+def render(accept: str | None, *extra: CollectorRegistry) -> tuple[bytes, str]:
+    """The exposition (Prometheus text, or OpenMetrics if `accept` asks) and its type;
+    `extra` adds registries kept elsewhere (the web processes' HTTP metrics)."""
     encode, content_type = choose_encoder(accept or "")
-    return encode(REGISTRY), content_type
+    try:
+        return encode(_Combined([REGISTRY, *extra])), content_type  # type: ignore[arg-type]
+    finally:
+        db.session.remove()  # the sources' reads: no transaction left open in the pool

@@ -33,6 +33,7 @@ from logs import bind_request_id, get_logger
 from models import Job
 from models.job import RUNNABLE
 from services import realtime
+from tasks import task_metrics
 from tasks.dispatch import send_after_commit
 
 log = get_logger(__name__)
@@ -62,6 +63,9 @@ class JobContext:
     request_id: str | None = None
     job_type: str = ""
     _progress_announced_at: float = field(default=float("-inf"), init=False, repr=False)
+    stopwatch: task_metrics.Stopwatch = field(
+        default_factory=task_metrics.Stopwatch, init=False, repr=False
+    )
 
     def progress(self, percent: int) -> None:
         """Record progress (visible at once) and stop if cancellation was requested."""
@@ -120,6 +124,7 @@ def run_job(body: TaskBody, job_id: str, *, request_id: str | None = None) -> No
         return
     bind_request_id(request_id or ctx.request_id)
     log.info("job_started", job_id=job_id, attempt=ctx.attempt)
+    task_metrics.record(ctx.job_type, "started")
     beat = _Heartbeat(ctx.job_id, me, current_app.config["SETTINGS"].job_heartbeat_seconds)
     beat.start()
     try:
@@ -205,6 +210,7 @@ def _settle_success(ctx: JobContext, me: str, result: dict[str, Any] | None) -> 
     job.error = job.traceback = None
     db.session.commit()  # the work's effects and `succeeded`, atomically
     log.info("job_succeeded", job_id=str(ctx.job_id), attempt=ctx.attempt)
+    task_metrics.record(ctx.job_type, "succeeded", ctx.stopwatch.seconds())
     realtime.publish_job(job)  # realtime `job.finished`, after the commit
 
 
@@ -231,6 +237,9 @@ def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
         notify_failed_for_good(job)
     db.session.commit()
     log.warning("job_failed", job_id=str(ctx.job_id), status=job.status, error=job.error)
+    task_metrics.record(ctx.job_type, "failed", ctx.stopwatch.seconds())
+    if job.status in ("retrying", "dead"):
+        task_metrics.record(ctx.job_type, "retried" if job.status == "retrying" else "dead")
     # Realtime, after the commit: `job.finished` (failed/dead/cancelled) or, when it will
     # be retried, `job.progress` with status `retrying`.
     realtime.publish_job(job)

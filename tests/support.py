@@ -304,6 +304,8 @@ class WebServer:
             "BIND": f"127.0.0.1:{self.port}",
             "WEB_CONCURRENCY": str(self.workers),
             "WEB_THREADS": str(self.threads),
+            # Its own metrics files: a parallel run's gunicorn must not wipe or sum ours.
+            "PROMETHEUS_MULTIPROC_DIR": str(self.log_path.with_suffix(f".{self.port}.metrics")),
         }
         cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

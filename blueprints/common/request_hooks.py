@@ -1,4 +1,4 @@
-"""Per-request plumbing: the request id, content-type enforcement and access logs."""
+"""Per-request plumbing: the request id, content-type enforcement, access logs, metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from flask import Flask, Request, Response, g, request
 from werkzeug.exceptions import BadRequest
 
+from blueprints.common import http_metrics
 from blueprints.common.problems import problem
 from logs import bind_request_id, get_logger
 
@@ -53,7 +54,9 @@ def register_request_hooks(app: Flask) -> None:
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
         _normalise_rate_limit_headers(response)
-        elapsed_ms = (time.perf_counter() - g.get("started_at", time.perf_counter())) * 1000
+        elapsed = time.perf_counter() - g.get("started_at", time.perf_counter())
+        http_metrics.observe(request, response, elapsed)
+        elapsed_ms = elapsed * 1000
         log.info(
             "request",
             method=request.method,

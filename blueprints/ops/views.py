@@ -9,6 +9,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import Response, abort, current_app, request, url_for
 
+from blueprints.common import http_metrics
 from blueprints.common.problems import problem
 from extensions import limiter
 from services import metrics as metric_exposition
@@ -75,7 +76,9 @@ def metrics() -> Response:
             )
     elif not _is_loopback(request.remote_addr):
         abort(404)
-    body, content_type = metric_exposition.render(request.headers.get("Accept"))
+    body, content_type = metric_exposition.render(
+        request.headers.get("Accept"), http_metrics.registry()
+    )
     return Response(body, content_type=content_type)
 
 
