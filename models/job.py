@@ -42,6 +42,13 @@ class Job(UUIDPrimaryKey, Timestamps, Base):
         ),
         # Analytics built-ins: team jobs finished in the last hours.
         Index("ix_jobs_team_finished", "finished_at", postgresql_where=text("team_id IS NOT NULL")),
+        # A team's newest jobs (the dashboard).
+        Index(
+            "ix_jobs_team_created",
+            "team_id",
+            "created_at",
+            postgresql_where=text("team_id IS NOT NULL"),
+        ),
     )
 
     type: Mapped[str] = mapped_column(String(100))  # the Celery task name, e.g. exports.build

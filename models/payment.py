@@ -57,6 +57,13 @@ class Payment(UUIDPrimaryKey, Timestamps, Base):
             "succeeded_at",
             postgresql_where=text("succeeded_at IS NOT NULL"),
         ),
+        # A team's revenue today / this month (the dashboard).
+        Index(
+            "ix_payments_team_succeeded",
+            "team_id",
+            "succeeded_at",
+            postgresql_where=text("succeeded_at IS NOT NULL"),
+        ),
     )
 
     team_id: Mapped[uuid.UUID] = mapped_column(
