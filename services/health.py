@@ -1,4 +1,9 @@
-"""Readiness checks of every dependency the app needs to serve requests."""
+"""Readiness checks of every dependency the app needs to serve requests.
+
+That is the web's readiness (`GET /readyz`); liveness (`GET /healthz`) does no I/O at all.
+Workers are judged by whether they consume: `scripts/worker_check.py`
+(services/worker_liveness.py).
+"""
 
 from __future__ import annotations
 
