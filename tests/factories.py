@@ -6,6 +6,7 @@ import itertools
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from flask_jwt_extended import create_access_token
 
@@ -57,3 +58,16 @@ def give_plan(team_id: uuid.UUID, plan: str = "business") -> Subscription:
     db.session.add(subscription)
     db.session.commit()
     return subscription
+
+
+def team_of_every_role() -> dict[str, Any]:
+    """{"id": team id, "users": {role: user}} for a team with an owner, an admin, a member
+    and a viewer, plus an "outsider" who belongs to no team of theirs."""
+    users = {role: make_user(name=role) for role in ("owner", "admin", "member", "viewer")}
+    team_id = make_team(
+        users["owner"],
+        members=[(users["admin"], "admin"), (users["member"], "member"),
+                 (users["viewer"], "viewer")],
+    )  # fmt: skip
+    users["outsider"] = make_user(name="outsider")
+    return {"id": team_id, "users": users}

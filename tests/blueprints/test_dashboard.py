@@ -21,7 +21,7 @@ from extensions import db, redis
 from models import User
 from scripts.devservices import RedisServer, free_port
 from services import dashboard, notifications
-from tests.factories import auth_headers, give_plan, make_team, make_user
+from tests.factories import auth_headers, give_plan, team_of_every_role
 from tests.support import Worker, make_settings, problem_body, wait_for, wait_job
 
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
@@ -30,14 +30,7 @@ METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 @pytest.fixture
 def team() -> dict[str, Any]:
     """A team with an owner, an admin, a member and a viewer, plus an outsider."""
-    users = {role: make_user(name=role) for role in ("owner", "admin", "member", "viewer")}
-    team_id = make_team(
-        users["owner"],
-        members=[(users["admin"], "admin"), (users["member"], "member"),
-                 (users["viewer"], "viewer")],
-    )  # fmt: skip
-    users["outsider"] = make_user(name="outsider")
-    return {"id": team_id, "users": users}
+    return team_of_every_role()
 
 
 def _get(client: FlaskClient, team: dict[str, Any], who: str, **kw: Any) -> TestResponse:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from config import Settings
 from extensions import db
 from models import InventoryAdjustment, InventoryItem, Notification, User
-from tests.factories import auth_headers, make_team, make_user
+from tests.factories import auth_headers, make_team, team_of_every_role
 from tests.support import ROOT, WebServer, Worker, problem_body, wait_for
 
 LOGS = ROOT / "var" / "test-logs"
@@ -30,13 +30,7 @@ def _base(team_id: uuid.UUID) -> str:
 @pytest.fixture
 def team() -> dict[str, Any]:
     """A team with an owner, an admin, a member and a viewer."""
-    users = {role: make_user(name=role) for role in ("owner", "admin", "member", "viewer")}
-    team_id = make_team(
-        users["owner"],
-        members=[(users["admin"], "admin"), (users["member"], "member"),
-                 (users["viewer"], "viewer")],
-    )  # fmt: skip
-    return {"id": team_id, "users": users}
+    return team_of_every_role()
 
 
 def _create(
