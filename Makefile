@@ -27,8 +27,8 @@ run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it
 test: $(STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
 	@$(DEVSERVICES) --database maycole_test --redis-db 15 -- $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)  ## B6: a 1M-row CSV export vs PostgreSQL's COPY (bench/README.md)
-	@$(DEVSERVICES) --database maycole_bench --redis-db 3 -- $(PY) -m bench.export_1m
+bench: $(STAMP)  ## B1-B9 against same-run baselines (bench/README.md); BENCH="http queue" for some
+	@$(DEVSERVICES) --database maycole_bench --redis-db 3 -- $(PY) -m bench.run $(BENCH)
 
 migrate: $(STAMP)  ## apply migrations to the configured (or local) database
 	@$(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
