@@ -9,6 +9,7 @@ Only services commit; models and helpers never do.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis as redis_lib
@@ -18,10 +19,45 @@ from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from blueprints.common.ratelimits import principal_key
+
+# A pooled connection idle longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
+    """Pessimistic disconnect handling, but only for connections that sat idle.
+
+    `pool_pre_ping=True` pings on EVERY checkout: under load that is one extra round trip
+    per request (and per outbox publish) to prove that a connection which answered a
+    query a few milliseconds ago is still there. A restart, a failover or an idle
+    timeout (PgBouncer, a NAT) kills connections while they wait in the pool, so those
+    are the ones worth pinging: a connection back in the pool for `idle_seconds` or
+    longer is pinged on checkout. A failed ping means the server went away, so, as
+    pool_pre_ping does, every connection pooled before it is discarded and the checkout
+    retried on a new one (SQLAlchemy does both on InvalidatePoolError). A connection that
+    dies within `idle_seconds` of its last use fails its query instead, as it would have
+    had it died mid-request, and SQLAlchemy then invalidates the pool the same way.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
+        entry.info["idle_since"] = time.monotonic()  # `info` lives as long as the connection
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, entry: ConnectionPoolEntry, proxy: Any) -> None:
+        idle_since = entry.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return  # brand new, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise InvalidatePoolError("a pooled connection failed its ping") from exc
 
 
 class Database:
@@ -41,7 +77,13 @@ class Database:
         )
         app.teardown_appcontext(self._remove_session)
 
-    def configure(self, url: str, pool_size: int = 5, statement_timeout_ms: int = 30_000) -> None:
+    def configure(
+        self,
+        url: str,
+        pool_size: int = 5,
+        statement_timeout_ms: int = 30_000,
+        ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
+    ) -> None:
         if (
             self._engine is not None
             and self._engine.url.render_as_string(hide_password=False) == url
@@ -55,10 +97,10 @@ class Database:
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
             pool_timeout=5,
             connect_args=connect_args,
         )
+        ping_idle_connections(self._engine, ping_after_idle_seconds)
         self._factory.configure(bind=self._engine)
 
     @property
