@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import event, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from celeryconfig import queue_for
 from extensions import celery_app, db
@@ -24,6 +24,7 @@ from models import Job
 
 log = get_logger(__name__)
 _PENDING = "maycole.pending_messages"
+_COMMITTED = "maycole.committed_messages"  # to publish once the connection is released
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,25 @@ def _mark_published(job_ids: list[uuid.UUID]) -> None:
 
 
 @event.listens_for(Session, "after_commit")
-def _publish_after_commit(session: Session) -> None:
+def _commit_pending(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint: the outer transaction may still roll back
+        return
     messages = session.info.pop(_PENDING, None)
     if messages:
-        publish(messages)
+        session.info.setdefault(_COMMITTED, []).extend(messages)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _publish_committed(session: Session, transaction: SessionTransaction) -> None:
+    # Published here, not in after_commit: SQLAlchemy runs after_commit while the session
+    # still holds its (committed) connection, and marking the rows published takes a
+    # second one. With every thread of a busy web process holding one connection and
+    # waiting for another, the pool ran dry and requests stalled for its 5 s timeout. Here
+    # the session's connection is back in the pool.
+    if transaction.parent is None:
+        messages = session.info.pop(_COMMITTED, None)
+        if messages:
+            publish(messages)
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import event
 
 from app import create_app
 from config import Settings
 from extensions import db
 from models import Job
 from scripts.devservices import RedisServer, free_port
-from tasks.dispatch import Message, publish
+from tasks.dispatch import Message, enqueue, publish
 from tasks.jobs import reap_orphans, relay_outbox
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, Worker, fetch_job, make_settings, running_worker, wait_job
@@ -68,6 +69,36 @@ def test_job_accepted_while_redis_is_down_is_published_by_the_relay_later(
     assert done.attempts == 1
     assert pings_recorded(job["id"]) == 1
     assert relay_outbox() == 0  # nothing left to send
+
+
+def test_publishing_after_the_commit_never_holds_two_pooled_connections(
+    own_redis: tuple[RedisServer, Settings],
+) -> None:
+    # Marking the row published takes a connection; the session must have given its own
+    # back by then. A thread holding one while waiting for another ran a busy web
+    # process's pool dry (every thread doing it at once), stalling requests 5 s.
+    held = peak = 0
+
+    def checked_out(*_: object) -> None:
+        nonlocal held, peak
+        held += 1
+        peak = max(peak, held)
+
+    def checked_in(*_: object) -> None:
+        nonlocal held
+        held -= 1
+
+    db.session.remove()
+    event.listen(db.engine, "checkout", checked_out)
+    event.listen(db.engine, "checkin", checked_in)
+    try:
+        job = enqueue("maintenance.ping", args={"sleep_seconds": 0})
+        db.session.commit()
+    finally:
+        event.remove(db.engine, "checkout", checked_out)
+        event.remove(db.engine, "checkin", checked_in)
+    assert fetch_job(job.id).published_at is not None  # sent, and marked, at once
+    assert peak == 1
 
 
 def test_worker_killed_mid_job_is_redelivered_and_finishes_once(
