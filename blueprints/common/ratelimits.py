@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, Final
 
-from flask import current_app, request
+from flask import current_app, g, has_request_context, request
 from flask_jwt_extended import decode_token
+from limits.storage import RedisStorage
+
+# RATELIMIT_STORAGE_URI is "<this prefix><REDIS_URL>" (config.py): our storage below.
+STORAGE_SCHEME_PREFIX: Final = "maycole+"
+_HITS: Final = "_ratelimit_hits"  # flask.g: key -> (count, expires at) of this request
 
 
 def client_ip() -> str:
@@ -22,10 +30,26 @@ def principal_key() -> str:
     authorization = request.headers.get("Authorization", "")
     if authorization.startswith("Bearer "):
         try:
-            return f"user:{decode_token(authorization[7:], allow_expired=True)['sub']}"
+            return f"user:{_token_subject(authorization[7:], current_app.config['JWT_SECRET_KEY'])}"
         except Exception:  # noqa: BLE001, S110 - an unusable token is limited by address
             pass
     return client_ip()
+
+
+@lru_cache(maxsize=4096)
+def _token_subject(token: str, secret: str) -> str:
+    """The user a signature-checked (possibly expired) access token names, remembered
+    per process.
+
+    The limiter runs before the view, whose authentication then verifies the same token
+    in full (expiry, revocation, the user), so decoding it here too on every request
+    verified each token twice. A token's subject never changes; only tokens that
+    verified are remembered (an exception is not cached); and the signing secret is part
+    of the key, so a token is never taken on another secret's word (`decode_token`
+    checks with the app's, which is the same value).
+    """
+    del secret  # only a cache key: decode_token reads the same value from the app
+    return str(decode_token(token, allow_expired=True)["sub"])
 
 
 def email_key() -> str:
@@ -42,3 +66,63 @@ def configured(setting: str) -> Callable[[], str]:
         return str(getattr(current_app.config["SETTINGS"], setting))
 
     return limit
+
+
+class RedisWindowStorage(RedisStorage):
+    """Rate-limit storage on Redis whose hit also answers the window's statistics.
+
+    flask-limiter hits a fixed-window limit with one round trip (INCRBY, plus EXPIRE in
+    a new window) and then, for the RateLimit-Remaining and -Reset headers every
+    response carries, reads the same counter back with a GET and a TTL: three round
+    trips per request where one suffices. Here the hit's script returns the count and
+    the TTL together, and the limiter's reads of that key later in the same request are
+    answered from them (kept in `flask.g`, so never across requests). Everything else
+    (other keys, reads outside a request, reset, clear) goes to Redis as before.
+
+    Registered for `maycole+redis://`, `maycole+rediss://`, `maycole+redis+unix://` and
+    `maycole+unix://`, i.e. the REDIS_URL behind our prefix.
+    """
+
+    STORAGE_SCHEME = [
+        f"{STORAGE_SCHEME_PREFIX}{scheme}" for scheme in ("redis", "rediss", "redis+unix", "unix")
+    ]
+    # limits' incr_expire.lua, returning the key's TTL (seconds) with the count.
+    SCRIPT_INCR_EXPIRE_TTL = b"""
+local amount = tonumber(ARGV[2])
+local current = redis.call("incrby", KEYS[1], amount)
+if tonumber(current) == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return {current, redis.call("ttl", KEYS[1])}
+"""
+
+    def __init__(self, uri: str, **options: Any) -> None:
+        super().__init__(uri.removeprefix(STORAGE_SCHEME_PREFIX), **options)
+
+    def initialize_storage(self, _uri: str) -> None:
+        super().initialize_storage(_uri)
+        self.lua_incr_expire_ttl = self.get_connection().register_script(
+            self.SCRIPT_INCR_EXPIRE_TTL
+        )
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        count, ttl = self.lua_incr_expire_ttl([self.prefixed_key(key)], [expiry, amount])
+        if has_request_context():
+            g.setdefault(_HITS, {})[key] = (int(count), max(int(ttl), 0) + time.time())
+        return int(count)
+
+    def get(self, key: str) -> int:
+        seen = _seen(key)
+        return seen[0] if seen is not None else int(super().get(key))
+
+    def get_expiry(self, key: str) -> float:
+        seen = _seen(key)
+        return seen[1] if seen is not None else float(super().get_expiry(key))
+
+
+def _seen(key: str) -> tuple[int, float] | None:
+    """This request's own hit of `key`: (count after it, when the window ends)."""
+    if not has_request_context():
+        return None
+    hits: dict[str, tuple[int, float]] = g.get(_HITS, {})
+    return hits.get(key)

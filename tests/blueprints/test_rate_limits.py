@@ -1,0 +1,85 @@
+"""The default limit counts per signed-in user, verifying each token once per process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+import pytest
+from flask.testing import FlaskClient
+from flask_jwt_extended import decode_token
+
+from blueprints.common import ratelimits
+from blueprints.common.ratelimits import RedisWindowStorage
+from extensions import limiter
+from tests.factories import auth_headers, make_user
+
+
+def _remaining(client: FlaskClient, headers: dict[str, str], address: str) -> int:
+    response = client.get("/api/v1/jobs", headers=headers, environ_base={"REMOTE_ADDR": address})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return int(response.headers["RateLimit-Remaining"])
+
+
+def test_the_default_limit_counts_per_user_and_verifies_each_token_once(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = dict(auth_headers(make_user())), dict(auth_headers(make_user()))
+    decoded: list[str] = []
+
+    def counting_decode(token: str, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return decode_token(token, **kwargs)
+
+    monkeypatch.setattr("blueprints.common.ratelimits.decode_token", counting_decode)
+    ratelimits._token_subject.cache_clear()
+
+    # Alice's budget follows her from address to address; Bob has his own.
+    first, second, third = (_remaining(client, alice, f"10.0.0.{i}") for i in (1, 2, 3))
+    assert (second, third) == (first - 1, first - 2)
+    assert _remaining(client, bob, "10.0.0.1") == first
+    assert len(decoded) == 2  # once per token, not once per request
+
+
+def test_a_forged_token_spends_its_address_budget_not_the_user_it_names(
+    client: FlaskClient,
+) -> None:
+    alice = make_user()
+    headers = dict(auth_headers(alice))
+    fresh = _remaining(client, dict(auth_headers(make_user())), "10.0.0.1")
+    forged = jwt.encode({"sub": str(alice.id), "type": "access"}, "not-our-secret" * 4)
+    for _ in range(2):  # the second time too: a token that failed is never remembered
+        response = client.get(
+            "/api/v1/jobs",
+            headers={"Authorization": f"Bearer {forged}"},
+            environ_base={"REMOTE_ADDR": "10.9.9.9"},
+        )
+        assert response.status_code == 401
+    assert _remaining(client, headers, "10.0.0.1") == fresh  # Alice's budget is untouched
+
+
+def test_a_limited_request_costs_one_redis_round_trip_and_its_headers_stay_exact(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = limiter.storage
+    assert isinstance(storage, RedisWindowStorage)
+    commands: list[str] = []
+    redis_client: Any = storage.get_connection()
+    execute = redis_client.execute_command
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        commands.append(str(args[0]))
+        return execute(*args, **kwargs)
+
+    monkeypatch.setattr(redis_client, "execute_command", counting)
+    headers = dict(auth_headers(make_user()))
+    responses = [client.get("/api/v1/jobs", headers=headers) for _ in range(3)]
+
+    assert commands == ["EVALSHA"] * 3  # no GET, no TTL for the headers
+    limit = int(responses[0].headers["RateLimit-Limit"])
+    assert [int(r.headers["RateLimit-Remaining"]) for r in responses] == [
+        limit - 1,
+        limit - 2,
+        limit - 3,
+    ]
+    assert all(0 < int(r.headers["RateLimit-Reset"]) <= 61 for r in responses)
