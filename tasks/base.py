@@ -26,7 +26,7 @@ from typing import Any
 
 from celery import Task
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, select, update
 
 from extensions import celery_app, db
 from logs import bind_request_id, get_logger
@@ -141,8 +141,55 @@ def run_job(body: TaskBody, job_id: str, *, request_id: str | None = None) -> No
     _settle_success(ctx, me, result)
 
 
+# The two statements every job runs, built once (building and keying a statement costs
+# more than the database takes to run it). Each is one UPDATE ... RETURNING instead of
+# SELECT ... FOR UPDATE, a check and an UPDATE. Their row lock serialises a concurrent
+# delivery the same way: it re-checks the row after our commit and matches nothing. The
+# ORM's session synchronisation is off: RETURNING refreshes the one object they touch.
+_RETURNING_JOB = {"populate_existing": True, "synchronize_session": False}
+# The usual delivery: a queued (or retrying) job with attempts left.
+_CLAIM = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"), Job.status.in_(sorted(RUNNABLE)),
+           Job.attempts < Job.max_attempts)
+    .values(status="running", attempts=Job.attempts + 1, worker=bindparam("me"),
+            heartbeat_at=bindparam("now"),
+            started_at=func.coalesce(Job.started_at, bindparam("now")))
+    .returning(Job)
+    .execution_options(**_RETURNING_JOB)
+)  # fmt: skip
+# Success, only while this worker still owns the job (the reaper may have taken it over).
+_SUCCEED = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"), Job.status == "running", Job.worker == bindparam("me"))
+    .values(status="succeeded", progress=100, result=bindparam("result", type_=Job.result.type),
+            finished_at=bindparam("now"), error=None, traceback=None)
+    .returning(Job)
+    .execution_options(**_RETURNING_JOB)
+)  # fmt: skip
+
+
 def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
     """Mark the job running for this worker, or None if it must not run here now."""
+    session = db.session
+    now = datetime.now(UTC)
+    job = session.scalar(_CLAIM, {"job_id": job_id, "me": me, "now": now})
+    if job is not None:
+        _invalidate_dashboard(job)
+    else:
+        job = _claim_unusual(job_id, me, now)
+        if job is None:
+            return None
+    session.commit()
+    realtime.publish_job(job)  # realtime `job.progress` (running), after the commit
+    return JobContext(
+        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id, job.type
+    )
+
+
+def _claim_unusual(job_id: uuid.UUID, me: str, now: datetime) -> Job | None:
+    """Everything but the usual claim: a missing or finished job, one running elsewhere
+    (taken over if its worker is gone), a poison job out of attempts."""
     session = db.session
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None:
@@ -153,7 +200,6 @@ def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
         session.rollback()
         log.info("job_skipped", job_id=str(job_id), status=job.status)
         return None
-    now = datetime.now(UTC)
     if job.attempts >= job.max_attempts:
         # Each delivery that died mid-run counted an attempt: a poison job stops here.
         job.status, job.finished_at = "dead", now
@@ -167,11 +213,16 @@ def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
     job.worker = me
     job.heartbeat_at = now
     job.started_at = job.started_at or now
-    session.commit()
-    realtime.publish_job(job)  # realtime `job.progress` (running), after the commit
-    return JobContext(
-        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id, job.type
-    )
+    return job
+
+
+def _invalidate_dashboard(job: Job) -> None:
+    """A team's dashboard lists its jobs; the flush listener that bumps it on a change
+    cannot see a job changed by an UPDATE statement, so bump it after the commit here."""
+    if job.team_id is not None:
+        from services import dashboard  # services import this module's siblings
+
+        dashboard.invalidate(job.team_id)
 
 
 def _owner_is_gone(job: Job) -> bool:
@@ -201,13 +252,13 @@ def _locked_own_job(ctx: JobContext, me: str) -> Job | None:
 
 
 def _settle_success(ctx: JobContext, me: str, result: dict[str, Any] | None) -> None:
-    job = _locked_own_job(ctx, me)
+    params = {"job_id": ctx.job_id, "me": me, "result": result, "now": datetime.now(UTC)}
+    job = db.session.scalar(_SUCCEED, params)
     if job is None:
+        log.warning("job_lost_ownership", job_id=str(ctx.job_id))
         db.session.rollback()  # someone else owns it now: drop our effects, theirs count
         return
-    job.status, job.progress, job.result = "succeeded", 100, result
-    job.finished_at = datetime.now(UTC)
-    job.error = job.traceback = None
+    _invalidate_dashboard(job)
     db.session.commit()  # the work's effects and `succeeded`, atomically
     log.info("job_succeeded", job_id=str(ctx.job_id), attempt=ctx.attempt)
     task_metrics.record(ctx.job_type, "succeeded", ctx.stopwatch.seconds())
