@@ -2,8 +2,8 @@
 
 A batch is all or nothing: every event is checked and every problem reported, keyed by
 its position (`events.3.occurred_at`), before anything is stored. Storing is one
-multi-row `INSERT ... ON CONFLICT (team_id, dedup_id) DO NOTHING RETURNING id`, so an
-event whose dedup id the team already has (or that an earlier event of the same batch
+`INSERT ... SELECT ... ON CONFLICT (team_id, dedup_id) DO NOTHING` of the whole batch, so
+an event whose dedup id the team already has (or that an earlier event of the same batch
 carries) is counted as a duplicate instead of stored twice; events without a dedup id
 always insert (NULLs never collide).
 """
@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy.dialects.postgresql import insert
+from pydantic import TypeAdapter
+from sqlalchemy import text
 
 from extensions import db
-from models import AnalyticsEvent
 from services.errors import ValidationFailed
 from services.rollups import BUILTIN_PREFIX
 
@@ -32,6 +33,10 @@ NAME_PATTERN: Final = r"^[a-z][a-z0-9_.]{0,99}$"
 MAX_FUTURE: Final = timedelta(minutes=5)
 MAX_AGE: Final = timedelta(days=90)
 _NAME = re.compile(NAME_PATTERN)
+_MAX_FUTURE_SECONDS: Final = MAX_FUTURE.total_seconds()
+_MAX_AGE_SECONDS: Final = MAX_AGE.total_seconds()
+# One encoder for every size check (json.dumps with options builds a new one per call).
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -57,18 +62,20 @@ def occurred_at_problem(occurred_at: datetime, now: datetime | None = None) -> s
     """Why `occurred_at` is outside the accepted window (5 minutes ahead, 90 days back)."""
     if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
         return "Give an ISO-8601 time with a UTC offset."
-    now = now or datetime.now(UTC)
-    if occurred_at > now + MAX_FUTURE:
+    # POSIX seconds: comparing aware datetimes of two tzinfo types costs 4 utcoffset calls.
+    moment, current = occurred_at.timestamp(), now.timestamp() if now else time.time()
+    if moment > current + _MAX_FUTURE_SECONDS:
         return "Must not be more than 5 minutes in the future."
-    if occurred_at < now - MAX_AGE:
+    if moment < current - _MAX_AGE_SECONDS:
         return "Must not be older than 90 days."
     return None
 
 
 def properties_problem(properties: dict[str, Any]) -> str | None:
     """Why `properties` cannot be stored (too large as JSON, or a NUL character), or None."""
-    encoded = json.dumps(properties, separators=(",", ":"), ensure_ascii=False)
-    if len(encoded.encode()) > MAX_PROPERTIES_BYTES:
+    encoded = _COMPACT_JSON.encode(properties)
+    size = len(encoded) if encoded.isascii() else len(encoded.encode())
+    if size > MAX_PROPERTIES_BYTES:
         return f"Must be at most {MAX_PROPERTIES_BYTES} bytes as JSON."
     if "\\u0000" in encoded:  # PostgreSQL's jsonb cannot hold NUL characters
         return "Must not contain NUL characters."
@@ -111,26 +118,40 @@ def validate_events(events: Sequence[EventInput], now: datetime | None = None) -
         raise ValidationFailed("Some events are invalid; none were stored.", errors=errors)
 
 
-def ingest_events(team_id: uuid.UUID, events: Sequence[EventInput]) -> tuple[int, int]:
-    """Store a validated batch in one transaction; return (accepted, duplicates)."""
-    validate_events(events)
-    rows = [
-        {
-            "team_id": team_id,
-            "name": event.name,
-            "occurred_at": event.occurred_at,
-            "properties": event.properties,
-            "dedup_id": event.dedup_id,
-        }
-        for event in events
-    ]
-    # One statement; a dedup id repeated inside the batch conflicts with its first copy.
-    statement = (
-        insert(AnalyticsEvent)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["team_id", "dedup_id"])
-        .returning(AnalyticsEvent.id)
+# The batch as one JSON array (pydantic-core encodes it: ~3x faster than json.dumps).
+_BATCH_JSON: Final = TypeAdapter(list[EventInput])
+# One statement for the whole batch, whatever its size: the events travel as ONE jsonb
+# parameter and PostgreSQL unpacks them (jsonb_to_recordset), instead of a VALUES list
+# of 5 parameters per event that SQLAlchemy and psycopg would build, compile and parse
+# on every request. Rows are inserted in the batch's order (ORDER BY the ordinality), so
+# a dedup id repeated inside the batch conflicts with its first copy.
+_INSERT_BATCH: Final = text("""
+    WITH stored AS (
+        INSERT INTO analytics_events (team_id, name, occurred_at, properties, dedup_id)
+        SELECT :team_id, e.name, e.occurred_at, e.properties, e.dedup_id
+        FROM ROWS FROM (
+                 jsonb_to_recordset(CAST(:events AS jsonb))
+                 AS (name text, occurred_at timestamptz, properties jsonb, dedup_id text)
+             ) WITH ORDINALITY AS e(name, occurred_at, properties, dedup_id, n)
+        ORDER BY e.n
+        ON CONFLICT (team_id, dedup_id) DO NOTHING
+        RETURNING 1
     )
-    accepted = len(db.session.execute(statement).scalars().all())
+    SELECT count(*) FROM stored
+""")
+
+
+def ingest_events(
+    team_id: uuid.UUID, events: Sequence[EventInput], *, checked: bool = False
+) -> tuple[int, int]:
+    """Store a batch in one transaction; return (accepted, duplicates). The batch is
+    validated first unless `checked` says its caller already ran these same rules on it
+    (the HTTP schema does, event by event)."""
+    if not checked:
+        validate_events(events)
+    batch = _BATCH_JSON.dump_json(list(events)).decode()
+    accepted = int(
+        db.session.execute(_INSERT_BATCH, {"team_id": team_id, "events": batch}).scalar_one()
+    )
     db.session.commit()
     return accepted, len(events) - accepted
