@@ -1,9 +1,17 @@
 """Exports: a team's data written to one file in object storage by the `exports.build` job.
 
-Memory stays constant whatever the size: rows come from a server-side cursor
-(`yield_per`), are encoded into ~1 MiB chunks and streamed straight into
-`ObjectStorage.write`, which computes size and SHA-256 on the way (xlsx goes through a
-temporary file written by xlsxwriter in constant-memory mode, then streamed the same way).
+Memory stays constant whatever the size, and the bytes go straight into
+`ObjectStorage.write` in ~1 MiB chunks (it computes size and SHA-256 on the way):
+
+* CSV is written by PostgreSQL itself: `COPY (SELECT <formatted columns> ...) TO STDOUT
+  WITH (FORMAT csv, HEADER)`, read with psycopg's `cursor.copy()`. The SELECT does the
+  formatting the file promises (ISO-8601 UTC times, the CSV-injection guard, JSON as
+  jsonb's text; see `_csv_column`), so no row ever becomes a Python object: about as
+  fast as the database can produce the rows.
+* JSON lines and xlsx rows come from a server-side cursor (`yield_per`) and are encoded
+  here (xlsx goes through a temporary file written by xlsxwriter in constant-memory mode,
+  then streamed the same way).
+
 The export row gets its `storage_key` only in the job's final transaction, after the whole
 object is stored, so a failed or half-written export is never offered for download.
 
@@ -14,20 +22,31 @@ changed) and again at download time.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import tempfile
+import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import xlsxwriter
 from flask import current_app
-from sqlalchemy import Select, func, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Select,
+    String,
+    func,
+    literal_column,
+    select,
+    text,
+)
 
 from extensions import db
 from integrations.storage import ObjectStorage
@@ -54,7 +73,8 @@ CONTENT_TYPES = {
 }
 CHUNK_BYTES = 1024 * 1024  # what one storage.write chunk holds (multipart parts are >= 5 MiB)
 FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
-PROGRESS_EVERY = 5000  # rows between progress reports (each is one small UPDATE)
+PROGRESS_EVERY = 5000  # rows between progress reports (each is one small UPDATE) ...
+PROGRESS_SECONDS = 0.5  # ... and at most one report this often
 XLSX_MAX_ROWS = 1_048_576  # Excel's sheet limit, header included
 RETRY_AFTER_SECONDS = 5
 # Job states in which the export may still become ready.
@@ -240,16 +260,27 @@ def build(
         and permissions.allows(role, RESOURCE_PERMISSION[export.resource])
     ):
         raise ExportRefused("The requester may no longer read this data.")
-    header, query = _query(export)
-    total = int(db.session.scalar(select(func.count()).select_from(query.subquery())) or 0)
-    if export.format == "xlsx" and total + 1 > XLSX_MAX_ROWS:
-        raise ExportRefused(f"{total} rows do not fit in one xlsx sheet; use csv or jsonl.")
+    header, columns, query = _query(export)
+    if export.format == "xlsx":
+        total = int(db.session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+        if total + 1 > XLSX_MAX_ROWS:
+            raise ExportRefused(f"{total} rows do not fit in one xlsx sheet; use csv or jsonl.")
+    else:
+        # Only for the progress bar: counting a million rows first costs a fifth of the
+        # export itself, the planner's estimate costs nothing.
+        total = _estimated_rows(query)
     counter = _Counter(total, progress)
-    # A server-side cursor: PostgreSQL sends FETCH_ROWS at a time, never the whole result.
-    rows = counter.wrap(db.session.execute(query.execution_options(yield_per=FETCH_ROWS)))
-    key = storage_key(export)
-    stored = storage.write(key, _encode(export.format, header, rows),
-                           content_type=CONTENT_TYPES[export.format])  # fmt: skip
+    key, content_type = storage_key(export), CONTENT_TYPES[export.format]
+    if export.format == "csv":
+        cells = [_csv_column(c, name) for c, name in zip(columns, header, strict=True)]
+        # Closed before anything else runs on the session: a COPY cut short by a failed
+        # upload is cancelled there, and the connection is left fit for the rollback.
+        with closing(_CsvCopy(query.with_only_columns(*cells), counter).chunks()) as chunks:
+            stored = storage.write(key, chunks, content_type=content_type)
+    else:
+        # A server-side cursor: PostgreSQL sends FETCH_ROWS at a time, never the whole result.
+        rows = counter.wrap(db.session.execute(query.execution_options(yield_per=FETCH_ROWS)))
+        stored = storage.write(key, _encode(export.format, header, rows), content_type=content_type)
     now = datetime.now(UTC)
     settings = current_app.config["SETTINGS"]
     export.storage_key, export.row_count, export.size = stored.key, counter.rows, stored.size
@@ -318,8 +349,8 @@ def cleanup_expired(storage: ObjectStorage, batch: int = 200) -> int:
 # --- rows ----------------------------------------------------------------------------------
 
 
-def _query(export: Export) -> tuple[list[str], Any]:
-    """The header and the (team-scoped) column query of an export."""
+def _query(export: Export) -> tuple[list[str], Sequence[Any], Any]:
+    """The header, the columns and the (team-scoped, ordered) query of an export."""
     team_id, filters = export.team_id, export.filters or {}
     start, end = (datetime.fromisoformat(filters[k]) if filters.get(k) else None
                   for k in ("from", "to"))  # fmt: skip
@@ -365,27 +396,143 @@ def _query(export: Export) -> tuple[list[str], Any]:
     if end is not None:
         query = query.where(stamp < end)
     header = ["joined_at" if c is TeamMember.created_at else c.key for c in columns]
-    return header, query.order_by(*order)
+    return header, columns, query.order_by(*order)
+
+
+def _estimated_rows(query: Select[Any]) -> int:
+    """The planner's row estimate for `query` (EXPLAIN, nothing is read)."""
+    connection = db.session.connection()
+    compiled = query.compile(dialect=connection.dialect)
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params)
+        row = cursor.fetchone()
+    plan = row[0] if row else None
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    try:
+        return max(0, int(plan[0]["Plan"]["Plan Rows"]))  # type: ignore[index]
+    except (TypeError, LookupError, ValueError):
+        return 0
 
 
 class _Counter:
-    """Counts rows as they stream past and reports progress every PROGRESS_EVERY rows."""
+    """Counts rows as they stream past and reports progress every PROGRESS_EVERY rows, at
+    most once per PROGRESS_SECONDS (each report is an UPDATE and a commit)."""
 
     def __init__(self, total: int, progress: Callable[[int], None]) -> None:
         self.total, self.progress, self.rows = total, progress, 0
+        self._reported_rows, self._reported_at = 0, time.monotonic()
 
     def wrap(self, rows: Iterable[Sequence[Any]]) -> Iterator[Sequence[Any]]:
         for row in rows:
             self.rows += 1
             if self.rows % PROGRESS_EVERY == 0:
-                # 95 at most: storing the object's last part and the commit come after.
-                self.progress(min(95, 95 * self.rows // max(self.total, 1)))
+                self.advance(self.rows)
             yield row
+
+    def advance(self, rows: int) -> None:
+        """`rows` are out so far: report them once PROGRESS_EVERY more rows and
+        PROGRESS_SECONDS have passed since the last report."""
+        now = time.monotonic()
+        if (
+            rows - self._reported_rows < PROGRESS_EVERY
+            or now - self._reported_at < PROGRESS_SECONDS
+        ):
+            return
+        self._reported_rows, self._reported_at = rows, now
+        # 95 at most: storing the object's last part and the commit come after.
+        self.progress(min(95, 95 * rows // max(self.total, 1)))
+
+
+# --- CSV, written by PostgreSQL ------------------------------------------------------------
+#
+# What each cell costs PostgreSQL matters: the export is as fast as the one backend that
+# formats and sends the rows (a plain COPY of the raw columns takes ~0.55 s of its CPU
+# per million analytics rows). Measured per million rows: the formula guard +0.1 s, the
+# ISO-8601 times +0.27 s; compacting JSON would add +0.55 s (json_strip_nulls of each
+# document, plus a regular expression when it holds a null), so JSON cells are jsonb's
+# own canonical text (`{"i": 1, "page": "/p/1"}`) at no cost.
+
+# ascii() of '' (0) and of each formula prefix: one integer test per cell, and only the
+# cells that start with one of them take the slower branch.
+_GUARD_CODES = ", ".join(["0", *(str(ord(prefix)) for prefix in FORMULA_PREFIXES)])
+
+
+def _guarded(value: str) -> str:
+    """SQL: a text cell that spreadsheets will not run as a formula (a leading apostrophe,
+    OWASP's advice); '' becomes NULL, so both are an empty, unquoted field."""
+    return (f"CASE WHEN ascii({value}) IN ({_GUARD_CODES}) THEN"
+            f" CASE WHEN {value} = '' THEN NULL ELSE '''' || {value} END"
+            f" ELSE {value} END")  # fmt: skip
+
+
+def _iso8601(value: str) -> str:
+    """SQL: a timestamptz as Python's `isoformat()` of it in UTC:
+    2026-11-25T10:21:35.123400+00:00, without the fraction when it is zero."""
+    pattern = 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'
+    return f"replace(to_char({value} AT TIME ZONE 'UTC', '{pattern}'), '.000000+', '+')"
+
+
+def _csv_column(column: Any, name: str) -> ColumnElement[Any]:
+    """The SELECT expression that writes `column` into the CSV as the file promises:
+    times ISO-8601 (UTC), booleans true/false, text guarded against formula injection,
+    JSON as jsonb's canonical text (keys in jsonb's order, `": "` and `", "` separators;
+    JSON's syntax leaves no room for a formula, so it needs no guard); ids, numbers and
+    addresses in PostgreSQL's text form (the same as Python's). Labelled `name`, which
+    COPY's HEADER writes."""
+    sql = str(column.compile(dialect=db.session.get_bind().dialect))
+    kind = column.type
+    if isinstance(kind, DateTime):
+        expression = _iso8601(sql)
+    elif isinstance(kind, JSON | Boolean):
+        expression = f"CAST({sql} AS text)"
+    elif isinstance(kind, String):
+        expression = _guarded(sql)
+    else:
+        expression = sql
+    return literal_column(expression).label(name)
+
+
+class _CsvCopy:
+    """`COPY (query) TO STDOUT WITH (FORMAT csv, HEADER)` on the session's connection (in
+    the job's transaction), as ~CHUNK_BYTES chunks; the row count is COPY's own."""
+
+    def __init__(self, query: Select[Any], counter: _Counter) -> None:
+        self.query, self.counter = query, counter
+
+    def chunks(self) -> Generator[bytes]:
+        connection = db.session.connection()
+        compiled = self.query.compile(dialect=connection.dialect)
+        statement = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER)"
+        # One statement writes the whole file: it gets the job's time, not a request's.
+        limit = str(current_app.config["SETTINGS"].task_time_limit * 1000)
+        before = db.session.execute(
+            text("SELECT current_setting('statement_timeout'),"
+                 " set_config('statement_timeout', :limit, true)"),
+            {"limit": limit},
+        ).scalar_one()  # fmt: skip
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        buffer, lines = bytearray(), 0
+        with driver.cursor() as cursor:
+            # psycopg binds the parameters client-side (COPY takes none of its own).
+            with cursor.copy(statement, compiled.params) as copy:
+                for data in copy:
+                    buffer += data
+                    if len(buffer) >= CHUNK_BYTES:
+                        lines += buffer.count(b"\n")  # rows, give or take quoted newlines
+                        yield bytes(buffer)
+                        buffer.clear()
+                        self.counter.advance(lines - 1)  # the header is no row
+            self.counter.rows = max(cursor.rowcount, 0)
+        db.session.execute(text("SELECT set_config('statement_timeout', :before, true)"),
+                           {"before": before})  # fmt: skip
+        yield bytes(buffer)
 
 
 def _encode(fmt: str, header: list[str], rows: Iterator[Sequence[Any]]) -> Iterator[bytes]:
-    if fmt == "csv":
-        return _csv_chunks(header, rows)
     if fmt == "jsonl":
         return _jsonl_chunks(header, rows)
     return _xlsx_chunks(header, rows)
@@ -407,32 +554,6 @@ def _json_cell(value: Any) -> Any:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
     return value
-
-
-def _cell(value: Any) -> Any:
-    """A spreadsheet-safe cell: structured values as JSON; text that a spreadsheet would
-    run as a formula gets a leading apostrophe (OWASP's CSV-injection advice)."""
-    value = _json_cell(value)
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
-def _csv_chunks(header: list[str], rows: Iterator[Sequence[Any]]) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow(["" if v is None else _csv_scalar(_cell(v)) for v in row])
-        if buffer.tell() >= CHUNK_BYTES:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode()
-
-
-def _csv_scalar(value: Any) -> Any:
-    return ("true" if value else "false") if isinstance(value, bool) else value
 
 
 def _jsonl_chunks(header: list[str], rows: Iterator[Sequence[Any]]) -> Iterator[bytes]:
