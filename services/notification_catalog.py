@@ -3,10 +3,12 @@ each kind of notification (short Jinja templates rendered when the row is writte
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, StrictUndefined
+from jinja2 import Template as JinjaTemplate
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,13 @@ def render(template: str, data: dict[str, Any]) -> tuple[str, str, str]:
     """(title, body, link) of a notification; KeyError for an unknown template."""
     spec = TEMPLATES[template]
     return tuple(  # type: ignore[return-value]
-        " ".join(_env.from_string(part).render(data).split())
+        " ".join(_compiled(part).render(data).split())
         for part in (spec.title, spec.body, spec.link)
     )
+
+
+@functools.cache
+def _compiled(source: str) -> JinjaTemplate:
+    """Each catalog text compiled once per process (compiling cost more than the rest
+    of writing a notification). The catalog is fixed, so the cache is bounded."""
+    return _env.from_string(source)
