@@ -18,6 +18,7 @@ Sized for Server-Sent Events next to ordinary requests (GET /api/v1/events/strea
   reserved threads; a burst beyond 20 waits up to 5 s for a connection).
 """
 
+import gc
 import multiprocessing
 import os
 import shutil
@@ -64,6 +65,18 @@ def on_starting(server: object) -> None:
     """A fresh master starts fresh files (counters restarting is normal for Prometheus)."""
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
+
+
+def post_worker_init(worker: object) -> None:
+    """Hide everything the app allocated at start-up from the garbage collector.
+
+    A worker holds a few hundred thousand long-lived objects (modules, SQLAlchemy and
+    pydantic metadata); every full collection walked them all, and requests that build
+    many objects (a 1,000-event analytics batch: ~20,000 dicts) trigger collections often:
+    a third of the Python time of a batch went to the collector. `gc.freeze()` moves them
+    to a permanent generation that collections skip; what requests allocate is collected
+    as before."""
+    gc.freeze()
 
 
 def child_exit(server: object, worker: object) -> None:
