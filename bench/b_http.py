@@ -1,0 +1,313 @@
+"""B1, B2 and B9: what the web tier serves per second, against a bare Flask hello-world.
+
+Three gunicorn servers, one after the other, all with the real gunicorn.conf.py and the
+same environment (so the same workers and threads: WEB_CONCURRENCY, WEB_THREADS or the
+config's defaults), on production settings, the run's PostgreSQL and Redis, and a
+private broker that no worker consumes (so B1 measures only the accept path: validate,
+write, publish):
+
+* baseline: `bench.hello:app` GET /hello, a bare Flask route;
+* the app (`app:create_app()`) with the rate limiter on and its default limit raised far
+  above what one client can send (RATELIMIT_DEFAULT), so every request still pays for
+  the limiter (key from the token, a Redis INCR) but none is refused;
+* `bench.app_noauth`: the same app with RATELIMIT_ENABLED=false plus one bench-only
+  route, GET /api/v1/jobs/<id> without its auth guard (why: see that module).
+
+Every measurement: one checked request, a WARMUP_SECONDS wrk run, then MEASURE_SECONDS of
+wrk with CONNECTIONS connections (one wrk thread: it outruns any Python server and leaves
+the other core to the servers, PostgreSQL and Redis). Rows:
+
+* B1: POST /api/v1/teams/<id>/exports (a payments export with filters: validation, the
+  membership check, export + job + audit rows in one transaction, the outbox publish)
+  by one user, rotating over POST_TEAMS of their teams as a population of teams would,
+  req/s vs hello (>= 0.33x) and its p99 (<= 25 ms). Informational: the same POST to one
+  team only. Each team's audit trail is a hash chain whose appends are serialised (an
+  advisory lock held until commit), so one team's writes queue on that lock: a per-team
+  ceiling, not the accept path's cost;
+* B2: GET /api/v1/teams/<id>/dashboard (warm cache; Redis's hit/miss counters are read
+  around the run to prove it) and GET /api/v1/jobs/<id>, req/s vs hello (>= 0.5x each);
+* B9: GET /api/v1/jobs/<id> with limiter and auth vs the bench route with neither (at
+  most 15% slower), and, for the profile, each one's share separately (informational).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis as redis_lib
+
+from app import create_app
+from bench.app_noauth import APP as NOAUTH_APP
+from bench.app_noauth import BENCH_USER_HEADER, NOAUTH_JOB_PATH
+from bench.harness import (
+    Context,
+    Gunicorn,
+    Row,
+    WrkResult,
+    private_broker,
+    production_settings,
+    say,
+    wrk,
+    wrk_binary,
+)
+from config import Settings
+from extensions import db
+from services import accounts, exports, sessions, teams
+from services.dashboard import HITS_KEY, MISSES_KEY
+
+CONNECTIONS = 32
+WARMUP_SECONDS = 2.0
+MEASURE_SECONDS = 10.0
+WRK_THREADS = 1
+POST_TEAMS = 64  # B1's requests rotate over this many teams of the user
+# The default limit (per user) one client at full speed never reaches in a minute; the
+# limiter still counts every request.
+UNREACHABLE_LIMIT = "1000000000/minute"
+# A realistic export request: validated resource, format and filters.
+EXPORT_BODY = json.dumps(
+    {
+        "resource": "payments",
+        "format": "csv",
+        "filters": {"from": "2025-01-01T00:00:00Z", "status": "succeeded"},
+    }
+)
+
+# Targets (benchmarks issue).
+B1_MIN_RATIO = 0.33
+B1_MAX_P99_MS = 25.0
+B2_MIN_RATIO = 0.5
+B9_MAX_SLOWDOWN = 0.15
+
+
+@dataclass(frozen=True)
+class Seed:
+    user_id: uuid.UUID
+    team_ids: list[uuid.UUID]  # the first one also has the dashboard and the job
+    job_id: uuid.UUID
+    token: str  # an access token of a real session (carries `sid`, like a login's)
+
+
+@dataclass(frozen=True)
+class Load:
+    """One wrk measurement: requests to `paths` of `base_url` (rotating if several)."""
+
+    name: str
+    base_url: str
+    paths: list[str]
+    method: str = "GET"
+    body: str | None = None
+    headers: dict[str, str] | None = None
+    expect: int = 200
+
+
+def run(ctx: Context) -> list[Row]:
+    with private_broker(ctx.work) as broker:
+        on = production_settings(ctx.base, broker.url(0), ratelimit_default=UNREACHABLE_LIMIT)
+        # Same secrets (the token works on both servers); only the limiter switched off.
+        off = production_settings(
+            ctx.base,
+            broker.url(0),
+            secret_key=on.secret_key,
+            jwt_secret_key=on.jwt_secret_key,
+            ratelimit_enabled=False,
+        )
+        seed = _seed(on)
+        # One server at a time: two apps' connection pools at once (2 x 20 per worker
+        # process at full load) come close to PostgreSQL's max_connections (100).
+        servers = {
+            "hello": Gunicorn(on, "http-hello", app="bench.hello:app"),
+            "web": Gunicorn(on, "http-app"),
+            "noauth": Gunicorn(off, "http-noauth", app=NOAUTH_APP),
+        }
+        return _measure(on, seed, servers)
+
+
+def _seed(settings: Settings) -> Seed:
+    """A user owning POST_TEAMS teams, a session, and one queued job (via the services)."""
+    app = create_app(settings)
+    with app.app_context():
+        user = accounts.create_user(
+            f"bench-http-{uuid.uuid4().hex[:8]}@example.com", uuid.uuid4().hex, "Bench HTTP",
+            is_admin=False,
+        )  # fmt: skip
+        team_ids = [teams.create_team(user, f"Bench {i}").team.id for i in range(POST_TEAMS)]
+        pair = sessions.open_session(user, ip="127.0.0.1", user_agent="wrk")
+        db.session.commit()
+        membership = teams.load_membership(user, team_ids[0], "exports.create")
+        _, job = exports.create_export(
+            user, membership, resource="members", format_="csv", filters={}
+        )
+        seed = Seed(user.id, team_ids, job.id, pair.access_token)
+        db.session.remove()
+    return seed
+
+
+def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> list[Row]:
+    bearer = {"Authorization": f"Bearer {seed.token}"}
+    team = seed.team_ids[0]
+    job_path = f"/api/v1/jobs/{seed.job_id}"
+    post_headers = bearer | {"Content-Type": "application/json"}
+
+    with servers["hello"] as hello:
+        base = _load(Load("hello", hello.url, ["/hello"]))
+
+    with servers["web"] as web:
+
+        def post(name: str, team_ids: list[uuid.UUID]) -> WrkResult:
+            paths = [f"/api/v1/teams/{t}/exports" for t in team_ids]
+            return _load(Load(name, web.url, paths, "POST", EXPORT_BODY, post_headers, 202))
+
+        many = post("B1 POST exports, rotating teams", seed.team_ids)
+        one = post("B1 POST exports, one team", [team])
+        cache: dict[str, int] = {}
+        dashboard_path = f"/api/v1/teams/{team}/dashboard"
+        board = _load(Load("B2 dashboard", web.url, [dashboard_path], headers=bearer),
+                      around=_cache_counters(settings, cache))  # fmt: skip
+        job = _load(Load("B2 job status (limiter+auth)", web.url, [job_path], headers=bearer))
+
+    with servers["noauth"] as noauth:
+        auth_only = _load(Load("B9 job status (auth, no limiter)", noauth.url, [job_path],
+                               headers=bearer))  # fmt: skip
+        bare = _load(Load("B9 job status (no limiter, no auth)", noauth.url,
+                          [f"{NOAUTH_JOB_PATH}/{seed.job_id}"],
+                          headers={BENCH_USER_HEADER: str(seed.user_id)}))  # fmt: skip
+
+    hello_what = "hello-world, same gunicorn"
+    b1_ratio = many.requests_per_second / base.requests_per_second
+    rows = [
+        Row("B1", "POST export (validate, write job, publish) req/s", many.requests_per_second,
+            "req/s", base.requests_per_second, hello_what, b1_ratio, f">= {B1_MIN_RATIO}x",
+            b1_ratio >= B1_MIN_RATIO and not many.errors,
+            f"{POST_TEAMS} teams in turn; {_notes(many)}"),
+        Row("B1", f"POST export p99 at {CONNECTIONS} connections", many.p99_ms, "ms",
+            base.p99_ms, "hello-world p99", many.p99_ms / base.p99_ms if base.p99_ms else None,
+            f"<= {B1_MAX_P99_MS:g} ms", many.p99_ms <= B1_MAX_P99_MS and not many.errors,
+            f"p50 {many.p50_ms:.1f} ms"),
+        Row("B1", "  the same POST to one team only req/s", one.requests_per_second, "req/s",
+            many.requests_per_second, f"{POST_TEAMS} teams", one.requests_per_second
+            / many.requests_per_second, "", None,
+            f"its audit chain's lock serialises the team's writes; {_notes(one)}"),
+    ]  # fmt: skip
+    cache_note = f"; cache hits {cache.get('hits')}, misses {cache.get('misses')}"
+    for what, result, extra in (
+        ("dashboard GET, warm cache", board, cache_note),
+        ("job status GET", job, ""),
+    ):
+        ratio = result.requests_per_second / base.requests_per_second
+        rows.append(Row("B2", f"{what} req/s", result.requests_per_second, "req/s",
+                        base.requests_per_second, hello_what, ratio, f">= {B2_MIN_RATIO}x",
+                        ratio >= B2_MIN_RATIO and not result.errors,
+                        _notes(result) + extra))  # fmt: skip
+    rows.append(_overhead("B9", "job status GET, limiter + auth", job, bare,
+                          "no limiter, no auth", met_target=True))  # fmt: skip
+    rows.append(_overhead("B9", "  of which the rate limiter", job, auth_only,
+                          "auth, no limiter", met_target=False))  # fmt: skip
+    rows.append(_overhead("B9", "  of which auth", auth_only, bare, "neither",
+                          met_target=False))  # fmt: skip
+    return rows
+
+
+def _overhead(
+    id_: str, what: str, with_: WrkResult, without: WrkResult, baseline_what: str,
+    *, met_target: bool,
+) -> Row:  # fmt: skip
+    """Throughput with a layer vs without it; the target is on the slowdown."""
+    ratio = with_.requests_per_second / without.requests_per_second
+    slowdown = 1 - ratio
+    return Row(
+        id_, f"{what} req/s", with_.requests_per_second, "req/s",
+        without.requests_per_second, baseline_what, ratio,
+        f">= {1 - B9_MAX_SLOWDOWN:.2f}x (<= {B9_MAX_SLOWDOWN:.0%} slower)" if met_target else "",
+        (slowdown <= B9_MAX_SLOWDOWN and not with_.errors and not without.errors)
+        if met_target else None,
+        f"{slowdown:.1%} slower; p50 {with_.p50_ms:.2f} vs {without.p50_ms:.2f} ms"
+        + (f"; {with_.errors + without.errors} errors" if with_.errors or without.errors else ""),
+    )  # fmt: skip
+
+
+def _load(load: Load, around: AbstractContextManager[object] | None = None) -> WrkResult:
+    """Check one request answers `load.expect`, warm up, then measure (inside `around`)."""
+    _check(load)
+    _wrk(load, WARMUP_SECONDS)
+    with around or nullcontext():
+        result = _wrk(load, MEASURE_SECONDS)
+    say(f"  {load.name}: {result.requests_per_second:,.0f} req/s, {_notes(result)}, "
+        f"{result.requests:,} requests")  # fmt: skip
+    return result
+
+
+def _wrk(load: Load, seconds: float) -> WrkResult:
+    if len(load.paths) == 1:
+        return wrk(load.base_url + load.paths[0], seconds=seconds, connections=CONNECTIONS,
+                   threads=WRK_THREADS, method=load.method, body=load.body,
+                   headers=load.headers)  # fmt: skip
+    return _wrk_rotating(load, seconds)
+
+
+def _wrk_rotating(load: Load, seconds: float) -> WrkResult:
+    """harness.wrk, but each request takes the next of `load.paths` (a wrk `request()`)."""
+    lines = [f"wrk.method = {json.dumps(load.method)}"]
+    if load.body is not None:
+        lines.append(f"wrk.body = {json.dumps(load.body)}")
+    for name, value in (load.headers or {}).items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    lines += [
+        f"local paths = {{{', '.join(json.dumps(p) for p in load.paths)}}}",
+        "local i = 0",
+        "request = function()",
+        "  i = i % #paths + 1",
+        "  return wrk.format(nil, paths[i])",
+        "end",
+    ]
+    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
+        script = Path(tmp) / "rotate.lua"
+        script.write_text("\n".join(lines) + "\n")
+        command = [wrk_binary(), f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s",
+                   "--latency", "-s", str(script), load.base_url + load.paths[0]]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=True)  # noqa: S603
+    return WrkResult.parse(done.stdout)
+
+
+def _check(load: Load) -> None:
+    url = load.base_url + load.paths[0]
+    data = load.body.encode() if load.body is not None else None
+    request = urllib.request.Request(url, data=data, method=load.method, headers=load.headers or {})  # noqa: S310  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            status, text = response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode(errors="replace")
+    if status != load.expect:
+        raise RuntimeError(f"{load.method} {url}: {status} (expected {load.expect}): {text[:500]}")
+
+
+@contextmanager
+def _cache_counters(settings: Settings, counts: dict[str, int]) -> Iterator[None]:
+    """Put the dashboard cache's hit/miss counts over the block in `counts` (warm: no misses)."""
+    client = redis_lib.Redis.from_url(settings.redis_url)
+
+    def read() -> tuple[int, int]:
+        hits, misses = client.mget(HITS_KEY, MISSES_KEY)  # type: ignore[misc]
+        return int(hits or 0), int(misses or 0)
+
+    try:
+        hits0, misses0 = read()
+        yield
+        hits1, misses1 = read()
+        counts.update(hits=hits1 - hits0, misses=misses1 - misses0)
+    finally:
+        client.close()
+
+
+def _notes(result: WrkResult) -> str:
+    text = f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
+    return text + (f"; {result.errors} errors" if result.errors else "")
