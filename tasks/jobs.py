@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Final
 
+import redis as redis_lib
 from flask import current_app
-from sqlalchemy import select
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from sqlalchemy import select, update
 
-from extensions import db
+from extensions import celery_app, db
 from logs import get_logger
 from models import Job
 from services import realtime
@@ -15,6 +21,11 @@ from tasks.base import notify_failed_for_good, periodic_task
 from tasks.dispatch import Message, publish, send_after_commit
 
 log = get_logger(__name__)
+
+# A key the relay keeps in the broker's Redis. With `noeviction` only a broker that lost
+# its data (restarted without persistence, flushed, failed over to an empty replica)
+# can be without it, and such a broker lost every message it held too.
+BROKER_MARK_KEY: Final = "maycole:broker-mark"
 
 
 def relay_outbox(batch_size: int = 500) -> int:
@@ -24,6 +35,7 @@ def relay_outbox(batch_size: int = 500) -> int:
     send the same row twice in one pass. Returns how many were published.
     """
     settings = current_app.config["SETTINGS"]
+    recover_lost_messages()
     # Leave very fresh rows to the request that is publishing them right now.
     due = datetime.now(UTC) - timedelta(seconds=settings.relay_min_age_seconds)
     session = db.session
@@ -49,6 +61,53 @@ def relay_outbox(batch_size: int = 500) -> int:
     if messages:
         log.info("relay_published", due=len(messages), sent=len(sent))
     return len(sent)
+
+
+def recover_lost_messages() -> int:
+    """Send again every waiting job if the broker has lost its messages; return how many.
+
+    A job marked published whose message vanished with the broker would wait `queued`
+    forever: no worker will ever be handed it and the reaper only sees `running` jobs.
+    When the broker's mark is gone, every queued or retrying job goes back to the outbox
+    (published_at NULL) and this same relay pass sends it. Some of those messages may
+    still exist (sent after the broker came back): the duplicate delivery is harmless, as
+    the claim skips a job that has finished or is running elsewhere. The mark is set only
+    after the jobs are back in the outbox, so a failure in between just repeats this.
+    Brokers other than Redis keep their queues across restarts and are left alone.
+    """
+    url = str(celery_app.conf.broker_url or "")  # where `publish` sends, whatever the app
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return 0
+    broker = _broker_client(url)
+    try:
+        if broker.exists(BROKER_MARK_KEY):
+            return 0
+    except redis_lib.RedisError:
+        return 0  # the broker is down: nothing can be sent now anyway
+    session = db.session
+    result = session.execute(
+        update(Job)
+        .where(Job.status.in_(("queued", "retrying")), Job.published_at.is_not(None))
+        .values(published_at=None)
+    )
+    returned = int(getattr(result, "rowcount", 0) or 0)
+    session.commit()
+    try:
+        broker.set(BROKER_MARK_KEY, str(time.time()))
+    except redis_lib.RedisError:
+        return returned
+    if returned:
+        log.warning("broker_lost_messages", jobs_requeued=returned)
+    return returned
+
+
+@lru_cache(maxsize=4)
+def _broker_client(url: str) -> redis_lib.Redis:
+    """One client per broker URL and process: one quick reconnect (a restarted broker
+    leaves a dead pooled connection), then fail fast; the relay runs again soon."""
+    return redis_lib.Redis.from_url(
+        url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1)
+    )
 
 
 def reap_orphans(batch_size: int = 500) -> int:

@@ -71,6 +71,27 @@ def test_job_accepted_while_redis_is_down_is_published_by_the_relay_later(
     assert relay_outbox() == 0  # nothing left to send
 
 
+def test_jobs_whose_messages_a_restarted_broker_lost_are_sent_again(
+    client: FlaskClient, own_redis: tuple[RedisServer, Settings]
+) -> None:
+    # The broker Redis keeps nothing on disk: a restart empties every queue. Jobs that
+    # were accepted and published before it must still run (once), not wait forever.
+    server, settings = own_redis
+    headers = auth_headers(make_user(admin=True))
+    assert relay_outbox() == 0  # the relay has seen this broker: its mark is set
+    job = start_ping(client, headers)
+    assert fetch_job(job["id"]).published_at is not None  # sent; no worker has it yet
+
+    server.stop()
+    server.start()  # empty: the message is gone
+    with running_worker(settings, LOGS / "broker-loss-worker.log") as worker:
+        assert relay_outbox() == 1  # the lost job, and only it, is sent again
+        done = wait_job(job["id"], "succeeded", describe=worker.describe)
+        assert relay_outbox() == 0  # the broker is marked again: nothing more to send
+    assert done.attempts == 1
+    assert pings_recorded(job["id"]) == 1
+
+
 def test_publishing_after_the_commit_never_holds_two_pooled_connections(
     own_redis: tuple[RedisServer, Settings],
 ) -> None:
