@@ -27,6 +27,7 @@ from typing import Any
 from celery import Task
 from flask import current_app
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from extensions import celery_app, db
 from logs import bind_request_id, get_logger
@@ -44,6 +45,10 @@ PROGRESS_EVENT_INTERVAL = 0.5
 
 class PermanentError(Exception):
     """Retrying cannot help (bad input, a declined card): the job fails at once."""
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be reached to claim a job (restart, failover, network)."""
 
 
 class JobCancelled(Exception):
@@ -103,7 +108,14 @@ def job_task(name: str) -> Callable[[TaskBody], Task]:
 
     def decorator(body: TaskBody) -> Task:
         def run(self: Task, job_id: str) -> None:
-            run_job(body, job_id, request_id=(self.request.headers or {}).get("request_id"))
+            try:
+                run_job(body, job_id, request_id=(self.request.headers or {}).get("request_id"))
+            except DatabaseUnavailable as exc:
+                # The job row could not even be read: acking this delivery (what Celery
+                # does with a task that raised) would leave the job `queued` with no
+                # message anywhere. Send it again shortly instead; the claim decides then.
+                raise self.retry(countdown=backoff_seconds(self.request.retries + 1),
+                                 max_retries=None, exc=exc) from exc  # fmt: skip
 
         run.__doc__ = body.__doc__
         return celery_app.task(name=name, bind=True, acks_late=True, ignore_result=True)(run)  # type: ignore[no-any-return]
@@ -119,7 +131,13 @@ def worker_id() -> str:
 def run_job(body: TaskBody, job_id: str, *, request_id: str | None = None) -> None:
     """Claim, run and settle one job; safe to call any number of times for the same id."""
     me = worker_id()
-    ctx = _claim(uuid.UUID(job_id), me)
+    try:
+        ctx = _claim(uuid.UUID(job_id), me)
+    except DBAPIError as exc:
+        db.session.rollback()
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            raise DatabaseUnavailable(str(exc.orig)) from exc
+        raise
     if ctx is None:
         return
     bind_request_id(request_id or ctx.request_id)

@@ -11,7 +11,7 @@ import redis as redis_lib
 from flask import current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from extensions import celery_app, db
 from logs import get_logger
@@ -101,6 +101,51 @@ def recover_lost_messages() -> int:
     return returned
 
 
+def requeue_unclaimed() -> int:
+    """Send again the jobs whose message is provably nowhere; return how many.
+
+    A message can vanish without the broker losing its data: a worker SIGKILLed while it
+    held a retry's countdown (the message sits in the broker's unacked set until the
+    visibility timeout, an hour), or a delivery whose task failed before the job could be
+    claimed. Such a job stays queued or retrying past its due time, never started. It is
+    only provably lost when its queue is EMPTY (otherwise its message may simply be
+    waiting behind others, and sending it again would pile duplicates onto a backlog), so
+    only those go back to the outbox. A duplicate that does exist is skipped by the claim.
+    """
+    url = str(celery_app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return 0
+    settings = current_app.config["SETTINGS"]
+    overdue = datetime.now(UTC) - timedelta(seconds=settings.job_stale_seconds)
+    session = db.session
+    waiting = session.execute(
+        select(Job.queue, func.count()).where(
+            Job.status.in_(("queued", "retrying")), Job.published_at < overdue,
+            Job.run_after < overdue,
+        ).group_by(Job.queue)
+    ).all()  # fmt: skip
+    if not waiting:
+        return 0
+    broker = _broker_client(url)
+    try:
+        empty = [queue for queue, _ in waiting if broker.llen(queue) == 0]
+    except redis_lib.RedisError:
+        return 0  # the broker is down: nothing can be sent now anyway
+    if not empty:
+        return 0
+    result = session.execute(
+        update(Job)
+        .where(Job.status.in_(("queued", "retrying")), Job.published_at < overdue,
+               Job.run_after < overdue, Job.queue.in_(empty))
+        .values(published_at=None)
+    )  # fmt: skip
+    requeued = int(getattr(result, "rowcount", 0) or 0)
+    session.commit()
+    if requeued:
+        log.warning("jobs_without_message_requeued", jobs=requeued, queues=empty)
+    return requeued
+
+
 @lru_cache(maxsize=4)
 def _broker_client(url: str) -> redis_lib.Redis:
     """One client per broker URL and process: one quick reconnect (a restarted broker
@@ -150,5 +195,6 @@ def relay() -> int:
 
 @periodic_task("jobs.reap")
 def reap() -> int:
-    """Beat, every 10 s: recover jobs of dead workers (see `reap_orphans`)."""
-    return reap_orphans()
+    """Beat, every 10 s: recover jobs of dead workers and jobs whose message was lost
+    (see `reap_orphans` and `requeue_unclaimed`)."""
+    return reap_orphans() + requeue_unclaimed()

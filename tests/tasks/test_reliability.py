@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 from flask.testing import FlaskClient
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from app import create_app
 from config import Settings
@@ -24,7 +25,7 @@ from extensions import db
 from models import Job
 from scripts.devservices import RedisServer, free_port
 from tasks.dispatch import Message, enqueue, publish
-from tasks.jobs import reap_orphans, relay_outbox
+from tasks.jobs import reap_orphans, relay_outbox, requeue_unclaimed
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, Worker, fetch_job, make_settings, running_worker, wait_job
 from tests.tasks.test_pipeline import pings_recorded, start_ping
@@ -90,6 +91,33 @@ def test_jobs_whose_messages_a_restarted_broker_lost_are_sent_again(
         assert relay_outbox() == 0  # the broker is marked again: nothing more to send
     assert done.attempts == 1
     assert pings_recorded(job["id"]) == 1
+
+
+def test_a_job_whose_message_vanished_is_sent_again_once_its_queue_is_empty(
+    client: FlaskClient, own_redis: tuple[RedisServer, Settings]
+) -> None:
+    # A worker took the message and died before claiming the job (or held its retry
+    # countdown when it was SIGKILLed): the broker has no copy left in the queue.
+    server, settings = own_redis
+    headers = auth_headers(make_user(admin=True))
+    relay_outbox()  # the broker is marked as seen
+    job = start_ping(client, headers)
+    backdate = datetime.now(UTC) - timedelta(minutes=5)  # long past the stale threshold
+    db.session.execute(update(Job).where(Job.id == job["id"])
+                       .values(published_at=backdate, run_after=backdate))  # fmt: skip
+    db.session.commit()
+    broker = redis_lib.Redis.from_url(server.url(0))
+    assert broker.llen("default") == 1
+    assert requeue_unclaimed() == 0  # its message may just be waiting: leave it
+
+    broker.delete("default")  # taken by a worker that died before claiming the job
+    with running_worker(settings, LOGS / "unclaimed-worker.log") as worker:
+        assert requeue_unclaimed() == 1
+        assert relay_outbox() == 1
+        done = wait_job(job["id"], "succeeded", describe=worker.describe)
+    assert done.attempts == 1
+    assert pings_recorded(job["id"]) == 1
+    assert requeue_unclaimed() == 0
 
 
 def test_publishing_after_the_commit_never_holds_two_pooled_connections(
