@@ -100,6 +100,34 @@ class JobContext:
         realtime.publish_job_progress(self.user_id, self.job_id, self.job_type, stored, "running")
 
 
+def record_external_effect(
+    ctx: JobContext, result: dict[str, Any], give_up_after: float = 60
+) -> None:
+    """Persist at once that this job's outside effect (an email handed to SMTP) happened.
+
+    The job's own commit comes later and may fail (PostgreSQL restarting): the job would
+    then run again and repeat an effect that cannot be rolled back. This commits `result`
+    on the job row by itself, retrying while the database is unreachable, so a rerun
+    finds it (`external_effect`) and does not repeat it. Only a worker killed in the
+    moment between the effect and this commit can still repeat it.
+    """
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(update(Job).where(Job.id == ctx.job_id).values(result=result))
+            return
+        except DBAPIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def external_effect(ctx: JobContext) -> dict[str, Any] | None:
+    """What `record_external_effect` stored for this job in an earlier attempt, if any."""
+    return db.session.scalar(select(Job.result).where(Job.id == ctx.job_id))
+
+
 TaskBody = Callable[[JobContext], dict[str, Any] | None]
 
 
@@ -118,7 +146,11 @@ def job_task(name: str) -> Callable[[TaskBody], Task]:
                                  max_retries=None, exc=exc) from exc  # fmt: skip
 
         run.__doc__ = body.__doc__
-        return celery_app.task(name=name, bind=True, acks_late=True, ignore_result=True)(run)  # type: ignore[no-any-return]
+        # max_retries=None: Celery's own retry is used only for a claim that could not
+        # reach the database (above), and that must go on until the database is back.
+        task = celery_app.task(name=name, bind=True, acks_late=True, ignore_result=True,
+                               max_retries=None)  # fmt: skip
+        return task(run)  # type: ignore[no-any-return]
 
     return decorator
 

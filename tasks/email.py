@@ -7,19 +7,31 @@ from typing import Any
 from integrations.mail import PermanentMailError, get_mailer
 from logs import get_logger
 from services.mail import EmailNotApplicable, UnknownTemplate, build_message
-from tasks.base import JobContext, PermanentError, job_task
+from tasks.base import (
+    JobContext,
+    PermanentError,
+    external_effect,
+    job_task,
+    record_external_effect,
+)
 
 log = get_logger(__name__)
 
 
 @job_task("email.send")
 def send_email(ctx: JobContext) -> dict[str, Any]:
-    """Send the email named by args `template` + `user_id`/`invite_id`; at-least-once.
+    """Send the email named by args `template` + `user_id`/`invite_id`, once.
 
-    A redelivery after a crash between sending and recording success sends again, with
+    The hand-over to SMTP is recorded on the job right away (retried through a database
+    outage), so a rerun of the job (its final commit failed, its worker died) does not
+    mail again; only a worker killed between the hand-over and that record resends, with
     the same Message-ID. SMTP outages retry with backoff (TransientMailError propagates);
     a refusal (5xx) fails the job at once.
     """
+    earlier = external_effect(ctx)
+    if earlier and earlier.get("sent"):
+        log.info("email_already_sent", job_id=str(ctx.job_id))
+        return earlier
     template = str(ctx.args.get("template", ""))
     try:
         message = build_message(template, ctx.args, job_id=ctx.job_id)
@@ -32,5 +44,7 @@ def send_email(ctx: JobContext) -> dict[str, Any]:
         get_mailer().send(message)
     except PermanentMailError as exc:
         raise PermanentError(str(exc)) from exc
+    result = {"sent": True, "message_id": str(message["Message-ID"])}
+    record_external_effect(ctx, result)
     log.info("email_sent", job_id=str(ctx.job_id), template=template)
-    return {"sent": True, "message_id": str(message["Message-ID"])}
+    return result

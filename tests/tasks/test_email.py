@@ -15,10 +15,11 @@ from apiflask import APIFlask
 
 from config import Settings
 from extensions import db
-from models import TeamInvite, TeamMember, User
+from models import Job, TeamInvite, TeamMember, User
 from services import tokens
 from services.mail import EmailNotApplicable, UnknownTemplate, build_message, queue_email
 from tasks.dispatch import enqueue
+from tasks.jobs import relay_outbox
 from tests.factories import make_user
 from tests.support import Mailbox, Worker, wait_job
 
@@ -185,3 +186,26 @@ def test_password_changed_notice_says_other_sessions_were_signed_out(app: APIFla
     assert "password was changed" in mail["Subject"]
     for body in (Mailbox.text_of(mail), html_of(mail)):
         assert "Hello Linus" in body and "all other sessions were signed out" in body
+
+
+def test_a_rerun_after_the_mail_was_handed_over_does_not_mail_again(
+    app: APIFlask, worker: Worker, mailbox: Mailbox
+) -> None:
+    # The job's final commit can be lost after SMTP took the message (PostgreSQL
+    # restarting): the job runs again, and the user must not get the email twice.
+    user = unverified_user()
+    job = queue_email("verify_email", user_id=user.id)
+    db.session.commit()
+    done = wait_job(job.id, "succeeded", describe=worker.describe)
+    attempts, result = done.attempts, dict(done.result or {})
+    mailbox.wait_for(user.email, "Confirm your email")
+
+    rerun = db.session.get(Job, job.id)
+    assert rerun is not None
+    rerun.status, rerun.published_at, rerun.finished_at = "queued", None, None
+    db.session.commit()  # as if `succeeded` never landed; the recorded hand-over did
+    assert relay_outbox() == 1
+    again = wait_job(job.id, "succeeded", describe=worker.describe)
+    assert again.attempts == attempts + 1  # it did run again ...
+    assert again.result == result
+    assert len(mailbox.to(user.email)) == 1  # ... and sent nothing
