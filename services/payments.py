@@ -71,7 +71,7 @@ def create_payment(
         db.session.flush()
     except IntegrityError:
         db.session.rollback()
-        raise Conflict("A payment with this Idempotency-Key already exists.") from None
+        return _same_payment_again(payment)
     job = enqueue("payments.charge", args={"payment_id": str(payment.id)}, user_id=user.id,
                   team_id=team_id, max_attempts=_max_attempts())  # fmt: skip
     record_audit("payment.created", actor_id=user.id, team_id=team_id, subject_type="payment",
@@ -81,6 +81,34 @@ def create_payment(
                           f"{amount} {currency} {payment.status}")  # fmt: skip
     db.session.commit()
     return payment, job
+
+
+def _same_payment_again(asked: Payment) -> tuple[Payment, Job]:
+    """The payment this team already took under the same Idempotency-Key, with its charge.
+
+    The API's idempotency record normally replays the first answer; it is written after
+    the payment's commit, so a crash (or a database restart) in between leaves a payment
+    without a stored answer, and the client's retry arrives here. The same request gets
+    the same payment and job back (no second charge); another request under that key is a
+    conflict.
+    """
+    existing = db.session.scalar(
+        select(Payment).where(Payment.team_id == asked.team_id,
+                              Payment.idempotency_key == asked.idempotency_key)
+    )  # fmt: skip
+    if existing is None or (
+        (existing.amount, existing.currency, existing.payment_method, existing.description)
+        != (asked.amount, asked.currency, asked.payment_method, asked.description)
+    ):
+        raise Conflict("A payment with this Idempotency-Key already exists.")
+    job = db.session.scalar(
+        select(Job).where(Job.type == "payments.charge",
+                          Job.args["payment_id"].astext == str(existing.id))
+        .order_by(Job.created_at).limit(1)
+    )  # fmt: skip
+    if job is None:
+        raise Conflict("A payment with this Idempotency-Key already exists.")
+    return existing, job
 
 
 def _max_attempts() -> int:

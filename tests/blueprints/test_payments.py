@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from app import create_app
 from config import Settings
 from extensions import db
 from integrations.breaker import breaker
 from integrations.stripe_gateway import get_gateway
-from models import GatewayEvent, Payment
+from models import GatewayEvent, IdempotencyKey, Payment
 from scripts.devservices import RedisServer, free_port
 from tests.factories import auth_headers, make_user
 from tests.slow_proxy import SlowProxy
@@ -372,3 +372,29 @@ def test_gateway_outage_keeps_payments_pending_then_charges_once(
     finally:
         gateway_server.stop()
         own_redis.stop()
+
+
+def test_a_retry_whose_first_answer_was_never_stored_gets_the_same_payment(
+    client: FlaskClient,
+) -> None:
+    # The payment committed, then the process (or the database) died before the API's
+    # idempotency record stored the answer: the client's retry must get that payment
+    # back, not a second one and not a conflict it cannot resolve.
+    user = make_user()
+    team_id, headers = personal_team(user), auth_headers(user)
+    first = pay(client, team_id, headers, "order-lost-answer")
+    assert first.status_code == 202
+    db.session.execute(delete(IdempotencyKey))  # the answer was never recorded
+    db.session.commit()
+
+    again = pay(client, team_id, headers, "order-lost-answer")
+    assert again.status_code == 202, again.get_json()
+    assert again.get_json()["payment"]["id"] == first.get_json()["payment"]["id"]
+    assert again.get_json()["job"]["id"] == first.get_json()["job"]["id"]
+    assert payments_count() == 1
+
+    db.session.execute(delete(IdempotencyKey))
+    db.session.commit()
+    other = pay(client, team_id, headers, "order-lost-answer", amount=777)
+    assert problem_body(other, 409)["detail"].startswith("A payment with this Idempotency-Key")
+    assert payments_count() == 1
