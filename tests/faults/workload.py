@@ -1,0 +1,130 @@
+"""A steady mixed workload over HTTP, and the record of what the server accepted.
+
+Each client thread loops over payments, exports and analytics batches. Every POST carries
+an Idempotency-Key (analytics batches: dedup ids) and is retried with the SAME key after a
+503 or a broken connection, as a well-behaved frontend does, until it gets an answer or
+gives up. What counts later: the requests answered 2xx (accepted), the keys given up on
+(may or may not have had their effect), and every 5xx (only a 503 with Retry-After during
+an outage is allowed).
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+GIVE_UP_SECONDS = 90.0  # a request that gets no answer for this long is abandoned
+BATCH_EVENTS = 20
+
+
+@dataclass
+class Ledger:
+    """What the clients saw, shared by their threads (append-only, so lock-free enough)."""
+
+    payments: dict[str, tuple[str, int]] = field(
+        default_factory=dict
+    )  # payment id -> (key, amount)
+    exports: dict[str, str] = field(default_factory=dict)  # export id -> job id
+    events: set[str] = field(default_factory=set)  # dedup ids of accepted batches
+    abandoned: dict[str, int] = field(default_factory=dict)  # kind -> keys given up on
+    bad_5xx: list[str] = field(default_factory=list)  # 5xx other than 503 + Retry-After
+    outage_503: int = 0
+    requests: int = 0  # every HTTP request sent, retries included
+
+    @property
+    def accepted(self) -> int:
+        return len(self.payments) + len(self.exports) + len(self.events) // BATCH_EVENTS
+
+
+class Client(threading.Thread):
+    def __init__(self, port: int, team_id: str, token: str, ledger: Ledger, index: int,
+                 stop: threading.Event, amounts: itertools.count[int]) -> None:  # fmt: skip
+        super().__init__(daemon=True, name=f"client-{index}")
+        self.port, self.team_id, self.ledger, self.index = port, team_id, ledger, index
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.stop_event, self.amounts = stop, amounts
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        for n in itertools.count():
+            if self.stop_event.is_set():
+                return
+            kind = ("payment", "analytics", "payment", "export", "analytics")[n % 5]
+            getattr(self, kind)()
+
+    # --- the operations ----------------------------------------------------------------
+
+    def payment(self) -> None:
+        amount = next(self.amounts)  # unique: the receipt's subject identifies the payment
+        key = f"pay-{uuid.uuid4()}"
+        body = {"amount": amount, "currency": "usd", "description": f"Order {amount}",
+                "payment_method": "pm_card_visa"}  # fmt: skip
+        answer = self._post(f"/api/v1/teams/{self.team_id}/payments", body, key, "payment")
+        if answer is not None:
+            self.ledger.payments[answer["payment"]["id"]] = (key, amount)
+
+    def export(self) -> None:
+        key = f"export-{uuid.uuid4()}"
+        body = {"resource": "payments", "format": "csv"}
+        answer = self._post(f"/api/v1/teams/{self.team_id}/exports", body, key, "export")
+        if answer is not None:
+            self.ledger.exports[answer["export"]["id"]] = answer["job"]["id"]
+
+    def analytics(self) -> None:
+        batch = uuid.uuid4().hex
+        now = datetime.now(UTC).isoformat()
+        ids = [f"{batch}-{i}" for i in range(BATCH_EVENTS)]
+        events = [{"name": "page.view", "occurred_at": now, "dedup_id": d,
+                   "properties": {"client": self.index}} for d in ids]  # fmt: skip
+        path = f"/api/v1/teams/{self.team_id}/analytics/events"
+        if self._post(path, {"events": events}, None, "analytics") is not None:
+            self.ledger.events.update(ids)
+
+    # --- one request, retried until answered ------------------------------------------
+
+    def _post(self, path: str, body: Any, key: str | None, kind: str) -> dict[str, Any] | None:
+        headers = {**self.headers, **({"Idempotency-Key": key} if key else {})}
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                status, retry_after, answer = self._send(path, body, headers)
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.5)  # the server went away mid-request: ask again, same key
+                continue
+            if 200 <= status < 300:
+                return answer
+            if status == 503 and retry_after:
+                with self.lock:
+                    self.ledger.outage_503 += 1
+                time.sleep(min(float(retry_after), 1.0))
+                continue
+            if status >= 500:
+                self.ledger.bad_5xx.append(f"{status} POST {path}: {str(answer)[:300]}")
+                time.sleep(0.5)
+                continue
+            if status == 409:  # the first request with this key is still running
+                time.sleep(0.2)
+                continue
+            raise AssertionError(f"POST {path} answered {status}: {answer}")
+        self.ledger.abandoned[kind] = self.ledger.abandoned.get(kind, 0) + 1
+        return None
+
+    def _send(
+        self, path: str, body: Any, headers: dict[str, str]
+    ) -> tuple[int, str | None, dict[str, Any]]:
+        self.ledger.requests += 1
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            return response.status, response.getheader("Retry-After"), json.loads(raw or b"{}")
+        finally:
+            conn.close()
