@@ -25,7 +25,7 @@ def main() -> int:
                "--format", "json", "--progress-spinner", "off"]  # fmt: skip
     for name in REQUIREMENTS:
         command += ["-r", str(ROOT / name)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
