@@ -4,8 +4,9 @@ An item's quantity only ever changes through `adjust` (or the opening stock give
 the item is created), and every change writes one `inventory_adjustments` row in the
 same transaction, so the ledger's deltas always sum to the quantity. `adjust` applies
 the change with ONE conditional `UPDATE ... SET quantity = quantity + :delta WHERE
-quantity + :delta >= 0 RETURNING ...`: PostgreSQL's row lock serialises concurrent
-adjustments of an item, none is lost, and none can take the quantity below zero.
+quantity + :delta BETWEEN 0 AND MAX_QUANTITY RETURNING ...`: PostgreSQL's row lock
+serialises concurrent adjustments of an item, none is lost, and none can take the
+quantity below zero or, adjustment after adjustment, past what BIGINT holds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from services.pagination import Page, paginate
 EDITABLE = ("name", "description", "unit_price", "currency", "low_stock_threshold", "archived")
 LOW_STOCK_ROLES = ("owner", "admin")
 SEARCH_TYPE = "inventory"
+# Quantities, prices and single changes up to 10^12: a typo of a few zeros is refused, and
+# no sum of changes comes near BIGINT's 9.2 * 10^18 (which would be a 500 at the UPDATE).
+MAX_QUANTITY = 1_000_000_000_000
 
 
 def _currency(code: str) -> str:
@@ -174,6 +178,7 @@ def adjust(
             InventoryItem.id == item_id,
             InventoryItem.team_id == team_id,
             InventoryItem.quantity + delta >= 0,
+            InventoryItem.quantity + delta <= MAX_QUANTITY,
         )
         .values(quantity=InventoryItem.quantity + delta, version=InventoryItem.version + 1)
         .returning(InventoryItem.quantity, InventoryItem.low_stock_threshold)
@@ -182,10 +187,12 @@ def adjust(
     if row is None:
         db.session.rollback()
         current = get_item(team_id, item_id)  # 404 for a missing item
-        raise Conflict(
-            f"Only {current.quantity} in stock; a change of {delta} would go below zero.",
-            extra={"quantity": current.quantity},
+        detail = (
+            f"Only {current.quantity} in stock; a change of {delta} would go below zero."
+            if delta < 0
+            else f"{current.quantity} in stock; a change of {delta} would exceed {MAX_QUANTITY}."
         )
+        raise Conflict(detail, extra={"quantity": current.quantity})
     quantity_after, threshold = int(row.quantity), int(row.low_stock_threshold)
     dashboard.invalidate(team_id)  # a Core UPDATE: the flush listener does not see it
     adjustment = InventoryAdjustment(

@@ -1,8 +1,19 @@
-"""Schemas shared by every area: list queries and pages."""
+"""Schemas shared by every area: list queries and pages, gateway amounts and ids."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+# The payment gateway (Stripe) takes at most eight digits of minor units ($999,999.99,
+# ¥99,999,999): a larger amount is refused here instead of failing in the charge job.
+GATEWAY_MAX_AMOUNT = 99_999_999
+# Money to charge or refund: positive integer minor units (strict: no 10.5, "10" or true).
+GatewayAmount = Annotated[int, Field(gt=0, le=GATEWAY_MAX_AMOUNT, strict=True)]
+# A gateway object id (pm_card_visa, pm_1Nx...): it ends up in the gateway's URL paths,
+# so it is a plain token, never a URL or a path.
+GatewayId = Annotated[str, Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
 
 
 class Strict(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from blueprints.common.schemas import ListQuery, Strict
+from services.notification_catalog import CATEGORIES
 
 
 class NotificationOut(BaseModel):
@@ -63,7 +64,9 @@ class PreferencesOut(BaseModel):
 
 class PreferencesIn(Strict):
     preferences: dict[str, ChannelChoice] = Field(
-        description="Per category, the channels to change; omitted ones stay as they are."
+        # At most one entry per category: 50k unknown ones would each get an error line.
+        max_length=len(CATEGORIES),
+        description="Per category, the channels to change; omitted ones stay as they are.",
     )
 
     def changes(self) -> dict[str, dict[str, Any]]:

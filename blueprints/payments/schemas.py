@@ -8,28 +8,24 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from blueprints.common.schemas import ListQuery, Strict
+from blueprints.common.schemas import GatewayAmount, GatewayId, ListQuery, Strict
 from blueprints.jobs.schemas import JobOut
 
 PaymentStatus = Literal[
     "pending", "processing", "requires_action", "succeeded", "failed", "canceled",
     "partially_refunded", "refunded",
 ]  # fmt: skip
-# Amounts up to 10^12 minor units; a typo of a few zeros is refused rather than charged.
-MAX_AMOUNT = 1_000_000_000_000
 
 
 class PaymentIn(Strict):
-    amount: int = Field(gt=0, le=MAX_AMOUNT, strict=True, description="Minor units, e.g. cents.")
+    amount: GatewayAmount = Field(description="Minor units, e.g. cents.")
     currency: str = Field(pattern=r"^[A-Za-z]{3}$", description="ISO-4217, e.g. USD.")
     description: str | None = Field(None, max_length=500)
-    payment_method: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
+    payment_method: GatewayId
 
 
 class RefundIn(Strict):
-    amount: int | None = Field(
-        None, gt=0, le=MAX_AMOUNT, strict=True, description="Minor units; omit for the rest."
-    )
+    amount: GatewayAmount | None = Field(None, description="Minor units; omit for the rest.")
     reason: str | None = Field(None, max_length=255)
 
 

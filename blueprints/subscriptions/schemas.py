@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from blueprints.common.schemas import Strict
+from blueprints.common.schemas import GatewayId, Strict
 from blueprints.jobs.schemas import JobOut
 
 SubscriptionStatus = Literal["incomplete", "trialing", "active", "past_due", "canceled", "unpaid"]
@@ -62,9 +62,7 @@ class SubscriptionJobEnvelope(BaseModel):
 
 class SubscribeIn(Strict):
     plan: str = Field(min_length=1, max_length=50, description="A paid plan's `name`.")
-    payment_method: str = Field(
-        min_length=1, max_length=255, description="The gateway's payment method id (pm_...)."
-    )
+    payment_method: GatewayId = Field(description="The gateway's payment method id (pm_...).")
 
 
 class PlanChangeIn(Strict):
