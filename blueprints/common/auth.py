@@ -24,9 +24,22 @@ API_KEY_HEADER = "X-API-Key"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+class _SecuredSpec(dict[str, Any]):
+    """A view's APIFlask `_spec` that keeps the security its auth decorator documented.
+
+    `@bp.doc(...)` writes every one of its arguments into `_spec`, `security=None` too:
+    placed above an auth decorator, it would document the operation as open to anyone.
+    """
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "security" and value is None and self.get("security"):
+            return
+        super().__setitem__(key, value)
+
+
 def _document_security(view: Callable[..., Any], api_keys: bool) -> None:
     # APIFlask reads `_spec["security"]` to mark the operation as authenticated in OpenAPI.
-    spec = getattr(view, "_spec", {})
+    spec = _SecuredSpec(getattr(view, "_spec", {}))
     either: list[Any] = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
     spec["security"] = either if api_keys else ["BearerAuth"]
     view._spec = spec  # type: ignore[attr-defined]
