@@ -11,7 +11,7 @@ export PORT ?= 8000
 export FLOWER_PORT ?= 5555
 PYTEST_ARGS ?=
 
-.PHONY: run test test-faults audit test-fast migrate lint format typecheck check bench install clean
+.PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery wor
 
 test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter
 	@MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)
+
+fuzz: $(STAMP)  ## schemathesis against /openapi.json, the long profile (CI runs a short one in make test)
+	@FUZZ_PROFILE=long $(DEVSERVICES) --database maycole_test --redis-db 15 -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 audit: $(STAMP)  ## pinned requirements against known vulnerabilities (pip-audit); AUDIT_STRICT=1 fails if unreachable
 	@$(PY) scripts/audit.py

@@ -28,6 +28,7 @@ from blueprints import (
     uploads,
 )
 from blueprints.common.jwt_callbacks import register_jwt_callbacks
+from blueprints.common.openapi import register_openapi
 from blueprints.common.problems import register_error_handlers
 from blueprints.common.request_hooks import register_request_hooks
 from blueprints.common.security import register_security
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
     register_extensions(app)
     register_error_handlers(app)
     register_blueprints(app)
+    register_openapi(app)
     init_celery(app, settings)
     cli.register(app)
     return app

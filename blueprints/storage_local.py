@@ -59,8 +59,21 @@ def _limited(stream: IO[bytes], max_size: int) -> Iterator[bytes]:
         raise ValidationFailed("The file is empty.", errors={"file": ["Empty file."]})
 
 
+_LINK_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "The signed token is not valid"},
+    404: {"description": "Local storage is not enabled, or the file is gone"},
+    410: {"description": "The link has expired"},
+}
+
+
 @bp.post("/upload")
 @accepts_any_content
+@bp.doc(responses={
+    204: {"description": "Stored"},
+    **_LINK_ERRORS,
+    413: {"description": "Larger than the link allows"},
+    422: {"description": "No file, or an empty one"},
+})  # fmt: skip
 def upload() -> Any:
     """Store a file posted as a form (`token`, then `file`), like an S3 presigned POST."""
     settings = current_app.config["SETTINGS"]
@@ -80,6 +93,13 @@ def upload() -> Any:
 
 
 @bp.get("/download")
+@bp.doc(responses={
+    200: {
+        "description": "The file, as an attachment of its stored type",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **_LINK_ERRORS,
+})  # fmt: skip
 def download() -> Any:
     """Serve a file named by a signed download token (410 once expired)."""
     storage = _local()

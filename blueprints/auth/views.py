@@ -60,6 +60,7 @@ def _client() -> dict[str, str | None]:
 @bp.input(RegisterIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(UserEnvelope, status_code=201)
+@bp.doc(responses={409: "An account with this email already exists"})
 def register(body: RegisterIn) -> UserEnvelope:
     """Create an account (and its personal team); a verification link is emailed."""
     return UserEnvelope(
@@ -80,6 +81,7 @@ def verify_email(body: TokenIn) -> UserEnvelope:
 @auth_required(api_keys=False)
 @limiter.limit(configured("ratelimit_forgot_password_per_email"))
 @bp.output(Accepted, status_code=202)
+@bp.doc(responses={409: "The email address is already verified"})
 def resend_verification() -> Accepted:
     """Email a new verification link to the signed-in user."""
     accounts.resend_verification(me())
@@ -91,6 +93,7 @@ def resend_verification() -> Accepted:
 @limiter.limit(configured("ratelimit_login_per_email"), key_func=email_key)
 @bp.input(LoginIn, location="json", arg_name="body")
 @bp.output(TokensOut)
+@bp.doc(responses={401: "Email or password is incorrect"})
 def login(body: LoginIn) -> TokensOut:
     """Exchange email and password for an access and a refresh token."""
     return tokens_out(accounts.log_in(str(body.email), body.password, **_client()))
@@ -100,6 +103,7 @@ def login(body: LoginIn) -> TokensOut:
 @limiter.limit(configured("ratelimit_login"), key_func=client_ip)
 @bp.input(RefreshIn, location="json", arg_name="body")
 @bp.output(TokensOut)
+@bp.doc(responses={401: "The refresh token is invalid, expired, spent or its session ended"})
 def refresh(body: RefreshIn) -> TokensOut:
     """Rotate a refresh token: a new pair; the old refresh token is now spent."""
     return tokens_out(sessions.rotate_refresh_token(body.refresh_token, **_client()))

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Response, g, make_response, request
 
+from blueprints.common.openapi import IDEMPOTENCY_MARK
 from services.errors import ValidationFailed
 from services.idempotency import (
     StoredResponse,
@@ -33,14 +34,19 @@ def idempotent(*, required: bool = False) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = request.headers.get(HEADER, "").strip()
-            if not key:
-                if required:
-                    raise ValidationFailed(
-                        f"The {HEADER} header is required for this operation.",
-                        errors={HEADER: ["Send a unique key (e.g. a UUID) per operation."]},
-                    )
+            sent = request.headers.get(HEADER)
+            if sent is None and not required:
                 return view(*args, **kwargs)
+            key = (sent or "").strip()
+            if not key:
+                # A blank key is a client bug (an unset variable, say) whose author believes
+                # the request is protected against duplicates: refuse it, never ignore it.
+                raise ValidationFailed(
+                    f"The {HEADER} header is required for this operation."
+                    if sent is None
+                    else f"The {HEADER} header is empty.",
+                    errors={HEADER: ["Send a unique key (e.g. a UUID) per operation."]},
+                )
             if len(key) > 255:
                 raise ValidationFailed(
                     "The Idempotency-Key is too long.", errors={HEADER: ["At most 255 characters."]}
@@ -61,6 +67,8 @@ def idempotent(*, required: bool = False) -> Callable[[F], F]:
                 complete_key(principal, key, _snapshot(response))
             return response
 
+        # blueprints.common.openapi documents the header and its 409/422 from this mark.
+        setattr(wrapper, IDEMPOTENCY_MARK, required)
         return cast(F, wrapper)
 
     return decorator

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from blueprints.common.schemas import ListQuery, Strict
-
-# Quantities, prices and changes up to 10^12: a typo of a few zeros is refused.
-MAX_AMOUNT = 1_000_000_000_000
+from services.inventory import MAX_QUANTITY as MAX_AMOUNT
 
 
 class ItemIn(Strict):
@@ -32,6 +31,15 @@ class ItemPatch(Strict):
     currency: str | None = Field(None, pattern=r"^[A-Za-z]{3}$")
     low_stock_threshold: int | None = Field(None, ge=0, le=MAX_AMOUNT, strict=True)
     archived: bool | None = None
+
+    @field_validator("name", "unit_price", "currency", "low_stock_threshold", "archived")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Only reached when the client sent null explicitly (an omitted field is skipped);
+        # these columns are NOT NULL, so null used to fail the UPDATE with a 500.
+        if value is None:
+            raise ValueError("Cannot be null; omit the field to leave it unchanged.")
+        return value
 
 
 class AdjustmentIn(Strict):

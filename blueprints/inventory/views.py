@@ -55,6 +55,7 @@ def list_items(team_id: uuid.UUID, query: ItemListQuery) -> ItemPage:
 @bp.input(ItemIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(ItemEnvelope, status_code=201)
+@bp.doc(responses={409: "An item with this SKU already exists in the team"})
 def create_item(team_id: uuid.UUID, body: ItemIn) -> Any:
     """Add a stock item (SKUs are unique per team: a duplicate is 409)."""
     item = inventory.create_item(me(), team_id, **body.model_dump())
@@ -95,6 +96,7 @@ def delete_item(team_id: uuid.UUID, item_id: uuid.UUID) -> tuple[str, int]:
 @bp.input(AdjustmentIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(AdjustmentResult, status_code=201)
+@bp.doc(responses={409: "The quantity would fall below zero"})
 def adjust(team_id: uuid.UUID, item_id: uuid.UUID, body: AdjustmentIn) -> AdjustmentResult:
     """Change the quantity by `delta` (never below zero: 409), with its ledger row."""
     item, adjustment = inventory.adjust(

@@ -59,6 +59,7 @@ def get_job(job_id: uuid.UUID) -> JobEnvelope:
 @auth_required
 @idempotent()
 @bp.output(JobEnvelope)
+@bp.doc(responses={409: "The job has already finished"})
 def cancel_job(job_id: uuid.UUID) -> JobEnvelope:
     """Cancel a queued job, or ask a running one to stop."""
     return JobEnvelope(job=job_out(job_service.cancel_job(me(), job_id)))
@@ -88,6 +89,7 @@ def inspect_job(job_id: uuid.UUID) -> AdminJobEnvelope:
 @admin_required
 @idempotent()
 @admin_bp.output(AdminJobEnvelope, status_code=202)
+@admin_bp.doc(responses={409: "Only dead or failed jobs of a known task can be retried"})
 def retry_job(job_id: uuid.UUID) -> Any:
     """Replay a dead or failed job with a fresh set of attempts (409 for any other)."""
     job = dead_letters.retry_job(job_id, actor_id=me().id, via="api")
@@ -118,6 +120,7 @@ def retry_all(body: RetryAllIn) -> RetryAllOut:
 @admin_bp.input(DiscardIn, location="json", arg_name="body")
 @idempotent()
 @admin_bp.output(AdminJobEnvelope)
+@admin_bp.doc(responses={409: "Only dead jobs can be discarded"})
 def discard_job(job_id: uuid.UUID, body: DiscardIn) -> AdminJobEnvelope:
     """Take a dead job off the dead-letter list; it stays in the ledger as `cancelled`."""
     job = dead_letters.discard_job(job_id, actor_id=me().id, via="api", reason=body.reason)

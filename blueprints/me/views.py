@@ -52,6 +52,7 @@ def update_me(body: ProfilePatch) -> ProfileEnvelope:
 @bp.delete("")
 @auth_required(api_keys=False)
 @bp.output(DeletionEnvelope, status_code=202)
+@bp.doc(responses={409: "Still the only owner of a shared team: transfer it first"})
 def delete_me() -> Any:
     """Delete my account: signed out now, personal data removed by a job."""
     job = profiles.request_account_deletion(me())

@@ -45,6 +45,7 @@ def healthz() -> dict[str, str]:
 
 @bp.get("/readyz")
 @limiter.exempt
+@bp.doc(responses={200: "Ready", 503: "Not ready: the failing checks are named"})
 def readyz() -> Any:
     """Ready to serve: PostgreSQL (at migration head), Redis and the broker reachable."""
     checks = readiness()
@@ -60,8 +61,22 @@ def readyz() -> Any:
     return {"status": "ok", "checks": checks}
 
 
+_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text format, or OpenMetrics if the Accept header asks",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/openmetrics-text": {"schema": {"type": "string"}},
+        },
+    },
+    401: {"description": "METRICS_TOKEN is set and the bearer token does not match"},
+    404: {"description": "No METRICS_TOKEN and the caller is not on loopback"},
+}
+
+
 @bp.get("/metrics")
 @limiter.exempt
+@bp.doc(responses=_METRICS_RESPONSES)
 def metrics() -> Response:
     """Prometheus metrics (text format; OpenMetrics if asked). With METRICS_TOKEN set,
     send `Authorization: Bearer <token>` (401 otherwise); without it, only loopback

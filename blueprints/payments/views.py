@@ -91,6 +91,7 @@ def get_payment(team_id: uuid.UUID, payment_id: uuid.UUID) -> PaymentEnvelope:
 @bp.input(RefundIn, location="json", arg_name="body")
 @idempotent(required=True)
 @bp.output(RefundAccepted, status_code=202)
+@bp.doc(responses={409: "Only a succeeded payment can be refunded"})
 def create_refund(team_id: uuid.UUID, payment_id: uuid.UUID, body: RefundIn) -> Any:
     """Refund all or part of a payment (never more than what was captured)."""
     refund, job = payments.create_refund(
@@ -108,6 +109,7 @@ class InvalidSignature(ServiceError):
 @limiter.exempt  # the gateway retries from many addresses; the signature is the guard
 @accepts_any_content
 @webhooks_bp.output(WebhookReceived)
+@webhooks_bp.doc(responses={400: "The signature or timestamp does not verify"})
 def stripe_webhook() -> WebhookReceived:
     """Receive a Stripe event: verified, stored once, processed by a job."""
     try:

@@ -90,6 +90,7 @@ def get_subscription(team_id: uuid.UUID) -> SubscriptionEnvelope:
 @bp.input(SubscribeIn, location="json", arg_name="body")
 @idempotent(required=True)
 @bp.output(SubscriptionJobEnvelope, status_code=202)
+@bp.doc(responses={409: "Already on that plan, or another change is running"})
 def subscribe(team_id: uuid.UUID, body: SubscribeIn) -> Any:
     """Subscribe the team to a paid plan (requires Idempotency-Key).
 
@@ -108,6 +109,7 @@ def subscribe(team_id: uuid.UUID, body: SubscribeIn) -> Any:
 @bp.input(PlanChangeIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(SubscriptionJobEnvelope, status_code=202)
+@bp.doc(responses={409: "Already on that plan, or another change is running"})
 def change_plan(team_id: uuid.UUID, body: PlanChangeIn) -> Any:
     """Move to another paid plan; the gateway prorates the difference."""
     return _accepted(subscriptions.request_plan_change(me(), team_id, body.plan))
@@ -117,6 +119,7 @@ def change_plan(team_id: uuid.UUID, body: PlanChangeIn) -> Any:
 @team_permission("subscription.manage")
 @idempotent()
 @bp.output(SubscriptionJobEnvelope, status_code=202)
+@bp.doc(responses={409: "Nothing to cancel, or another change is running"})
 def cancel_subscription(team_id: uuid.UUID) -> Any:
     """Cancel at the end of the paid period: the plan stays until then (resume undoes it)."""
     return _accepted(subscriptions.request_cancellation(me(), team_id))
@@ -126,6 +129,7 @@ def cancel_subscription(team_id: uuid.UUID) -> Any:
 @team_permission("subscription.manage")
 @idempotent()
 @bp.output(SubscriptionJobEnvelope, status_code=202)
+@bp.doc(responses={409: "Nothing to resume, or another change is running"})
 def resume_subscription(team_id: uuid.UUID) -> Any:
     """Keep a subscription that was set to end with its period."""
     return _accepted(subscriptions.request_resumption(me(), team_id))

@@ -132,6 +132,7 @@ def update_team(team_id: uuid.UUID, body: TeamPatch) -> TeamEnvelope:
 @bp.delete("/<uuid:team_id>")
 @team_permission("team.delete")
 @bp.output(TeamDeletionEnvelope, status_code=202)
+@bp.doc(responses={409: "A personal team cannot be deleted"})
 def delete_team(team_id: uuid.UUID) -> Any:
     """Delete the team in the background (members lose access when the job has run)."""
     job = teams.request_team_deletion(me(), team_id)
@@ -143,6 +144,7 @@ def delete_team(team_id: uuid.UUID) -> Any:
 @bp.input(TransferIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(MemberEnvelope)
+@bp.doc(responses={409: "A personal team's ownership cannot move"})
 def transfer_ownership(team_id: uuid.UUID, body: TransferIn) -> MemberEnvelope:
     """Make another member the owner; I become an admin."""
     return MemberEnvelope(
@@ -167,6 +169,7 @@ def list_members(team_id: uuid.UUID, query: ListQuery) -> MemberPage:
 @team_permission("members.update_role")
 @bp.input(RoleIn, location="json", arg_name="body")
 @bp.output(MemberEnvelope)
+@bp.doc(responses={409: "The team's last owner cannot be demoted"})
 def update_member(team_id: uuid.UUID, user_id: uuid.UUID, body: RoleIn) -> MemberEnvelope:
     """Change a member's role (never above my own; owners only by owners)."""
     member, account = members.update_member_role(me(), team_id, user_id, body.role)
@@ -176,6 +179,7 @@ def update_member(team_id: uuid.UUID, user_id: uuid.UUID, body: RoleIn) -> Membe
 @bp.delete("/<uuid:team_id>/members/<uuid:user_id>")
 @team_permission("members.remove", on_self="members.leave")
 @bp.output({}, status_code=204)
+@bp.doc(responses={409: "The team's last owner cannot leave"})
 def remove_member(team_id: uuid.UUID, user_id: uuid.UUID) -> tuple[str, int]:
     """Remove a member; with my own id, leave the team."""
     members.remove_member(me(), team_id, user_id)
@@ -201,6 +205,7 @@ def list_invites(team_id: uuid.UUID, query: ListQuery) -> InvitePage:
 @bp.input(InviteIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(InviteEnvelope, status_code=201)
+@bp.doc(responses={409: "Already a member or invited, or the plan's seats are full"})
 def create_invite(team_id: uuid.UUID, body: InviteIn) -> InviteEnvelope:
     """Invite someone by email with a role; they get a link to accept."""
     invite = invites.create_invite(me(), team_id, str(body.email), body.role)
@@ -210,6 +215,7 @@ def create_invite(team_id: uuid.UUID, body: InviteIn) -> InviteEnvelope:
 @bp.delete("/<uuid:team_id>/invites/<uuid:invite_id>")
 @team_permission("invites.revoke")
 @bp.output({}, status_code=204)
+@bp.doc(responses={409: "The invitation was already accepted, revoked or declined"})
 def revoke_invite(team_id: uuid.UUID, invite_id: uuid.UUID) -> tuple[str, int]:
     """Revoke an invitation; its link stops working."""
     invites.revoke_invite(me(), team_id, invite_id)
@@ -221,6 +227,7 @@ def revoke_invite(team_id: uuid.UUID, invite_id: uuid.UUID) -> tuple[str, int]:
 @limiter.shared_limit(configured("ratelimit_invites"), scope="team-invites", key_func=_per_user)
 @idempotent()
 @bp.output(InviteEnvelope)
+@bp.doc(responses={409: "The invitation was already accepted, revoked or declined"})
 def resend_invite(team_id: uuid.UUID, invite_id: uuid.UUID) -> InviteEnvelope:
     """Email a fresh link with a new expiry; earlier links stop working."""
     return InviteEnvelope(invite=invite_out(invites.resend_invite(me(), team_id, invite_id)))
@@ -230,6 +237,9 @@ def resend_invite(team_id: uuid.UUID, invite_id: uuid.UUID) -> InviteEnvelope:
 @auth_required(api_keys=False)
 @idempotent()
 @invites_bp.output(TeamEnvelope)
+@invites_bp.doc(responses={
+    409: "Already a member, the invitation was used or revoked, or the plan is full",
+})  # fmt: skip
 def accept_invite(token: str) -> TeamEnvelope:
     """Join the team, signed in with the invited (verified) email address."""
     team, member = invites.accept_invite(me(), token)
@@ -239,6 +249,12 @@ def accept_invite(token: str) -> TeamEnvelope:
 @invites_bp.post("/<token>/decline")
 @idempotent()
 @invites_bp.output({}, status_code=204)
+@invites_bp.doc(responses={
+    # Signing in is optional here, but credentials that are sent are checked.
+    401: "The credentials sent are invalid",
+    403: "An API key was sent: declining takes a signed-in user or none",
+    409: "The invitation was already accepted, revoked or declined",
+})  # fmt: skip
 def decline_invite(token: str) -> tuple[str, int]:
     """Turn an invitation down (the link is enough; signing in is optional)."""
     signed_in = "Authorization" in request.headers or "X-API-Key" in request.headers

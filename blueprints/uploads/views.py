@@ -64,6 +64,7 @@ def create_upload(team_id: uuid.UUID, body: UploadIn) -> UploadCreated:
 @bp.post("/<uuid:team_id>/uploads/<uuid:file_id>/complete")
 @team_permission("files.upload")
 @bp.output(FileAccepted, status_code=202)
+@bp.doc(responses={409: "The upload is no longer pending"})
 def complete_upload(team_id: uuid.UUID, file_id: uuid.UUID) -> Any:
     """The bytes are stored: verify them in the background (`uploads.process`)."""
     row, job = uploads.complete_upload(me(), team_id, file_id)
