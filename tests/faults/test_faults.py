@@ -1,8 +1,8 @@
 """Nothing lost, nothing duplicated: a mixed workload while processes and servers fail.
 
 `make test-faults` (FAULTS_PROFILE=full: at least 2,000 accepted requests) and CI (ci: a
-shorter run with the same faults). While client threads drive payments, exports and
-analytics batches over HTTP (tests/faults/workload.py), the harness (tests/faults/stack.py)
+shorter run with the same faults). While client threads drive payments, exports, uploads
+and analytics batches over HTTP (tests/faults/workload.py), the harness (tests/faults/stack.py)
 SIGKILLs a worker, SIGTERMs a worker, restarts Redis, restarts PostgreSQL, takes the
 payment gateway and the SMTP server away for a while, and runs two beats all along. Then,
 once every job has settled, the ledger: every accepted payment charged exactly once at the
@@ -32,6 +32,7 @@ from app import create_app
 from extensions import db
 from integrations.stripe_gateway import get_gateway
 from models import Export, Job, TeamMember
+from models.file import UserFile
 from services import aggregation
 from services.mail import format_money
 from tests.factories import auth_headers, make_user
@@ -205,6 +206,20 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
         duplicated += extra_exports
         problems.append(f"{extra_exports} exports belong to no request")
 
+    # Uploads: processed (its job succeeded, the file ready) and stored once.
+    for file_id, job_id in ledger.uploads.items():
+        row = db.session.get(UserFile, uuid.UUID(file_id))
+        job = db.session.get(Job, uuid.UUID(job_id))
+        stored_file = storage / "objects" / row.storage_key if row is not None else None
+        if row is None or row.state != "ready" or job is None or job.status != "succeeded":
+            lost += 1
+            problems.append(f"upload {file_id}: {row and row.state}, job {job and job.status}")
+        elif stored_file is None or not stored_file.is_file():
+            lost += 1
+            problems.append(f"upload {file_id}: no stored object")
+        else:
+            verified += 1
+
     # Analytics: every accepted event stored once and counted once by the aggregation.
     stored = set(db.session.scalars(text("SELECT dedup_id FROM analytics_events")))
     missing = ledger.events - stored
@@ -237,7 +252,8 @@ def _print_table(injected: list[str], ledger: Ledger, report: dict[str, object])
         f"| faults injected | {len(injected)}: {'; '.join(injected)} |",
         f"| HTTP requests sent (retries included) | {ledger.requests} |",
         f"| requests accepted (2xx) | {ledger.accepted} (payments {len(ledger.payments)}, "
-        f"exports {len(ledger.exports)}, analytics batches {len(ledger.events) // 20}) |",
+        f"exports {len(ledger.exports)}, uploads {len(ledger.uploads)}, "
+        f"analytics batches {len(ledger.events) // 20}) |",
         f"| 503 + Retry-After during outages | {ledger.outage_503} |",
         f"| other 5xx | {len(ledger.bad_5xx)} |",
         f"| abandoned (never answered) | {dict(ledger.abandoned) or 0} |",

@@ -1,6 +1,6 @@
 """A steady mixed workload over HTTP, and the record of what the server accepted.
 
-Each client thread loops over payments, exports and analytics batches. Every POST carries
+Each client thread loops over payments, exports, uploads and analytics batches. Every POST carries
 an Idempotency-Key (analytics batches: dedup ids) and is retried with the SAME key after a
 503 or a broken connection, as a well-behaved frontend does, until it gets an answer or
 gives up. What counts later: the requests answered 2xx (accepted), the keys given up on
@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 GIVE_UP_SECONDS = 90.0  # a request that gets no answer for this long is abandoned
 BATCH_EVENTS = 20
@@ -33,6 +34,7 @@ class Ledger:
     )  # payment id -> (key, amount)
     exports: dict[str, str] = field(default_factory=dict)  # export id -> job id
     events: set[str] = field(default_factory=set)  # dedup ids of accepted batches
+    uploads: dict[str, str] = field(default_factory=dict)  # file id -> processing job id
     abandoned: dict[str, int] = field(default_factory=dict)  # kind -> keys given up on
     bad_5xx: list[str] = field(default_factory=list)  # 5xx other than 503 + Retry-After
     outage_503: int = 0
@@ -40,7 +42,8 @@ class Ledger:
 
     @property
     def accepted(self) -> int:
-        return len(self.payments) + len(self.exports) + len(self.events) // BATCH_EVENTS
+        return (len(self.payments) + len(self.exports) + len(self.uploads)
+                + len(self.events) // BATCH_EVENTS)  # fmt: skip
 
 
 class Client(threading.Thread):
@@ -56,7 +59,7 @@ class Client(threading.Thread):
         for n in itertools.count():
             if self.stop_event.is_set():
                 return
-            kind = ("payment", "analytics", "payment", "export", "analytics")[n % 5]
+            kind = ("payment", "analytics", "payment", "export", "analytics", "upload")[n % 6]
             getattr(self, kind)()
 
     # --- the operations ----------------------------------------------------------------
@@ -86,6 +89,45 @@ class Client(threading.Thread):
         path = f"/api/v1/teams/{self.team_id}/analytics/events"
         if self._post(path, {"events": events}, None, "analytics") is not None:
             self.ledger.events.update(ids)
+
+    def upload(self) -> None:
+        """Presign, send the file to the form's URL (the app's local storage), complete."""
+        data = f"notes {uuid.uuid4()}\n".encode()
+        body = {"filename": "notes.txt", "content_type": "text/plain", "size": len(data)}
+        uploads = f"/api/v1/teams/{self.team_id}/uploads"
+        created = self._post(uploads, body, f"upload-{uuid.uuid4()}", "upload")
+        if created is None:
+            return
+        form, file_id = created["upload"], created["file"]["id"]
+        if not self._send_form(urlsplit(form["url"]).path, form["fields"], data):
+            return
+        done = self._post(f"{uploads}/{file_id}/complete", None, f"complete-{file_id}", "upload")
+        if done is not None:
+            self.ledger.uploads[file_id] = done["job"]["id"]
+
+    def _send_form(self, path: str, fields: dict[str, str], data: bytes) -> bool:
+        """multipart/form-data POST of the presigned form, as a browser sends it."""
+        boundary = uuid.uuid4().hex
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                 .encode() for k, v in fields.items()]  # fmt: skip
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                     f'filename="notes.txt"\r\nContent-Type: text/plain\r\n\r\n'.encode()
+                     + data + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                status, _, answer = self._send(path, b"".join(parts), headers, raw=True)
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.5)
+                continue
+            if status < 300:
+                return True
+            if status >= 500 and status != 503:
+                self.ledger.bad_5xx.append(f"{status} POST {path}: {str(answer)[:300]}")
+            time.sleep(0.5)
+        self.ledger.abandoned["upload"] = self.ledger.abandoned.get("upload", 0) + 1
+        return False
 
     # --- one request, retried until answered ------------------------------------------
 
@@ -117,14 +159,15 @@ class Client(threading.Thread):
         return None
 
     def _send(
-        self, path: str, body: Any, headers: dict[str, str]
+        self, path: str, body: Any, headers: dict[str, str], *, raw: bool = False
     ) -> tuple[int, str | None, dict[str, Any]]:
         self.ledger.requests += 1
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        payload = body if raw else json.dumps(body).encode() if body is not None else None
         try:
-            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+            conn.request("POST", path, body=payload, headers=headers)
             response = conn.getresponse()
-            raw = response.read()
-            return response.status, response.getheader("Retry-After"), json.loads(raw or b"{}")
+            content = response.read()
+            return response.status, response.getheader("Retry-After"), json.loads(content or b"{}")
         finally:
             conn.close()
