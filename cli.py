@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent
 db_cli = AppGroup("db", help="Database migrations (Alembic).")
@@ -22,6 +23,17 @@ def alembic_config(database_url: str | None = None) -> Config:
     url = database_url or current_app.config["SETTINGS"].database_url
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+def rebuild_schema(database_url: str) -> None:
+    """Drop everything in the database and build it again with the migrations (the test
+    suite, the benchmarks and the fault-injection stack start from this)."""
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    command.upgrade(alembic_config(database_url), "head")
 
 
 @db_cli.command("upgrade")

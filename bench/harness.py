@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import make_url
 
-from cli import alembic_config
+import cli
 from config import Settings, load_settings
 from scripts.devservices import RedisServer, free_port
 from tests.support import ROOT, Worker, settings_env, wait_for
@@ -96,14 +96,7 @@ def rebuild_schema(database_url: str) -> None:
     name = make_url(database_url).database or ""
     if not name.endswith("_bench"):
         raise SystemExit(f"refusing to drop the schema of {name!r}: not a *_bench database")
-    engine = create_engine(database_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    from alembic import command
-
-    command.upgrade(alembic_config(database_url), "head")
+    cli.rebuild_schema(database_url)
 
 
 @contextmanager

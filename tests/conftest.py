@@ -12,15 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
 from apiflask import APIFlask
 from flask.testing import FlaskClient
 from psycopg.errors import DeadlockDetected, LockNotAvailable
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
-from cli import alembic_config
+from cli import rebuild_schema
 from config import Settings
 from extensions import db, limiter
 from models import Base
@@ -71,12 +70,7 @@ def settings(mailbox: Mailbox, stripe_server: LocalStripe) -> Settings:
 @pytest.fixture(scope="session")
 def migrated_database(settings: Settings) -> str:
     """Drop everything, then build the schema with the real migrations."""
-    engine = create_engine(settings.database_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    command.upgrade(alembic_config(settings.database_url), "head")
+    rebuild_schema(settings.database_url)
     return settings.database_url
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from sqlalchemy import create_engine, text
 
+from cli import rebuild_schema
 from config import Settings
 from scripts.devservices import PostgresServer, RedisServer, free_port
 from tests.faults.toggle_proxy import ToggleProxy
@@ -88,7 +88,7 @@ class Stack:
             stripe_webhook_secret="whsec_faults",
             storage_local_dir=str(self.work / "storage"),
         )
-        _migrate(self.settings.database_url)
+        rebuild_schema(self.settings.database_url)
         self.web = WebServer("faults", self.settings, workers=2, threads=8)
         self.web.log_path = LOGS / "web.log"
         self.web.start(timeout=60)
@@ -164,19 +164,6 @@ class Stack:
         self.mailbox.stop()
         self.redis.stop()
         self.pg.stop()
-
-
-def _migrate(database_url: str) -> None:
-    from alembic import command
-
-    from cli import alembic_config
-
-    engine = create_engine(database_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    command.upgrade(alembic_config(database_url), "head")
 
 
 def profile() -> str:
