@@ -399,14 +399,21 @@ def _query(export: Export) -> tuple[list[str], Sequence[Any], Any]:
     return header, columns, query.order_by(*order)
 
 
-def _estimated_rows(query: Select[Any]) -> int:
-    """The planner's row estimate for `query` (EXPLAIN, nothing is read)."""
+def _on_driver(query: Select[Any]) -> tuple[Any, str, dict[str, Any]]:
+    """(psycopg connection of the session's transaction, SQL, parameters) of `query`,
+    for statements that wrap it (EXPLAIN, COPY) and so must go to the driver itself."""
     connection = db.session.connection()
     compiled = query.compile(dialect=connection.dialect)
     driver = connection.connection.driver_connection
     assert driver is not None
+    return driver, str(compiled), dict(compiled.params)
+
+
+def _estimated_rows(query: Select[Any]) -> int:
+    """The planner's row estimate for `query` (EXPLAIN, nothing is read)."""
+    driver, sql, params = _on_driver(query)
     with driver.cursor() as cursor:
-        cursor.execute(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params)
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
         row = cursor.fetchone()
     plan = row[0] if row else None
     if isinstance(plan, str):
@@ -503,9 +510,8 @@ class _CsvCopy:
         self.query, self.counter = query, counter
 
     def chunks(self) -> Generator[bytes]:
-        connection = db.session.connection()
-        compiled = self.query.compile(dialect=connection.dialect)
-        statement = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER)"
+        driver, sql, params = _on_driver(self.query)
+        statement = f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)"
         # One statement writes the whole file: it gets the job's time, not a request's.
         limit = str(current_app.config["SETTINGS"].task_time_limit * 1000)
         before = db.session.execute(
@@ -513,12 +519,10 @@ class _CsvCopy:
                  " set_config('statement_timeout', :limit, true)"),
             {"limit": limit},
         ).scalar_one()  # fmt: skip
-        driver = connection.connection.driver_connection
-        assert driver is not None
         buffer, lines = bytearray(), 0
         with driver.cursor() as cursor:
             # psycopg binds the parameters client-side (COPY takes none of its own).
-            with cursor.copy(statement, compiled.params) as copy:
+            with cursor.copy(statement, params) as copy:
                 for data in copy:
                     buffer += data
                     if len(buffer) >= CHUNK_BYTES:

@@ -10,11 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from functools import cache
 from typing import Final, cast
 
-import redis as redis_lib
-from flask import current_app
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -25,6 +22,7 @@ from sqlalchemy import text
 
 from celeryconfig import QUEUES
 from extensions import db, redis
+from integrations.broker import broker_redis
 from tasks import task_metrics
 from tasks.beat_scheduler import LAST_TICK_KEY
 
@@ -69,7 +67,7 @@ def queues() -> Iterator[Metric]:
     depth = GaugeMetricFamily(
         "maycole_queue_depth", "Messages waiting in the broker queue.", labels=["queue"]
     )
-    broker = _broker()
+    broker = broker_redis()
     if broker is not None:
         pipe = broker.pipeline(transaction=False)
         for queue in QUEUES:
@@ -181,16 +179,6 @@ def business() -> Iterator[Metric]:
         revenue.add_metric([currency], int(amount))
     yield transactions
     yield revenue
-
-
-@cache
-def _broker_client(url: str) -> redis_lib.Redis:
-    return redis_lib.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
-def _broker() -> redis_lib.Redis | None:
-    url = current_app.config["SETTINGS"].broker_url
-    return _broker_client(url) if url.startswith(("redis://", "rediss://")) else None
 
 
 def _text(raw: bytes | str) -> str:

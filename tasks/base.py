@@ -67,6 +67,9 @@ class JobContext:
     worker: str
     request_id: str | None = None
     job_type: str = ""
+    # The job row's `result` when this attempt claimed it: what an earlier attempt
+    # recorded with `record_external_effect`, if anything.
+    earlier_result: dict[str, Any] | None = None
     _progress_announced_at: float = field(default=float("-inf"), init=False, repr=False)
     stopwatch: task_metrics.Stopwatch = field(
         default_factory=task_metrics.Stopwatch, init=False, repr=False
@@ -108,7 +111,7 @@ def record_external_effect(
     The job's own commit comes later and may fail (PostgreSQL restarting): the job would
     then run again and repeat an effect that cannot be rolled back. This commits `result`
     on the job row by itself, retrying while the database is unreachable, so a rerun
-    finds it (`external_effect`) and does not repeat it. Only a worker killed in the
+    finds it (`ctx.earlier_result`) and does not repeat it. Only a worker killed in the
     moment between the effect and this commit can still repeat it.
     """
     deadline = time.monotonic() + give_up_after
@@ -121,11 +124,6 @@ def record_external_effect(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-
-
-def external_effect(ctx: JobContext) -> dict[str, Any] | None:
-    """What `record_external_effect` stored for this job in an earlier attempt, if any."""
-    return db.session.scalar(select(Job.result).where(Job.id == ctx.job_id))
 
 
 TaskBody = Callable[[JobContext], dict[str, Any] | None]
@@ -233,8 +231,9 @@ def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
     session.commit()
     realtime.publish_job(job)  # realtime `job.progress` (running), after the commit
     return JobContext(
-        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id, job.type
-    )
+        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id,
+        job.type, earlier_result=job.result,
+    )  # fmt: skip
 
 
 def _claim_unusual(job_id: uuid.UUID, me: str, now: datetime) -> Job | None:

@@ -10,7 +10,6 @@ from services.mail import EmailNotApplicable, UnknownTemplate, build_message
 from tasks.base import (
     JobContext,
     PermanentError,
-    external_effect,
     job_task,
     record_external_effect,
 )
@@ -28,7 +27,7 @@ def send_email(ctx: JobContext) -> dict[str, Any]:
     the same Message-ID. SMTP outages retry with backoff (TransientMailError propagates);
     a refusal (5xx) fails the job at once.
     """
-    earlier = external_effect(ctx)
+    earlier = ctx.earlier_result
     if earlier and earlier.get("sent"):
         log.info("email_already_sent", job_id=str(ctx.job_id))
         return earlier

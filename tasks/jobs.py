@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Final
 
 import redis as redis_lib
 from flask import current_app
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy import func, select, update
 
-from extensions import celery_app, db
+from extensions import db
+from integrations.broker import broker_redis
 from logs import get_logger
 from models import Job
+from models.job import RUNNABLE
 from services import realtime
 from tasks.base import notify_failed_for_good, periodic_task
 from tasks.dispatch import Message, publish, send_after_commit
@@ -43,7 +42,7 @@ def relay_outbox(batch_size: int = 500) -> int:
         select(Job)
         .where(
             Job.published_at.is_(None),
-            Job.status.in_(("queued", "retrying")),
+            Job.status.in_(sorted(RUNNABLE)),
             Job.run_after <= due,
         )
         .order_by(Job.run_after)
@@ -75,10 +74,9 @@ def recover_lost_messages() -> int:
     after the jobs are back in the outbox, so a failure in between just repeats this.
     Brokers other than Redis keep their queues across restarts and are left alone.
     """
-    url = str(celery_app.conf.broker_url or "")  # where `publish` sends, whatever the app
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    broker = broker_redis()
+    if broker is None:
         return 0
-    broker = _broker_client(url)
     try:
         if broker.exists(BROKER_MARK_KEY):
             return 0
@@ -87,7 +85,7 @@ def recover_lost_messages() -> int:
     session = db.session
     result = session.execute(
         update(Job)
-        .where(Job.status.in_(("queued", "retrying")), Job.published_at.is_not(None))
+        .where(Job.status.in_(sorted(RUNNABLE)), Job.published_at.is_not(None))
         .values(published_at=None)
     )
     returned = int(getattr(result, "rowcount", 0) or 0)
@@ -112,21 +110,20 @@ def requeue_unclaimed() -> int:
     waiting behind others, and sending it again would pile duplicates onto a backlog), so
     only those go back to the outbox. A duplicate that does exist is skipped by the claim.
     """
-    url = str(celery_app.conf.broker_url or "")
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    broker = broker_redis()
+    if broker is None:
         return 0
     settings = current_app.config["SETTINGS"]
     overdue = datetime.now(UTC) - timedelta(seconds=settings.job_stale_seconds)
     session = db.session
     waiting = session.execute(
         select(Job.queue, func.count()).where(
-            Job.status.in_(("queued", "retrying")), Job.published_at < overdue,
+            Job.status.in_(sorted(RUNNABLE)), Job.published_at < overdue,
             Job.run_after < overdue,
         ).group_by(Job.queue)
     ).all()  # fmt: skip
     if not waiting:
         return 0
-    broker = _broker_client(url)
     try:
         empty = [queue for queue, _ in waiting if broker.llen(queue) == 0]
     except redis_lib.RedisError:
@@ -135,7 +132,7 @@ def requeue_unclaimed() -> int:
         return 0
     result = session.execute(
         update(Job)
-        .where(Job.status.in_(("queued", "retrying")), Job.published_at < overdue,
+        .where(Job.status.in_(sorted(RUNNABLE)), Job.published_at < overdue,
                Job.run_after < overdue, Job.queue.in_(empty))
         .values(published_at=None)
     )  # fmt: skip
@@ -144,15 +141,6 @@ def requeue_unclaimed() -> int:
     if requeued:
         log.warning("jobs_without_message_requeued", jobs=requeued, queues=empty)
     return requeued
-
-
-@lru_cache(maxsize=4)
-def _broker_client(url: str) -> redis_lib.Redis:
-    """One client per broker URL and process: one quick reconnect (a restarted broker
-    leaves a dead pooled connection), then fail fast; the relay runs again soon."""
-    return redis_lib.Redis.from_url(
-        url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1)
-    )
 
 
 def reap_orphans(batch_size: int = 500) -> int:

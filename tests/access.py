@@ -267,9 +267,6 @@ class TeamWorld:
             values[name] = self.param(source, who)
         return values
 
-    def url(self, case: Case, who: str) -> str:
-        return fill(case.rule, self.path_values(case, who)) + case.query
-
     def body(self, case: Case, who: str) -> dict[str, Any] | None:
         if case.body is None:
             return None

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast, overload
 from flask import g, request
 from flask_jwt_extended import current_user, get_jwt, verify_jwt_in_request
 
+from blueprints.common.openapi import SECURITY_MARK
 from models import User
 from services.api_keys import authenticate_api_key
 from services.errors import Forbidden
@@ -24,25 +25,12 @@ API_KEY_HEADER = "X-API-Key"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-class _SecuredSpec(dict[str, Any]):
-    """A view's APIFlask `_spec` that keeps the security its auth decorator documented.
-
-    `@bp.doc(...)` writes every one of its arguments into `_spec`, `security=None` too:
-    placed above an auth decorator, it would document the operation as open to anyone.
-    """
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key == "security" and value is None and self.get("security"):
-            return
-        super().__setitem__(key, value)
-
-
 def _document_security(view: Callable[..., Any], api_keys: bool) -> None:
-    # APIFlask reads `_spec["security"]` to mark the operation as authenticated in OpenAPI.
-    spec = _SecuredSpec(getattr(view, "_spec", {}))
+    # A mark, not APIFlask's `_spec["security"]`: `@bp.doc(...)` rewrites every key of
+    # `_spec` it is given (security=None too), so a `doc` above this decorator would
+    # document the operation as open. blueprints.common.openapi writes the mark out.
     either: list[Any] = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
-    spec["security"] = either if api_keys else ["BearerAuth"]
-    view._spec = spec  # type: ignore[attr-defined]
+    setattr(view, SECURITY_MARK, either if api_keys else [{"BearerAuth": []}])
 
 
 def authenticate(*, scope: str | None = None, api_keys: bool = True) -> User:

@@ -60,6 +60,7 @@ _METHODS = ("get", "put", "post", "patch", "delete")
 _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 _UUID_ARGUMENT = re.compile(r"<uuid:([^<>]+)>")
 IDEMPOTENCY_MARK = "idempotency_key"  # set on views by blueprints.common.idempotency
+SECURITY_MARK = "documented_security"  # set on views by blueprints.common.auth
 
 
 def register_openapi(app: APIFlask) -> None:
@@ -87,6 +88,8 @@ def document_errors(
             if operation is None:
                 continue
             view = views.get((path, method))
+            if view is not None and getattr(view, SECURITY_MARK, None):
+                operation["security"] = getattr(view, SECURITY_MARK)
             _document_uuid_parameters(operation, uuid_arguments.get(path, set()))
             for status in _statuses_of(path, operation, view):
                 operation.setdefault("responses", {}).setdefault(str(status), {})

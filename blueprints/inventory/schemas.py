@@ -9,17 +9,17 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from blueprints.common.schemas import ListQuery, Strict
-from services.inventory import MAX_QUANTITY as MAX_AMOUNT
+from services.inventory import MAX_QUANTITY
 
 
 class ItemIn(Strict):
     sku: str = Field(min_length=1, max_length=100)
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(None, max_length=5000)
-    quantity: int = Field(0, ge=0, le=MAX_AMOUNT, strict=True, description="Opening stock.")
-    unit_price: int = Field(0, ge=0, le=MAX_AMOUNT, strict=True, description="Minor units.")
+    quantity: int = Field(0, ge=0, le=MAX_QUANTITY, strict=True, description="Opening stock.")
+    unit_price: int = Field(0, ge=0, le=MAX_QUANTITY, strict=True, description="Minor units.")
     currency: str = Field("USD", pattern=r"^[A-Za-z]{3}$", description="ISO-4217, e.g. USD.")
-    low_stock_threshold: int = Field(0, ge=0, le=MAX_AMOUNT, strict=True)
+    low_stock_threshold: int = Field(0, ge=0, le=MAX_QUANTITY, strict=True)
 
 
 class ItemPatch(Strict):
@@ -27,9 +27,9 @@ class ItemPatch(Strict):
 
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=5000)
-    unit_price: int | None = Field(None, ge=0, le=MAX_AMOUNT, strict=True)
+    unit_price: int | None = Field(None, ge=0, le=MAX_QUANTITY, strict=True)
     currency: str | None = Field(None, pattern=r"^[A-Za-z]{3}$")
-    low_stock_threshold: int | None = Field(None, ge=0, le=MAX_AMOUNT, strict=True)
+    low_stock_threshold: int | None = Field(None, ge=0, le=MAX_QUANTITY, strict=True)
     archived: bool | None = None
 
     @field_validator("name", "unit_price", "currency", "low_stock_threshold", "archived")
@@ -44,7 +44,7 @@ class ItemPatch(Strict):
 
 class AdjustmentIn(Strict):
     delta: int = Field(
-        ge=-MAX_AMOUNT, le=MAX_AMOUNT, strict=True, description="Non-zero change of quantity."
+        ge=-MAX_QUANTITY, le=MAX_QUANTITY, strict=True, description="Non-zero change of quantity."
     )
     reason: str | None = Field(None, max_length=500)
 

@@ -48,6 +48,7 @@ from flask_jwt_extended import create_access_token
 from sqlalchemy import select
 
 from blueprints.common.auth import admin_required, auth_required
+from blueprints.common.openapi import register_openapi
 from extensions import db, limiter
 from integrations.storage_backends import get_storage
 from models import Job, Team, TeamMember, User
@@ -516,6 +517,7 @@ def test_a_doc_decorator_above_an_auth_guard_keeps_the_operations_security() -> 
     """APIFlask's `@doc(...)` writes `security=None` into the view it decorates; placed
     above `@auth_required`, it documented guarded operations as open to anyone."""
     app = APIFlask(__name__)
+    register_openapi(app)  # as create_app does: it writes the guards' security out
 
     @app.post("/guarded")
     @app.doc(responses={409: "A conflict of this route's own"})

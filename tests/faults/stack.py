@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,15 +134,11 @@ class Stack:
 
     def restart_redis(self, down_seconds: float) -> None:
         """Broker, cache, limiter and breaker store gone, empty when it is back."""
-        import time
-
         self.redis.stop()
         time.sleep(down_seconds)
         self.redis.start()
 
     def restart_postgres(self, down_seconds: float) -> None:
-        import time
-
         self.pg.stop()
         time.sleep(down_seconds)
         self.pg.start()

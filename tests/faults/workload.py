@@ -27,11 +27,9 @@ BATCH_EVENTS = 20
 
 @dataclass
 class Ledger:
-    """What the clients saw, shared by their threads (append-only, so lock-free enough)."""
+    """What the clients saw, shared by their threads (counters under one lock)."""
 
-    payments: dict[str, tuple[str, int]] = field(
-        default_factory=dict
-    )  # payment id -> (key, amount)
+    payments: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (key, amount)
     exports: dict[str, str] = field(default_factory=dict)  # export id -> job id
     events: set[str] = field(default_factory=set)  # dedup ids of accepted batches
     uploads: dict[str, str] = field(default_factory=dict)  # file id -> processing job id
@@ -39,11 +37,20 @@ class Ledger:
     bad_5xx: list[str] = field(default_factory=list)  # 5xx other than 503 + Retry-After
     outage_503: int = 0
     requests: int = 0  # every HTTP request sent, retries included
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def accepted(self) -> int:
         return (len(self.payments) + len(self.exports) + len(self.uploads)
                 + len(self.events) // BATCH_EVENTS)  # fmt: skip
+
+    def count(self, counter: str) -> None:
+        with self.lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def abandon(self, kind: str) -> None:
+        with self.lock:
+            self.abandoned[kind] = self.abandoned.get(kind, 0) + 1
 
 
 class Client(threading.Thread):
@@ -53,7 +60,6 @@ class Client(threading.Thread):
         self.port, self.team_id, self.ledger, self.index = port, team_id, ledger, index
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.stop_event, self.amounts = stop, amounts
-        self.lock = threading.Lock()
 
     def run(self) -> None:
         for n in itertools.count():
@@ -99,71 +105,56 @@ class Client(threading.Thread):
         if created is None:
             return
         form, file_id = created["upload"], created["file"]["id"]
-        if not self._send_form(urlsplit(form["url"]).path, form["fields"], data):
+        if self._post(urlsplit(form["url"]).path, None, None, "upload",
+                      form=_multipart(form["fields"], data)) is None:  # fmt: skip
             return
         done = self._post(f"{uploads}/{file_id}/complete", None, f"complete-{file_id}", "upload")
         if done is not None:
             self.ledger.uploads[file_id] = done["job"]["id"]
 
-    def _send_form(self, path: str, fields: dict[str, str], data: bytes) -> bool:
-        """multipart/form-data POST of the presigned form, as a browser sends it."""
-        boundary = uuid.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
-                 .encode() for k, v in fields.items()]  # fmt: skip
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="notes.txt"\r\nContent-Type: text/plain\r\n\r\n'.encode()
-                     + data + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        deadline = time.monotonic() + GIVE_UP_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                status, _, answer = self._send(path, b"".join(parts), headers, raw=True)
-            except (OSError, http.client.HTTPException):
-                time.sleep(0.5)
-                continue
-            if status < 300:
-                return True
-            if status >= 500 and status != 503:
-                self.ledger.bad_5xx.append(f"{status} POST {path}: {str(answer)[:300]}")
-            time.sleep(0.5)
-        self.ledger.abandoned["upload"] = self.ledger.abandoned.get("upload", 0) + 1
-        return False
-
     # --- one request, retried until answered ------------------------------------------
 
-    def _post(self, path: str, body: Any, key: str | None, kind: str) -> dict[str, Any] | None:
+    def _post(
+        self, path: str, body: Any, key: str | None, kind: str,
+        *, form: tuple[bytes, str] | None = None,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        """The answer to a JSON POST (or, with `form`, a (body, content type) as a browser
+        posts it), retried with the same key; None if it was never answered."""
         headers = {**self.headers, **({"Idempotency-Key": key} if key else {})}
+        payload = json.dumps(body).encode() if body is not None else None
+        if form is not None:
+            payload, headers["Content-Type"] = form
+            headers.pop("Authorization")  # the form's token is the credential
         deadline = time.monotonic() + GIVE_UP_SECONDS
         while time.monotonic() < deadline:
             try:
-                status, retry_after, answer = self._send(path, body, headers)
+                status, retry_after, answer = self._send(path, payload, headers)
             except (OSError, http.client.HTTPException):
                 time.sleep(0.5)  # the server went away mid-request: ask again, same key
                 continue
             if 200 <= status < 300:
                 return answer
             if status == 503 and retry_after:
-                with self.lock:
-                    self.ledger.outage_503 += 1
+                self.ledger.count("outage_503")
                 time.sleep(min(float(retry_after), 1.0))
                 continue
             if status >= 500:
-                self.ledger.bad_5xx.append(f"{status} POST {path}: {str(answer)[:300]}")
+                with self.ledger.lock:
+                    self.ledger.bad_5xx.append(f"{status} POST {path}: {str(answer)[:300]}")
                 time.sleep(0.5)
                 continue
             if status == 409:  # the first request with this key is still running
                 time.sleep(0.2)
                 continue
             raise AssertionError(f"POST {path} answered {status}: {answer}")
-        self.ledger.abandoned[kind] = self.ledger.abandoned.get(kind, 0) + 1
+        self.ledger.abandon(kind)
         return None
 
     def _send(
-        self, path: str, body: Any, headers: dict[str, str], *, raw: bool = False
+        self, path: str, payload: bytes | None, headers: dict[str, str]
     ) -> tuple[int, str | None, dict[str, Any]]:
-        self.ledger.requests += 1
+        self.ledger.count("requests")
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        payload = body if raw else json.dumps(body).encode() if body is not None else None
         try:
             conn.request("POST", path, body=payload, headers=headers)
             response = conn.getresponse()
@@ -171,3 +162,14 @@ class Client(threading.Thread):
             return response.status, response.getheader("Retry-After"), json.loads(content or b"{}")
         finally:
             conn.close()
+
+
+def _multipart(fields: dict[str, str], data: bytes) -> tuple[bytes, str]:
+    """A presigned upload form with its file, as (body, content type)."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+             .encode() for k, v in fields.items()]  # fmt: skip
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                 f'filename="notes.txt"\r\nContent-Type: text/plain\r\n\r\n'.encode()
+                 + data + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
