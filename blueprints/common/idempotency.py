@@ -17,6 +17,7 @@ from services.errors import ValidationFailed
 from services.idempotency import (
     StoredResponse,
     complete_key,
+    hold_key,
     release_key,
     request_fingerprint,
     reserve_key,
@@ -56,6 +57,7 @@ def idempotent(*, required: bool = False) -> Callable[[F], F]:
             stored = reserve_key(principal, key, request.method, request.path, fingerprint)
             if stored is not None:
                 return _replay(stored)
+            hold_key(principal, key)
             try:
                 response = make_response(view(*args, **kwargs))
             except Exception:

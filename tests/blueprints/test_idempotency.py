@@ -6,11 +6,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from apiflask import APIFlask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
+import blueprints.common.idempotency as idempotency_view
 import tasks.maintenance
 from extensions import db
 from models import IdempotencyKey, Job, User
@@ -121,6 +123,28 @@ def test_reservation_with_an_expired_lock_is_taken_over(client: FlaskClient) -> 
     assert (record.state, record.response_status) == ("completed", 202)
     # ...and from now on the key replays that answer.
     assert ping(client, admin, "key-4").headers["Idempotent-Replayed"] == "true"
+
+
+def test_work_whose_answer_was_never_stored_is_not_done_twice(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job committed, then the process died (or the database restarted) before the
+    # answer was stored: long after the reservation's lock has run out, the client's
+    # retry must hear that it was carried out, not start a second job.
+    admin = make_user(admin=True)
+    monkeypatch.setattr(idempotency_view, "complete_key", lambda *args: None)  # answer lost
+    assert ping(client, admin, "key-lost").status_code == 202
+    monkeypatch.undo()
+    db.session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.key == "key-lost")
+        .values(locked_until=datetime.now(UTC) - timedelta(hours=1))
+    )
+    db.session.commit()
+
+    retry = ping(client, admin, "key-lost")
+    assert "was carried out" in problem_body(retry, 409)["detail"]
+    assert count(Job) == 1
 
 
 def test_cleanup_task_deletes_only_expired_keys(app: APIFlask) -> None:
