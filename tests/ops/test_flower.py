@@ -80,7 +80,10 @@ def test_flower_lists_our_jobs_with_ids_only_and_refuses_strangers(
 
     def seen() -> dict[str, Any] | None:
         status, tasks = get(f"{flower}/api/tasks?limit=200", LOGIN)
-        return tasks.get(job_id) if status == 200 and tasks else None
+        task = tasks.get(job_id) if status == 200 and tasks else None
+        # The worker's process and its pool child send events on connections of their
+        # own: Flower may hear `task-succeeded` before `task-received`, which names it.
+        return task if task and task.get("name") and task.get("state") == "SUCCESS" else None
 
     task = wait_for(seen, 20, lambda: "Flower never saw the task")
     assert task is not None
