@@ -166,7 +166,12 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
     )  # fmt: skip
     receipt_mail = [m for m in stack.mailbox.to(owner_email)
                     if "receipt" in str(m["Subject"]).lower()]  # fmt: skip
-    receipts = Counter(str(m["Subject"]).rsplit(": ", 1)[-1] for m in receipt_mail)
+    # One email is one Message-ID: a worker SIGKILLed between handing a message to SMTP
+    # and recording that (tasks.base.record_external_effect) resends the SAME message,
+    # which mail clients show once. Those resends are counted, and shown, apart.
+    distinct = {(str(m["Subject"]), str(m["Message-ID"])) for m in receipt_mail}
+    report_resent = len(receipt_mail) - len(distinct)
+    receipts = Counter(subject.rsplit(": ", 1)[-1] for subject, _ in distinct)
     for payment_id, (_key, amount) in ledger.payments.items():
         for what, seen in (("charge", charges[payment_id]),
                            ("receipt", receipts[format_money(amount, "USD")])):  # fmt: skip
@@ -241,7 +246,7 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
     dead = db.session.execute(select(Job.type, Job.error).where(Job.status == "dead")).all()
     problems += [f"dead {t} job without a reason" for t, error in dead if not error]
     return {"lost": lost, "duplicated": duplicated, "verified": verified,
-            "dead": len(dead), "problems": problems}  # fmt: skip
+            "dead": len(dead), "problems": problems, "resent": report_resent}  # fmt: skip
 
 
 def _print_table(injected: list[str], ledger: Ledger, report: dict[str, object]) -> None:
@@ -260,6 +265,7 @@ def _print_table(injected: list[str], ledger: Ledger, report: dict[str, object])
         f"| effects verified | {report['verified']} |",
         f"| lost | {report['lost']} |",
         f"| duplicated | {report['duplicated']} |",
+        f"| emails resent with the same Message-ID (worker killed mid-send) | {report['resent']} |",
         f"| dead jobs (with a reason) | {report['dead']} |",
     ]
     print("\n".join(lines), flush=True)
