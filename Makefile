@@ -10,6 +10,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
 PYTEST_ARGS ?=
+# Separate database and Redis db per checkout let several suites run side by side.
+TEST_DATABASE ?= maycole_test
+TEST_REDIS_DB ?= 15
 
 .PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean
 
@@ -25,13 +28,13 @@ run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it
 	@$(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
 
 test: $(STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
-	@$(DEVSERVICES) --database maycole_test --redis-db 15 -- $(PY) -m pytest $(PYTEST_ARGS)
+	@$(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(PYTEST_ARGS)
 
 test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter
 	@MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)
 
 fuzz: $(STAMP)  ## schemathesis against /openapi.json, the long profile (CI runs a short one in make test)
-	@FUZZ_PROFILE=long $(DEVSERVICES) --database maycole_test --redis-db 15 -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+	@FUZZ_PROFILE=long $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 audit: $(STAMP)  ## pinned requirements against known vulnerabilities (pip-audit); AUDIT_STRICT=1 fails if unreachable
 	@$(PY) scripts/audit.py
