@@ -6,6 +6,7 @@ Every other module asks `current_app.config` or a `Settings` instance; nothing e
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from typing import Any, Literal
 
@@ -14,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only for development and tests; production refuses it (see _refuse_default_secrets).
 DEV_SECRET = "dev-only-secret-change-me-0123456789abcdef"
+# The audit chain's key in development and tests only (see _require_audit_keys).
+DEV_AUDIT_KEYS = "dev:dev-only-audit-key-change-me-0123456789abcdef"
+_AUDIT_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,16}")
 
 
 class Settings(BaseSettings):
@@ -168,6 +172,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # Audit chain (services/audit.py). AUDIT_KEYS="<id>:<secret>,<id>:<secret>": the first
+    # key signs new rows and chain heads, the others only verify what they signed before,
+    # so rotating is prepending a new key (`flask audit rotate-key`) and history is never
+    # re-signed. Kept outside the database on purpose: whoever can write the tables must
+    # not be able to forge signatures. Required outside development and test.
+    audit_keys: str = ""
+    # Rows one GET .../audit-logs/verify checks at most; a longer chain answers with a
+    # next_cursor to continue from, so no request walks an unbounded chain.
+    audit_verify_max_rows: PositiveInt = 5000
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.app_env == "production":
@@ -194,6 +208,26 @@ class Settings(BaseSettings):
                 "EVENTS_HEARTBEAT_SECONDS must be positive and below EVENTS_MAX_STREAM_SECONDS"
             )
         return self
+
+    @model_validator(mode="after")
+    def _require_audit_keys(self) -> Settings:
+        # Same spirit as the secrets above: the repository's development key only where the
+        # environment says development or test; anywhere else a real key must be given.
+        ring = parse_audit_keys(self.audit_keys or DEV_AUDIT_KEYS)  # refuses a malformed value
+        if self.app_env in ("development", "test"):
+            return self
+        if not self.audit_keys:
+            raise ValueError("AUDIT_KEYS must be set outside development and test (id:secret)")
+        dev_secrets = set(parse_audit_keys(DEV_AUDIT_KEYS).values())
+        for key_id, secret in ring.items():
+            if secret in dev_secrets or len(secret) < 32:
+                raise ValueError(f"AUDIT_KEYS: key {key_id!r} must be a strong secret (32+ chars)")
+        return self
+
+    @cached_property
+    def audit_key_ring(self) -> dict[str, bytes]:
+        """Audit keys by id, the signing key first (AUDIT_KEYS, or the development key)."""
+        return parse_audit_keys(self.audit_keys or DEV_AUDIT_KEYS)
 
     @cached_property
     def broker_url(self) -> str:
@@ -249,6 +283,21 @@ class Settings(BaseSettings):
             "SPEC_FORMAT": "json",
             "INFO": {"description": "Maycole backend API. Errors are RFC 9457 problem+json."},
         }
+
+
+def parse_audit_keys(value: str) -> dict[str, bytes]:
+    """`id:secret,id:secret` as {id: secret}, in the given order (the first one signs)."""
+    ring: dict[str, bytes] = {}
+    for entry in value.split(","):
+        key_id, _, secret = entry.strip().partition(":")
+        if not _AUDIT_KEY_ID.fullmatch(key_id) or not secret:
+            raise ValueError(
+                "AUDIT_KEYS must be comma-separated id:secret pairs (ids: 1-16 of A-Za-z0-9_.-)"
+            )
+        if key_id in ring:
+            raise ValueError(f"AUDIT_KEYS names key {key_id!r} twice")
+        ring[key_id] = secret.encode()
+    return ring
 
 
 def load_settings(**overrides: Any) -> Settings:

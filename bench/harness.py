@@ -85,6 +85,7 @@ def production_settings(base: Settings, broker_url: str, **overrides: Any) -> Se
         "app_env": "production",
         "secret_key": secrets.token_hex(32),
         "jwt_secret_key": secrets.token_hex(32),
+        "audit_keys": f"bench:{secrets.token_hex(32)}",
         "celery_broker_url": broker_url,
         "log_level": "WARNING",  # logging every request would measure the log writer
     }

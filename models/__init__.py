@@ -1,7 +1,7 @@
 """Every model, imported here so `Base.metadata` knows all tables (Alembic, tests)."""
 
 from models.analytics import AnalyticsEvent, AnalyticsRollup, AnalyticsWatermark
-from models.audit import AuditLog
+from models.audit import AuditHead, AuditLog
 from models.auth import ApiKey, UserSession
 from models.base import Base
 from models.export import Export
@@ -21,6 +21,7 @@ __all__ = [
     "AnalyticsRollup",
     "AnalyticsWatermark",
     "ApiKey",
+    "AuditHead",
     "AuditLog",
     "Base",
     "Export",

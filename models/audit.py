@@ -1,4 +1,4 @@
-"""The append-only audit trail, hash-chained so tampering is detectable."""
+"""The append-only audit trail, HMAC-chained per team, and each chain's sealed head."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ from models.base import Base, Timestamps
 
 
 class AuditLog(Timestamps, Base):
+    """One audited action. A trigger refuses UPDATE and DELETE (migration 9c4d2e7a51b3)."""
+
     __tablename__ = "audit_logs"
     __table_args__ = (
         Index("ix_audit_logs_team_created", "team_id", "created_at"),
         Index("ix_audit_logs_subject", "subject_type", "subject_id"),
         # Analytics built-ins: every team's actors in a time window (active users).
         Index("ix_audit_logs_created", "created_at"),
+        # One chain in order (verify's pages, the listing's id cursor).
+        Index("ix_audit_logs_team_id_id", "team_id", "id"),
     )
 
     # A sequence gives the chain its order; ids are never reused.
@@ -34,5 +38,25 @@ class AuditLog(Timestamps, Base):
     ip: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None] = mapped_column(String(500))
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # The AUDIT_KEYS id whose key made `hash` (an HMAC, see services/audit_seal.py).
+    key_id: Mapped[str] = mapped_column(String(16))
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditHead(Timestamps, Base):
+    """Where one chain ends, sealed with an audit key: deleting the newest rows shows.
+
+    Written in the same transaction as every append; a trigger refuses DELETE and any
+    UPDATE that does not move the head forward.
+    """
+
+    __tablename__ = "audit_heads"
+
+    # The team's id as text, or "global" for rows without a team (services.audit.chain_of).
+    chain: Mapped[str] = mapped_column(String(36), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(String(16))
+    seal: Mapped[str] = mapped_column(String(64))

@@ -1,27 +1,58 @@
-"""The audit trail: append-only rows, hash-chained per team so tampering is detectable.
+"""The audit trail: append-only rows, HMAC-chained per team, each chain ending at a sealed head.
 
 Rows are written inside the caller's transaction (never committed here). Appends to one
 team's chain are serialised by a transaction-scoped advisory lock, so two concurrent
 writers can never fork the chain; other teams are not blocked.
+
+What makes tampering show (services/audit_verify.py checks all of it):
+- each row's `hash` is an HMAC (services/audit_seal.py) over its content, its id and the
+  previous row's hash, under the AUDIT_KEYS key named by its `key_id`; the key is not in
+  the database, so editing a row and recomputing the chain needs the key;
+- the chain's head (`audit_heads`: last id, last hash, row count) moves in the same
+  transaction as each append and is sealed with the key, so deleting the newest rows
+  leaves a head that points past the chain's end;
+- triggers refuse UPDATE and DELETE of rows and any head that does not move forward.
+
+What remains possible, and what would close it (not built):
+- a database superuser without the key can disable the triggers, delete the newest rows
+  and put back a copy of an older head they saved earlier (its seal is genuine): the
+  chain then verifies, shorter. So can one who deletes a chain and its head altogether.
+- a superuser who also holds the key can rewrite anything and seal it again.
+Both are closed by a periodic external anchor: publish every head's (last_id, row_count,
+seal) to storage the database's administrators cannot rewrite (a write-once bucket, a
+transparency log) and check that heads only ever grow against it. Keep the key off the
+database host for the same reason.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import has_request_context, request
-from sqlalchemy import select, text
+from flask import current_app, has_request_context, request
+from sqlalchemy import func, text
+from sqlalchemy.dialects.postgresql import insert
 
 from extensions import db
 from logs import current_request_id
-from models import AuditLog
+from models import AuditHead, AuditLog
+from services.audit_seal import head_seal, row_mac
 
 GLOBAL_CHAIN = "global"  # rows without a team (sign-ins, operator actions)
+
+# The chain's head and the next row id in one round trip, read once the chain's lock is
+# held (so the head is the one the last append committed). The id is taken here because
+# the row's MAC covers it; ids are per-chain increasing because they are drawn under the lock.
+_HEAD_AND_NEXT_ID = text(
+    "SELECT nextval(pg_get_serial_sequence('audit_logs', 'id')), h.last_hash, h.row_count "
+    "FROM (SELECT 1) AS one LEFT JOIN audit_heads AS h ON h.chain = :chain"
+)
+
+
+def chain_of(team_id: uuid.UUID | None) -> str:
+    """The name of the chain a team's rows belong to (also its lock and head key)."""
+    return str(team_id) if team_id else GLOBAL_CHAIN
 
 
 def record_audit(
@@ -34,18 +65,16 @@ def record_audit(
     data: dict[str, Any] | None = None,
     ip: str | None = None,
 ) -> AuditLog:
-    """Append one audit row to its team's chain in the current transaction."""
+    """Append one signed audit row to its team's chain and move the chain's sealed head,
+    in the current transaction (four round trips: lock, head, row, head)."""
     session = db.session
-    chain = str(team_id) if team_id else GLOBAL_CHAIN
+    chain = chain_of(team_id)
     session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:chain))"), {"chain": chain})
-    prev_hash = session.scalar(
-        select(AuditLog.hash)
-        .where(AuditLog.team_id == team_id if team_id else AuditLog.team_id.is_(None))
-        .order_by(AuditLog.id.desc())
-        .limit(1)
-    )
+    next_id, prev_hash, row_count = session.execute(_HEAD_AND_NEXT_ID, {"chain": chain}).one()
+    key_id, key = next(iter(current_app.config["SETTINGS"].audit_key_ring.items()))
     in_request = has_request_context()
     entry = AuditLog(
+        id=next_id,
         action=action,
         actor_user_id=actor_id,
         team_id=team_id,
@@ -56,57 +85,20 @@ def record_audit(
         user_agent=(request.headers.get("User-Agent", "")[:500] or None) if in_request else None,
         request_id=current_request_id(),
         created_at=datetime.now(UTC),
+        key_id=key_id,
         prev_hash=prev_hash,
     )
-    entry.hash = row_hash(entry)
+    entry.hash = row_mac(entry, key)
     session.add(entry)
-    session.flush()  # the next row in this transaction chains onto this one
+    session.flush()  # the row is final now (id and MAC); its head comes next
+    count = (row_count or 0) + 1
+    seal = head_seal(chain, next_id, entry.hash, count, key_id, key)
+    values = {"last_id": next_id, "last_hash": entry.hash, "row_count": count,
+              "key_id": key_id, "seal": seal}  # fmt: skip
+    session.execute(
+        insert(AuditHead)
+        .values(chain=chain, **values)
+        .on_conflict_do_update(index_elements=[AuditHead.chain],
+                               set_={**values, "updated_at": func.now()})
+    )  # fmt: skip
     return entry
-
-
-def row_hash(entry: AuditLog) -> str:
-    """SHA-256 over the row's content and its predecessor's hash."""
-    content = {
-        "team_id": str(entry.team_id) if entry.team_id else None,
-        "actor_user_id": str(entry.actor_user_id) if entry.actor_user_id else None,
-        "action": entry.action,
-        "subject_type": entry.subject_type,
-        "subject_id": entry.subject_id,
-        "data": entry.data,
-        "ip": str(entry.ip) if entry.ip else None,
-        "user_agent": entry.user_agent,
-        "request_id": entry.request_id,
-        "created_at": entry.created_at.astimezone(UTC).isoformat(),
-        "prev_hash": entry.prev_hash,
-    }
-    encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(encoded.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    intact: bool
-    rows_checked: int
-    first_bad_id: int | None = None
-    reason: str | None = None
-
-
-def verify_chain(team_id: uuid.UUID | None, batch_size: int = 1000) -> ChainReport:
-    """Recompute the team's chain from the start; report the first row that does not fit."""
-    condition = AuditLog.team_id == team_id if team_id else AuditLog.team_id.is_(None)
-    prev_hash: str | None = None
-    checked, last_id = 0, 0
-    while True:
-        rows = db.session.scalars(
-            select(AuditLog).where(condition, AuditLog.id > last_id).order_by(AuditLog.id)
-            .limit(batch_size).execution_options(populate_existing=True)
-        ).all()  # fmt: skip
-        if not rows:
-            return ChainReport(True, checked)
-        for row in rows:
-            if row.prev_hash != prev_hash:
-                return ChainReport(False, checked, row.id, "the link to the previous row is broken")
-            if row.hash != row_hash(row):
-                return ChainReport(False, checked, row.id, "the row's content was changed")
-            prev_hash, last_id = row.hash, row.id
-            checked += 1

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from models import AuditLog, TeamMember
-from services.audit import ChainReport, verify_chain
+from services.audit_verify import ChainReport, verify_chain
 from services.pagination import Page, paginate_by_id
 
 
@@ -35,9 +35,10 @@ def list_team_audit_logs(
     return paginate_by_id(query, AuditLog, limit, cursor)
 
 
-def verify_team_chain(membership: TeamMember) -> ChainReport:
-    """Recompute the team's hash chain and report the first row that does not fit."""
-    return verify_chain(membership.team_id)
+def verify_team_chain(membership: TeamMember, cursor: str | None) -> ChainReport:
+    """Check the next page of the team's signed chain (AUDIT_VERIFY_MAX_ROWS rows at most)
+    and report the first row that does not fit, or the cursor to continue from."""
+    return verify_chain(membership.team_id, cursor=cursor)
 
 
 def _aware(moment: datetime) -> datetime:

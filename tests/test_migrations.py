@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, make_url, text
 
+from cli import alembic_config
+from config import load_settings
 from models import Base
+from services.audit_seal import head_seal, row_mac
 
 DESIGN_TABLES = {
     "users", "user_sessions", "api_keys", "user_profiles", "settings", "payments",
@@ -66,3 +74,63 @@ def test_constraints_reject_impossible_rows(migrated_database: str) -> None:
             finally:
                 conn.rollback()
     engine.dispose()
+
+
+def test_audit_rows_from_before_the_keyed_chain_are_re_signed(migrated_database: str) -> None:
+    """Rows chained with the old bare SHA-256 are signed with the current audit key, each
+    chain gets its sealed head, and from then on the rows cannot be changed."""
+    base = make_url(migrated_database)
+    scratch = base.set(database=f"{base.database}_mig")
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch.database}"'))
+        conn.execute(text(f'CREATE DATABASE "{scratch.database}"'))
+    url = scratch.render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        command.upgrade(alembic_config(url), "f17dee425bd3")  # the last unkeyed revision
+        team = uuid.uuid4()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO teams (id, name) VALUES (:id, 'Old')"), {"id": team})
+            prev: dict[object, str | None] = {}
+            for i, team_id in enumerate([team, None, team, team, None]):
+                digest = hashlib.sha256(f"legacy {i}".encode()).hexdigest()
+                conn.execute(
+                    text("INSERT INTO audit_logs (team_id, action, data, ip, created_at, "
+                         "prev_hash, hash) VALUES (:team, 'old.action', CAST(:data AS jsonb), "
+                         "'::ffff:10.0.0.1', now(), :prev, :hash)"),
+                    {"team": team_id, "data": json.dumps({"i": i}), "prev": prev.get(team_id),
+                     "hash": digest},
+                )  # fmt: skip
+                prev[team_id] = digest
+
+        command.upgrade(alembic_config(url), "head")
+
+        key_id, key = next(iter(load_settings().audit_key_ring.items()))
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM audit_logs ORDER BY id")).all()
+            heads = {h.chain: h for h in conn.execute(text("SELECT * FROM audit_heads"))}
+        last: dict[str, str | None] = {}
+        for row in rows:
+            chain = str(row.team_id) if row.team_id else "global"
+            assert (row.key_id, row.prev_hash) == (key_id, last.get(chain))
+            assert row.hash == row_mac(row, key)
+            last[chain] = row.hash
+        assert {c: (h.row_count, h.last_hash) for c, h in heads.items()} == {
+            str(team): (3, last[str(team)]),
+            "global": (2, last["global"]),
+        }
+        for chain, h in heads.items():
+            assert h.seal == head_seal(chain, h.last_id, h.last_hash, h.row_count, key_id, key)
+        with engine.connect() as conn:
+            try:
+                conn.execute(text("DELETE FROM audit_logs"))
+            except Exception as exc:  # the trigger refused it, as it must
+                assert "append-only" in str(exc)
+            else:
+                raise AssertionError("an audit row was deleted")
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch.database}"'))
+        admin.dispose()

@@ -136,8 +136,24 @@ class AuditLogPage(BaseModel):
     next_cursor: str | None
 
 
+class ChainVerifyQuery(BaseModel):
+    cursor: str | None = Field(
+        None, max_length=512, description="The next_cursor of the previous answer, to go on."
+    )
+
+
 class ChainReportOut(BaseModel):
-    intact: bool
-    rows_checked: int
+    intact: bool = Field(
+        description="No break in the rows checked so far (this answer and the earlier pages)."
+    )
+    rows_checked: int = Field(
+        description="Rows checked by this answer (AUDIT_VERIFY_MAX_ROWS at most)."
+    )
     first_bad_id: int | None
     reason: str | None
+    complete: bool = Field(
+        description="The check reached the chain's sealed head: the whole trail is intact."
+    )
+    next_cursor: str | None = Field(
+        description="More rows to check: send it back as ?cursor= (null when done)."
+    )

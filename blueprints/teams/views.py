@@ -25,6 +25,7 @@ from blueprints.teams.schemas import (
     AuditLogPage,
     AuditLogQuery,
     ChainReportOut,
+    ChainVerifyQuery,
     InviteEnvelope,
     InviteIn,
     InviteOut,
@@ -280,11 +281,14 @@ def list_audit_logs(team_id: uuid.UUID, query: AuditLogQuery) -> AuditLogPage:
 
 @bp.get("/<uuid:team_id>/audit-logs/verify")
 @team_permission("audit.read")
+@bp.input(ChainVerifyQuery, location="query", arg_name="query")
 @bp.output(ChainReportOut)
-def verify_audit_logs(team_id: uuid.UUID) -> ChainReportOut:
-    """Recompute the audit trail's hash chain: is it intact, and where does it break?"""
-    report = audit_logs.verify_team_chain(current_membership())
+def verify_audit_logs(team_id: uuid.UUID, query: ChainVerifyQuery) -> ChainReportOut:
+    """Check the audit trail's signed chain up to its sealed head, a bounded page per call:
+    is it intact, and where does it break? Follow next_cursor until it is null."""
+    report = audit_logs.verify_team_chain(current_membership(), query.cursor)
     return ChainReportOut(
         intact=report.intact, rows_checked=report.rows_checked,
         first_bad_id=report.first_bad_id, reason=report.reason,
+        complete=report.complete, next_cursor=report.next_cursor,
     )  # fmt: skip
