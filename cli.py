@@ -1,4 +1,5 @@
-"""Flask CLI commands: `flask db ...` (Alembic), `flask users create`, `flask jobs ...`."""
+"""Flask CLI commands: `flask db ...` (Alembic), `flask users create`, `flask jobs ...`,
+`flask audit ...`."""
 
 from __future__ import annotations
 
@@ -82,8 +83,10 @@ def create_user(email: str, name: str, password: str, admin: bool) -> None:
 
 
 def register(app: Flask) -> None:
-    from cli_jobs import jobs_cli  # imports the services: only once the app is being built
+    from cli_audit import audit_cli  # these import the services: only once the app is built
+    from cli_jobs import jobs_cli
 
     app.cli.add_command(db_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(jobs_cli)
+    app.cli.add_command(audit_cli)

@@ -15,9 +15,10 @@ from datetime import UTC
 from typing import Any
 
 import pytest
+from apiflask import APIFlask
 from flask.testing import FlaskClient
 from psycopg.errors import InsufficientPrivilege
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from werkzeug.test import TestResponse
 
@@ -25,10 +26,10 @@ import config
 from app import create_app
 from config import Settings
 from extensions import db
-from models import User
+from models import AuditLog, User
 from services.audit import record_audit
-from tests.factories import auth_headers, make_team, make_user
-from tests.support import make_settings, problem_body
+from tests.factories import PASSWORD, auth_headers, make_team, make_user
+from tests.support import Worker, make_settings, problem_body, wait_job
 
 TEAMS = "/api/v1/teams"
 NEW_KEY = "k2:a-second-audit-key-of-at-least-32-characters"
@@ -309,3 +310,59 @@ def test_paged_verify_finds_tampering_past_the_first_page(
     second = verify(bounded, owner, team_id, cursor=first["next_cursor"])
     assert (second["intact"], second["first_bad_id"]) == (False, target["id"])
     assert second["next_cursor"] is None and second["complete"] is False
+
+
+@pytest.mark.worker
+def test_account_and_team_deletion_keep_every_chain_intact(
+    app: APIFlask, client: FlaskClient, worker: Worker
+) -> None:
+    owner, team_id = team_with_history(client, changes=2)
+    leaving = make_user()
+    login = client.post("/api/v1/auth/login", json={"email": leaving.email, "password": PASSWORD})
+    token = ok(login)["access_token"]
+
+    gone = ok(client.delete("/api/v1/me", headers={"Authorization": f"Bearer {token}"}), 202)
+    dropped = ok(client.delete(f"{TEAMS}/{team_id}", headers=auth_headers(owner)), 202)
+    wait_job(gone["job"]["id"], "succeeded", describe=worker.describe)
+    wait_job(dropped["job"]["id"], "succeeded", describe=worker.describe)
+
+    db.session.expire_all()
+    actions = set(db.session.scalars(select(AuditLog.action)))
+    assert {"user.anonymised", "team.deleted"} <= actions
+    result = app.test_cli_runner().invoke(args=["audit", "verify"])
+    assert result.exit_code == 0, result.output
+    assert f"team {team_id}: intact, 5 rows" in result.output
+    assert "global chain: intact" in result.output
+    assert " 0 broken" in result.output
+
+
+def test_offline_verify_exits_non_zero_on_a_broken_chain(
+    app: APIFlask, client: FlaskClient
+) -> None:
+    _owner, team_id = team_with_history(client, changes=3)
+    as_database_user(
+        "ALTER TABLE audit_logs DISABLE TRIGGER USER",
+        "DELETE FROM audit_logs WHERE id = (SELECT max(id) FROM audit_logs WHERE team_id = :team)",
+        "ALTER TABLE audit_logs ENABLE TRIGGER USER",
+        team=team_id,
+    )  # fmt: skip
+    result = app.test_cli_runner().invoke(args=["audit", "verify", "--team", str(team_id)])
+    assert result.exit_code == 1
+    assert f"team {team_id}: BROKEN after 3 good rows: the newest rows are missing" in result.output
+
+
+def test_rotate_key_prints_a_key_the_settings_accept(
+    app: APIFlask, settings: Settings, restore_globals: None
+) -> None:
+    result = app.test_cli_runner().invoke(args=["audit", "rotate-key", "--id", "k2"])
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    [entry] = [line for line in lines if line.startswith("k2:")]
+    assert f"AUDIT_KEYS={entry},dev:..." in result.output
+    assert config.DEV_AUDIT_KEYS.split(":")[1] not in result.output  # old secrets are never printed
+    production = make_settings(**{**settings.model_dump(), "app_env": "production",
+                                  "secret_key": "s" * 40, "jwt_secret_key": "j" * 40,
+                                  "audit_keys": entry})  # fmt: skip
+    assert list(production.audit_key_ring) == ["k2"]
+    again = app.test_cli_runner().invoke(args=["audit", "rotate-key", "--id", "dev"])
+    assert again.exit_code != 0 and "already has a key 'dev'" in again.output
