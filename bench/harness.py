@@ -78,13 +78,14 @@ def say(message: str) -> None:
 
 
 def production_settings(base: Settings, broker_url: str, **overrides: Any) -> Settings:
-    """Production settings with fresh strong secrets, on the given broker."""
+    """Production settings with fresh strong secrets (and metrics token), on the given broker."""
     values: dict[str, Any] = {
         "database_url": base.database_url,
         "redis_url": base.redis_url,
         "app_env": "production",
         "secret_key": secrets.token_hex(32),
         "jwt_secret_key": secrets.token_hex(32),
+        "metrics_token": secrets.token_hex(32),
         "celery_broker_url": broker_url,
         "log_level": "WARNING",  # logging every request would measure the log writer
     }

@@ -52,6 +52,9 @@ def point_local_gateway_webhooks(port: str) -> str | None:
 
 def main() -> int:
     os.chdir(ROOT)
+    # A development stack (local mail sink, localstripe, a generated Flower login): say so,
+    # or the settings are production's and refuse the development secret.
+    os.environ["APP_ENV"] = os.environ.get("APP_ENV") or "development"
     flask = [sys.executable, "-m", "flask", "--app", "app:create_app"]
     subprocess.run([*flask, "db", "upgrade"], check=True)
     port, flower_port = os.environ.get("PORT", "8000"), os.environ.get("FLOWER_PORT", "5555")
