@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
     flower_db: str = "var/flower.db"  # persistent state: task history survives restarts
+
+    # Edge security (issue 14). Behind a proxy on the same host the app must trust it
+    # (TRUSTED_PROXIES), or every client is 127.0.0.1: one rate-limit bucket for the
+    # world. So in production gunicorn refuses to start bound to loopback or a unix socket
+    # with TRUSTED_PROXIES=0, unless this says clients really connect directly.
+    allow_direct_loopback: bool = False
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -4,8 +4,11 @@ secrets in URLs kept out of the logs. Each test sends the attacker's requests.""
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 
 import jwt
 import pytest
@@ -16,7 +19,7 @@ from werkzeug.test import TestResponse
 from app import create_app
 from config import DEV_SECRET, Settings
 from tests.factories import make_user
-from tests.support import make_settings, problem_body
+from tests.support import ROOT, WebServer, make_settings, problem_body, settings_env
 
 JOBS = "/api/v1/jobs"
 METRICS_TOKEN = "metrics-" + "m" * 32
@@ -89,3 +92,49 @@ def test_production_metrics_need_the_token_even_from_loopback(
     )
     assert scraped.status_code == 200
     assert "maycole_http_requests_total" in scraped.get_data(as_text=True)
+
+
+def _gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+                          check=False)  # fmt: skip
+
+
+def test_production_refuses_to_see_every_client_as_loopback(settings: Settings) -> None:
+    """Bound to loopback (a proxy on the same host) with TRUSTED_PROXIES=0, every client
+    would be 127.0.0.1: one rate-limit bucket for the world. gunicorn refuses to start."""
+    env = settings_env(production_settings(settings, trusted_proxies=0)) | {
+        "BIND": "127.0.0.1:0",
+        "PROMETHEUS_MULTIPROC_DIR": str(ROOT / "var" / "test-logs" / "metrics-refused"),
+    }
+    refused = _gunicorn(env)
+    assert refused.returncode != 0
+    assert "TRUSTED_PROXIES" in refused.stderr and "ALLOW_DIRECT_LOOPBACK" in refused.stderr
+    unix = _gunicorn(env | {"BIND": f"unix:{ROOT / 'var' / 'test-logs' / 'refused.sock'}"})
+    assert unix.returncode != 0 and "TRUSTED_PROXIES" in unix.stderr
+
+
+@pytest.fixture(scope="module")
+def proxied_server(settings: Settings) -> Iterator[WebServer]:
+    """Production behind one proxy on the same host, with gunicorn's access log on."""
+    server = WebServer(
+        "edge", production_settings(settings, trusted_proxies=1, ratelimit_default="3/minute")
+    )
+    server.log_path.unlink(missing_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GUNICORN_CMD_ARGS", "--access-logfile -")
+        server.start()
+    yield server
+    server.stop()
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_budget(
+    proxied_server: WebServer,
+) -> None:
+    def status(client: str) -> int:
+        return proxied_server.request("GET", "/api", headers={"X-Forwarded-For": client})[0]
+
+    assert [status("203.0.113.7") for _ in range(4)] == [200, 200, 200, 429]
+    assert status("198.51.100.8") == 200  # another client behind the same proxy
+    # And /metrics asks the token of loopback callers too.
+    assert proxied_server.request("GET", "/metrics")[0] == 401
