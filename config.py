@@ -264,7 +264,6 @@ class Settings(BaseSettings):
             # trip per limit and request instead of three).
             "RATELIMIT_STORAGE_URI": f"maycole+{self.redis_url}",
             "RATELIMIT_STRATEGY": "fixed-window",  # O(1) per hit; moving-window is O(limit)
-            "RATELIMIT_DEFAULT": self.ratelimit_default,
             "RATELIMIT_HEADERS_ENABLED": True,
             "RATELIMIT_HEADER_LIMIT": "RateLimit-Limit",
             "RATELIMIT_HEADER_REMAINING": "RateLimit-Remaining",

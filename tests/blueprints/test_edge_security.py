@@ -13,12 +13,14 @@ from collections.abc import Iterator
 import jwt
 import pytest
 from apiflask import APIFlask
+from flask.testing import FlaskClient
 from pydantic import ValidationError
 from werkzeug.test import TestResponse
 
 from app import create_app
 from config import DEV_SECRET, Settings
-from tests.factories import make_user
+from services import api_keys
+from tests.factories import auth_headers, make_user
 from tests.support import ROOT, WebServer, make_settings, problem_body, settings_env
 
 JOBS = "/api/v1/jobs"
@@ -40,6 +42,64 @@ def production_settings(base: Settings, **overrides: object) -> Settings:
 
 def _remaining(response: TestResponse) -> int:
     return int(response.headers["RateLimit-Remaining"])
+
+
+# Rate-limit keys ---------------------------------------------------------------------------
+
+
+def test_a_bearer_token_with_a_random_api_key_is_refused_and_counted_by_address(
+    client: FlaskClient,
+) -> None:
+    """Today's attack: a valid token plus a new `X-API-Key: mk_<random>_x` on each request
+    gave each request a fresh bucket (the key's prefix) while the token was served."""
+    headers = dict(auth_headers(make_user()))
+    answers = [
+        client.get(
+            JOBS,
+            headers={**headers, "X-API-Key": f"mk_{secrets.token_hex(6)}_x"},
+            environ_base={"REMOTE_ADDR": "10.4.4.4"},
+        )
+        for _ in range(3)
+    ]
+    for response in answers:
+        body = problem_body(response, 400)
+        assert "X-API-Key" in body["detail"] and "Authorization" in body["detail"]
+    # One bucket, the address's, whatever key was made up.
+    assert [_remaining(r) for r in answers] == [_remaining(answers[0]) - i for i in range(3)]
+    # The token's own budget was never touched.
+    fresh = client.get(JOBS, headers=headers, environ_base={"REMOTE_ADDR": "10.5.5.5"})
+    assert fresh.status_code == 200
+    assert _remaining(fresh) == int(fresh.headers["RateLimit-Limit"]) - 1
+
+
+def test_junk_with_a_victims_key_prefix_is_limited_by_address_not_the_victims_key(
+    app: APIFlask, restore_globals: None
+) -> None:
+    client = create_app(make_settings(ratelimit_default="5/minute")).test_client()
+    victim = make_user()
+    secret = api_keys.create_api_key(victim, name="ci", scopes=["read"], expires_at=None).secret
+    prefix = secret.split("_")[1]
+
+    attacker = [
+        client.get(
+            JOBS,
+            headers={"X-API-Key": f"mk_{prefix}_{secrets.token_urlsafe(8)}"},
+            environ_base={"REMOTE_ADDR": "10.6.6.6"},
+        ).status_code
+        for _ in range(8)
+    ]
+    assert attacker == [401] * 5 + [429] * 3  # the attacker's address ran out
+
+    served = client.get(
+        JOBS, headers={"X-API-Key": secret}, environ_base={"REMOTE_ADDR": "10.1.1.1"}
+    )
+    assert served.status_code == 200, served.get_data(as_text=True)
+    assert _remaining(served) == 4  # the victim's key: its first request of the window
+    # The victim's key follows it from address to address; the address is not its budget.
+    again = client.get(
+        JOBS, headers={"X-API-Key": secret}, environ_base={"REMOTE_ADDR": "10.6.6.6"}
+    )
+    assert again.status_code == 200 and _remaining(again) == 3
 
 
 # Secrets -------------------------------------------------------------------------------------
