@@ -26,7 +26,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 from config import load_settings
+from logs import RedactSecrets
 
 _settings = load_settings()  # refuses to start on unsafe settings (config.py)
 # Loopback by default; deployments set BIND (e.g. 0.0.0.0:8000) behind their proxy.
@@ -53,6 +56,22 @@ worker_connections = 1000
 max_requests = 10_000
 max_requests_jitter = 1_000
 accesslog = None  # the app logs every request as JSON, with its request id
+
+
+class RedactingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's own logs, should they be switched on (--access-logfile), with the
+    secrets some URLs carry redacted as in ours: invitation tokens in the request line,
+    `token=` parameters in it and in the Referer, and the URI of "Error handling request"."""
+
+    _redact = RedactSecrets()
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            log.addFilter(self._redact)
+
+
+logger_class = RedactingLogger
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 # Metrics: every worker writes its counters to files here (prometheus_client multiprocess

@@ -19,6 +19,7 @@ from werkzeug.test import TestResponse
 
 from app import create_app
 from config import DEV_SECRET, Settings
+from logs import redact_secrets
 from services import api_keys
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, WebServer, make_settings, problem_body, settings_env
@@ -198,3 +199,58 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_budget(
     assert status("198.51.100.8") == 200  # another client behind the same proxy
     # And /metrics asks the token of loopback callers too.
     assert proxied_server.request("GET", "/metrics")[0] == 401
+
+
+# Secrets in URLs -------------------------------------------------------------------------------
+
+
+def _log_after(server: WebServer, offset: int, marker: str) -> str:
+    deadline = time.monotonic() + 10
+    while True:
+        text = server.log_path.read_text(errors="replace")[offset:]
+        if marker in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+def test_tokens_in_urls_are_redacted_in_gunicorn_and_app_logs(proxied_server: WebServer) -> None:
+    offset = len(proxied_server.log_path.read_text(errors="replace"))
+    invite = secrets.token_urlsafe(32)
+    stream, unsubscribe, download = (secrets.token_urlsafe(24) for _ in range(3))
+    proxied_server.request("POST", f"/api/v1/invites/{invite}/decline", body={},
+                           headers={"X-Forwarded-For": "192.0.2.10"})  # fmt: skip
+    proxied_server.request("GET", f"/api/v1/events/stream?token={stream}",
+                           headers={"X-Forwarded-For": "192.0.2.11"})  # fmt: skip
+    proxied_server.request("POST", f"/api/v1/notifications/unsubscribe?token={unsubscribe}",
+                           body={}, headers={"X-Forwarded-For": "192.0.2.12"})  # fmt: skip
+    proxied_server.request("GET", f"/api/v1/storage/download?a=1&token={download}",
+                           headers={"X-Forwarded-For": "192.0.2.13"})  # fmt: skip
+    proxied_server.request("GET", "/healthz?done=1")
+    logged = _log_after(proxied_server, offset, "done=1")
+    assert "/api/v1/invites/[redacted]/decline" in logged  # gunicorn's line and ours
+    assert logged.count("[redacted]") >= 5
+    for secret in (invite, stream, unsubscribe, download):
+        assert secret not in logged
+
+
+def test_invite_tokens_stay_out_of_the_request_log(
+    app: APIFlask, restore_globals: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = create_app(make_settings(log_json=True)).test_client()
+    token = secrets.token_urlsafe(32)
+    headers = dict(auth_headers(make_user()))
+    client.post(f"/api/v1/invites/{token}/accept", json={}, headers=headers)
+    client.post(f"/api/v1/invites/{token}/decline", json={})
+    err = capsys.readouterr().err
+    assert '"path": "/api/v1/invites/[redacted]/accept"' in err
+    assert '"path": "/api/v1/invites/[redacted]/decline"' in err
+    assert token not in err
+
+
+def test_log_redaction_leaves_other_paths_alone() -> None:
+    assert redact_secrets("/api/v1/teams/1/invites/2") == "/api/v1/teams/1/invites/2"
+    assert redact_secrets("GET /api/v1/invites/abc_-9/accept HTTP/1.1") == (
+        "GET /api/v1/invites/[redacted]/accept HTTP/1.1"
+    )
+    assert redact_secrets("/x?a=1&token=s3cr-t_&b=2") == "/x?a=1&token=[redacted]&b=2"
+    assert redact_secrets('"/x?token=abc"') == '"/x?token=[redacted]"'
