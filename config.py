@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     # world. So in production gunicorn refuses to start bound to loopback or a unix socket
     # with TRUSTED_PROXIES=0, unless this says clients really connect directly.
     allow_direct_loopback: bool = False
+    # A file holding Flower's user:password (a Docker or Kubernetes secret); it wins over
+    # FLOWER_BASIC_AUTH. Neither reaches Flower's command line, which every user can read.
+    flower_basic_auth_file: str = ""
 
     log_level: str = "INFO"
     log_json: bool = True
