@@ -10,6 +10,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
 PYTEST_ARGS ?=
+# Settings are production's unless APP_ENV says otherwise (config.py): each target says.
+DEV := APP_ENV=development
+TESTENV := APP_ENV=test
 # Separate database and Redis db per checkout let several suites run side by side.
 TEST_DATABASE ?= maycole_test
 TEST_REDIS_DB ?= 15
@@ -25,25 +28,25 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it started)
-	@$(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
+	@$(DEV) $(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
 
 test: $(STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
-	@$(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(PYTEST_ARGS)
+	@$(TESTENV) $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(PYTEST_ARGS)
 
 test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter
-	@MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)
+	@$(TESTENV) MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)
 
 fuzz: $(STAMP)  ## schemathesis against /openapi.json, the long profile (CI runs a short one in make test)
-	@FUZZ_PROFILE=long $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
+	@$(TESTENV) FUZZ_PROFILE=long $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
 audit: $(STAMP)  ## pinned requirements against known vulnerabilities (pip-audit); AUDIT_STRICT=1 fails if unreachable
 	@$(PY) scripts/audit.py
 
 bench: $(STAMP)  ## B1-B9 against same-run baselines (bench/README.md); BENCH="http queue" for some
-	@$(DEVSERVICES) --database maycole_bench --redis-db 3 -- $(PY) -m bench.run $(BENCH)
+	@$(DEV) $(DEVSERVICES) --database maycole_bench --redis-db 3 -- $(PY) -m bench.run $(BENCH)
 
 migrate: $(STAMP)  ## apply migrations to the configured (or local) database
-	@$(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
+	@APP_ENV=$${APP_ENV:-development} $(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
 
 lint: $(STAMP)
 	ruff check --no-cache .

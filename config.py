@@ -1,7 +1,8 @@
 """Typed settings read from the environment (and `.env`), in one place.
 
 Every other module asks `current_app.config` or a `Settings` instance; nothing else reads
-`os.environ`. Production refuses to start with a default or missing secret.
+`os.environ`. Without `APP_ENV=development` or `APP_ENV=test` the settings are
+production's, which refuse to start without real secrets and a metrics token.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from typing import Any, Literal
 from pydantic import PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Only for development and tests; production refuses it (see _refuse_default_secrets).
+# Only for development and tests, which must say so (APP_ENV); production refuses it.
 DEV_SECRET = "dev-only-secret-change-me-0123456789abcdef"
 # The audit chain's key in development and tests only (see _require_audit_keys).
 DEV_AUDIT_KEYS = "dev:dev-only-audit-key-change-me-0123456789abcdef"
 _AUDIT_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,16}")
+MIN_SECRET_LENGTH = 32
+_SECRET_HINT = (
+    "set SECRET_KEY and JWT_SECRET_KEY to two different random values of "
+    f"{MIN_SECRET_LENGTH}+ characters (python -c 'import secrets; "
+    "print(secrets.token_urlsafe(48))'), or APP_ENV=development for local work"
+)
 
 
 class Settings(BaseSettings):
@@ -25,7 +32,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
-    app_env: Literal["development", "test", "production"] = "development"
+    # Unset means production: the development secret must be asked for by name.
+    app_env: Literal["development", "test", "production"] = "production"
     secret_key: str = DEV_SECRET
     jwt_secret_key: str = DEV_SECRET
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/maycole"
@@ -161,6 +169,7 @@ class Settings(BaseSettings):
     dashboard_cache_seconds: PositiveInt = 60
     # GET /metrics: with a token, callers must send `Authorization: Bearer <token>`;
     # without one, only loopback callers are answered (everyone else gets 404).
+    # Required in production.
     metrics_token: str = ""
 
     # Flower (scripts/flower.py): always behind basic auth; loopback unless an ops network
@@ -169,6 +178,16 @@ class Settings(BaseSettings):
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
     flower_db: str = "var/flower.db"  # persistent state: task history survives restarts
+
+    # Edge security (issue 14). Behind a proxy on the same host the app must trust it
+    # (TRUSTED_PROXIES), or every client is 127.0.0.1: one rate-limit bucket for the
+    # world. So in production gunicorn refuses to start bound to loopback or a unix socket
+    # with TRUSTED_PROXIES=0, unless this says clients really connect directly.
+    allow_direct_loopback: bool = False
+    # A file holding Flower's user:password (a Docker or Kubernetes secret); it wins over
+    # FLOWER_BASIC_AUTH. Neither reaches Flower's command line, which every user can read.
+    flower_basic_auth_file: str = ""
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -183,14 +202,32 @@ class Settings(BaseSettings):
     audit_verify_max_rows: PositiveInt = 5000
 
     @model_validator(mode="after")
-    def _refuse_default_secrets(self) -> Settings:
-        if self.app_env == "production":
-            for name in ("secret_key", "jwt_secret_key"):
-                value = getattr(self, name)
-                if value == DEV_SECRET or len(value) < 32:
-                    raise ValueError(f"{name.upper()} must be set to a strong secret in production")
-        if self.app_env == "production" and len(self.jwt_secret_key) < 32:
-            raise ValueError("JWT_SECRET_KEY must be at least 32 characters in production")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.app_env != "production":
+            return self
+        for name in ("secret_key", "jwt_secret_key"):
+            value = getattr(self, name)
+            if value == DEV_SECRET or len(value) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"{name.upper()} is missing, short or the development secret while APP_ENV "
+                    f"is production (the default when APP_ENV is unset): {_SECRET_HINT}"
+                )
+        if self.secret_key == self.jwt_secret_key:
+            # One leaked secret must not forge both access tokens and storage/email links.
+            raise ValueError(
+                f"SECRET_KEY and JWT_SECRET_KEY must differ in production: {_SECRET_HINT}"
+            )
+        if len(self.metrics_token) < MIN_SECRET_LENGTH:
+            # Loopback proves nothing behind a proxy on the same host (every caller is
+            # 127.0.0.1), and /metrics shows revenue and user counts.
+            raise ValueError(
+                f"METRICS_TOKEN ({MIN_SECRET_LENGTH}+ random characters) is required in "
+                "production; Prometheus sends it as `Authorization: Bearer <token>`"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_combinations(self) -> Settings:
         if self.retry_backoff_max * 2 > self.broker_visibility_timeout:
             # A retry countdown near the visibility timeout makes Redis redeliver the
             # message while it waits, so the task would run twice (kombu#337).
@@ -264,7 +301,6 @@ class Settings(BaseSettings):
             # trip per limit and request instead of three).
             "RATELIMIT_STORAGE_URI": f"maycole+{self.redis_url}",
             "RATELIMIT_STRATEGY": "fixed-window",  # O(1) per hit; moving-window is O(limit)
-            "RATELIMIT_DEFAULT": self.ratelimit_default,
             "RATELIMIT_HEADERS_ENABLED": True,
             "RATELIMIT_HEADER_LIMIT": "RateLimit-Limit",
             "RATELIMIT_HEADER_REMAINING": "RateLimit-Remaining",

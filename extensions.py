@@ -24,7 +24,7 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from blueprints.common.ratelimits import principal_key
+from blueprints.common.ratelimits import configured, principal_key
 
 # A pooled connection idle longer than this is pinged before it is handed out.
 PING_AFTER_IDLE_SECONDS = 1.0
@@ -144,8 +144,9 @@ class RedisClient:
 db = Database()
 redis = RedisClient()
 jwt = JWTManager()
-# Strategy, storage and default limits come from config (RATELIMIT_*); the default limit
-# counts per signed-in user or API key, and per address for anonymous callers.
-limiter = Limiter(key_func=principal_key)
+# Strategy and storage come from config (RATELIMIT_*). The default limit is read from each
+# app's Settings per request (an app built with other settings gets its own), and counts
+# per verified user or API key, per address for everyone else.
+limiter = Limiter(key_func=principal_key, default_limits=[configured("ratelimit_default")])
 # Configured from celeryconfig.py inside create_app; tasks import this object.
 celery_app = Celery("maycole")

@@ -19,13 +19,19 @@ Sized for Server-Sent Events next to ordinary requests (GET /api/v1/events/strea
 """
 
 import gc
+import ipaddress
 import multiprocessing
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+from gunicorn.glogging import Logger
 
 from config import load_settings
+from logs import RedactSecrets
 
+_settings = load_settings()  # refuses to start on unsafe settings (config.py)
 # Loopback by default; deployments set BIND (e.g. 0.0.0.0:8000) behind their proxy.
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
@@ -40,7 +46,7 @@ timeout = 30
 # clients reconnect to another worker with Last-Event-ID). Ordinary requests finish well
 # within it (statement timeout 30 s is the ceiling for the slowest). Keep the process
 # manager's kill timeout above it (Kubernetes terminationGracePeriodSeconds).
-graceful_timeout = load_settings().web_shutdown_grace_seconds
+graceful_timeout = _settings.web_shutdown_grace_seconds
 # Seconds an idle client connection stays open between requests. Behind a load balancer,
 # set it above the balancer's idle timeout (e.g. 65 for AWS ALB's 60) via GUNICORN_CMD_ARGS.
 keepalive = 5
@@ -50,6 +56,22 @@ worker_connections = 1000
 max_requests = 10_000
 max_requests_jitter = 1_000
 accesslog = None  # the app logs every request as JSON, with its request id
+
+
+class RedactingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's own logs, should they be switched on (--access-logfile), with the
+    secrets some URLs carry redacted as in ours: invitation tokens in the request line,
+    `token=` parameters in it and in the Referer, and the URI of "Error handling request"."""
+
+    _redact = RedactSecrets()
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            log.addFilter(self._redact)
+
+
+logger_class = RedactingLogger
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 # Metrics: every worker writes its counters to files here (prometheus_client multiprocess
@@ -61,10 +83,52 @@ metrics_dir = Path(
 )
 
 
-def on_starting(server: object) -> None:
-    """A fresh master starts fresh files (counters restarting is normal for Prometheus)."""
+def on_starting(server: Any) -> None:
+    """Refuse a perimeter that cannot tell clients apart; a fresh master starts fresh
+    metrics files (counters restarting is normal for Prometheus)."""
+    _refuse_every_client_as_loopback(server)
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _refuse_every_client_as_loopback(server: Any) -> None:
+    """Production bound to loopback or a unix socket has a proxy on the same host in
+    front of it: unless that proxy is trusted (TRUSTED_PROXIES), every client's address
+    is the proxy's, so per-address rate limits become one bucket for the world and audit
+    rows all say 127.0.0.1. Checked against the addresses gunicorn will really bind
+    (BIND, -b or GUNICORN_CMD_ARGS), before it binds them."""
+    if _settings.app_env != "production" or _settings.trusted_proxies > 0:
+        return
+    if _settings.allow_direct_loopback:
+        return
+    local = [_describe(address) for address in server.cfg.address if _is_local(address)]
+    if not local:
+        return
+    message = (
+        f"Refusing to start: bound to {', '.join(local)} with TRUSTED_PROXIES=0, so behind "
+        "a proxy on this host every client would be the proxy's address (one rate-limit "
+        "bucket for everyone). Set TRUSTED_PROXIES to the number of proxies in front of "
+        "the app (1 for one nginx), or ALLOW_DIRECT_LOOPBACK=true if clients really "
+        "connect to this address directly."
+    )
+    server.log.error(message)
+    raise RuntimeError(message)  # gunicorn prints it and exits with status 1
+
+
+def _is_local(address: tuple[str, int] | str | int) -> bool:
+    if isinstance(address, int):  # an inherited file descriptor: nothing to judge
+        return False
+    if isinstance(address, str):  # a unix socket: clients have no address at all
+        return True
+    host = address[0]
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: resolved by the system, not ours to guess
+        return False
+
+
+def _describe(address: tuple[str, int] | str) -> str:
+    return f"unix:{address}" if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
 
 def post_worker_init(worker: object) -> None:

@@ -1,11 +1,60 @@
-"""Structured JSON logs with the request id bound, for the web app and the workers alike."""
+"""Structured JSON logs with the request id bound, for the web app and the workers alike.
+
+Some URLs carry secrets: the invitation token in `/api/v1/invites/<token>/accept` and
+`/decline`, and `token=` query parameters (event-stream tokens, one-click unsubscribe
+links, local storage downloads, the frontend's verify and reset links in a Referer).
+Logs are read by more people, kept longer and shipped further than the database, so
+every line we write, and gunicorn's (gunicorn.conf.py), shows them as `[redacted]`.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Any
 
 import structlog
+
+REDACTED = "[redacted]"
+# A team's invitation routes (/teams/<id>/invites/<invite id>) hold ids, not secrets.
+_SECRET_IN_URL = re.compile(
+    r"(?P<team>/teams/[^/\s]+)?(?P<invites>/invites/)[^/?#\s\"'\\]+"
+    r"|(?P<param>[?&]token=)[^&#\s\"'\\]+"
+)
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the secrets of the URLs in it replaced by `[redacted]`."""
+    if "/invites/" not in text and "token=" not in text:
+        return text  # nearly every line: one scan, no regex
+    return _SECRET_IN_URL.sub(_redact, text)
+
+
+def _redact(match: re.Match[str]) -> str:
+    if match["param"]:
+        return match["param"] + REDACTED
+    if match["team"]:
+        return match[0]
+    return match["invites"] + REDACTED
+
+
+class RedactSecrets(logging.Filter):
+    """For loggers whose lines we do not render ourselves (gunicorn's access and error
+    logs): the message, with its arguments filled in, redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _redact_line(_logger: Any, _method: str, line: Any) -> Any:
+    """The last step of rendering: whatever a line quotes (a library's message, an
+    exception's text), no URL secret leaves the process."""
+    return redact_secrets(line) if isinstance(line, str) else line
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
@@ -33,6 +82,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 renderer,
+                _redact_line,
             ],
         )
     )

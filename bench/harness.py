@@ -78,7 +78,7 @@ def say(message: str) -> None:
 
 
 def production_settings(base: Settings, broker_url: str, **overrides: Any) -> Settings:
-    """Production settings with fresh strong secrets, on the given broker."""
+    """Production settings with fresh strong secrets (and metrics token), on the given broker."""
     values: dict[str, Any] = {
         "database_url": base.database_url,
         "redis_url": base.redis_url,
@@ -86,6 +86,9 @@ def production_settings(base: Settings, broker_url: str, **overrides: Any) -> Se
         "secret_key": secrets.token_hex(32),
         "jwt_secret_key": secrets.token_hex(32),
         "audit_keys": f"bench:{secrets.token_hex(32)}",
+        "metrics_token": secrets.token_hex(32),
+        # wrk and the load scripts connect straight to gunicorn on loopback, no proxy.
+        "allow_direct_loopback": True,
         "celery_broker_url": broker_url,
         "log_level": "WARNING",  # logging every request would measure the log writer
     }

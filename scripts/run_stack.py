@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def flower_credentials() -> str:
-    """Flower must never run open; in development invent a login and keep it in var/."""
+    """Flower must never run open: the configured login, or in development one invented
+    once and kept in var/, which Flower's launcher reads through FLOWER_BASIC_AUTH_FILE
+    (so the password is in no process's environment or command line)."""
+    configured_file = os.environ.get("FLOWER_BASIC_AUTH_FILE")
+    if configured_file:
+        path = Path(configured_file)
+        return path.read_text().strip() if path.is_file() else ""
     configured = os.environ.get("FLOWER_BASIC_AUTH")
     if configured:
         return configured
@@ -24,6 +30,7 @@ def flower_credentials() -> str:
     if not path.exists():
         path.write_text(f"admin:{secrets.token_urlsafe(12)}")
         path.chmod(0o600)
+    os.environ["FLOWER_BASIC_AUTH_FILE"] = str(path)
     return path.read_text().strip()
 
 
@@ -52,17 +59,19 @@ def point_local_gateway_webhooks(port: str) -> str | None:
 
 def main() -> int:
     os.chdir(ROOT)
+    # A development stack (local mail sink, localstripe, a generated Flower login): say so,
+    # or the settings are production's and refuse the development secret.
+    os.environ["APP_ENV"] = os.environ.get("APP_ENV") or "development"
     flask = [sys.executable, "-m", "flask", "--app", "app:create_app"]
     subprocess.run([*flask, "db", "upgrade"], check=True)
     port, flower_port = os.environ.get("PORT", "8000"), os.environ.get("FLOWER_PORT", "5555")
     auth = flower_credentials()
-    os.environ["FLOWER_BASIC_AUTH"] = auth
     print(
         f"\n  API      http://127.0.0.1:{port}/api\n"
         f"  Docs     http://127.0.0.1:{port}/docs\n"
         f"  Ready    http://127.0.0.1:{port}/readyz\n"
         f"  Flower   http://127.0.0.1:{flower_port}/  (login {auth.split(':', 1)[0]}, "
-        f"password in var/flower-basic-auth or $FLOWER_BASIC_AUTH)\n"
+        f"password in var/flower-basic-auth, or as configured)\n"
         f"  Mail     {_mail_destination()}\n"
         f"  Payments {point_local_gateway_webhooks(port) or 'Stripe (STRIPE_SECRET_KEY)'}\n"
         "  Ctrl-C stops everything.\n",

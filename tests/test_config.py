@@ -2,21 +2,74 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from celeryconfig import QUEUES, build, queue_for
-from config import DEV_SECRET, load_settings
+from config import DEV_SECRET, Settings, load_settings
+
+STRONG = {
+    "secret_key": "s" * 40,
+    "jwt_secret_key": "j" * 40,
+    "metrics_token": "m" * 32,
+    "audit_keys": "k1:" + "a" * 40,
+}
+
+
+def environment_only(**values: Any) -> Settings:
+    """Settings from the process environment and `values` alone (no `.env` file)."""
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def bare_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy's environment before anyone set APP_ENV or a secret."""
+    for name in ("APP_ENV", "SECRET_KEY", "JWT_SECRET_KEY", "METRICS_TOKEN", "AUDIT_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_without_app_env_nothing_starts_without_real_secrets(bare_environment: None) -> None:
+    with pytest.raises(ValidationError, match="APP_ENV") as refused:
+        environment_only()
+    # The message says what to set.
+    assert "SECRET_KEY" in str(refused.value) and "JWT_SECRET_KEY" in str(refused.value)
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        environment_only(secret_key=DEV_SECRET, jwt_secret_key="j" * 40, metrics_token="m" * 32)
+    assert environment_only(**STRONG).app_env == "production"
+
+
+def test_development_and_test_take_the_development_secret_only_when_they_say_so(
+    bare_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for env in ("development", "test"):
+        monkeypatch.setenv("APP_ENV", env)
+        settings = environment_only()
+        assert settings.app_env == env and settings.jwt_secret_key == DEV_SECRET
 
 
 def test_production_refuses_default_secrets() -> None:
     with pytest.raises(ValidationError, match="SECRET_KEY"):
-        load_settings(app_env="production", secret_key=DEV_SECRET, jwt_secret_key="x" * 40)
+        load_settings(**STRONG | {"app_env": "production", "secret_key": DEV_SECRET})
+    with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
+        load_settings(**STRONG | {"app_env": "production", "jwt_secret_key": DEV_SECRET})
+
+
+def test_production_refuses_one_secret_for_both_purposes() -> None:
+    with pytest.raises(ValidationError, match="must differ"):
+        load_settings(**STRONG | {"app_env": "production", "jwt_secret_key": "s" * 40})
+
+
+def test_production_refuses_to_start_without_a_metrics_token() -> None:
+    with pytest.raises(ValidationError, match="METRICS_TOKEN"):
+        load_settings(**STRONG | {"app_env": "production", "metrics_token": ""})
+    with pytest.raises(ValidationError, match="METRICS_TOKEN"):
+        load_settings(**STRONG | {"app_env": "production", "metrics_token": "short"})
 
 
 def test_production_accepts_strong_secrets() -> None:
-    settings = load_settings(app_env="production", secret_key="s" * 40, jwt_secret_key="j" * 40,
-                             audit_keys="k1:" + "a" * 40)  # fmt: skip
+    settings = load_settings(app_env="production", **STRONG)
     assert settings.app_env == "production"
 
 
@@ -57,4 +110,4 @@ def test_env_example_documents_every_setting() -> None:
 
 def test_production_refuses_a_short_jwt_secret() -> None:
     with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
-        load_settings(app_env="production", secret_key="s" * 40, jwt_secret_key="short-secret")
+        load_settings(**STRONG | {"app_env": "production", "jwt_secret_key": "short-secret"})

@@ -1,28 +1,102 @@
 """Authentication at the edge: who is calling, and the guards views declare.
 
-Two credentials: `Authorization: Bearer <access JWT>` (people) and `X-API-Key` (scripts).
-An API key acts as its owner but only within its scopes: `read` for GET/HEAD, `write` for
-everything else, or the explicit scope a view names (e.g. `ingest`). Operator routes and
-credential management never accept API keys.
+Two credentials: `Authorization: Bearer <access JWT>` (people) and `X-API-Key` (scripts),
+never both (400: a request is not half-believed). An API key acts as its owner but only
+within its scopes: `read` for GET/HEAD, `write` for everything else, or the explicit scope
+a view names (e.g. `ingest`). Operator routes and credential management never accept API
+keys.
+
+The credential is verified once per request, in a hook that runs before the rate limiter
+(`identify_caller`): the default limit then counts a verified user or key, and whatever
+did not verify (a made-up key, a victim's key prefix with a wrong secret, a forged or
+expired token, both headers at once) counts against the client address. The guards below
+take that verdict instead of verifying again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
-from typing import Any, TypeVar, cast, overload
+from typing import Any, Final, TypeVar, cast, overload
 
-from flask import g, request
+from flask import Flask, g, request
 from flask_jwt_extended import current_user, get_jwt, verify_jwt_in_request
+from flask_jwt_extended.exceptions import NoAuthorizationError
+from werkzeug.exceptions import BadRequest
 
+from blueprints.common import ratelimits
 from blueprints.common.openapi import SECURITY_MARK
-from models import User
+from extensions import db
+from models import ApiKey, User
 from services.api_keys import authenticate_api_key
 from services.errors import Forbidden
 
 F = TypeVar("F", bound=Callable[..., Any])
 API_KEY_HEADER = "X-API-Key"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_VERDICT: Final = "_caller_verdict"  # flask.g: the Caller, None, or what verifying raised
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified credential: its user, and the API key if that was the credential."""
+
+    user: User
+    api_key: ApiKey | None
+    session_id: str | None
+
+
+def register_authentication(app: Flask) -> None:
+    """Verify credentials in a before_request hook; call it before the limiter's init_app,
+    so that hook runs first and the default limit can count the verified caller."""
+    app.before_request(identify_caller)
+
+
+def identify_caller() -> None:
+    """Verify this request's credential and keep the verdict for the limiter and guards.
+
+    Always a fresh verdict: `g` outlives a request when an app context was pushed around
+    several (tests do), and a caller must never be inherited from another request."""
+    verdict: Caller | Exception | None
+    try:
+        verdict = _verify_credential()
+    except Exception as exc:  # noqa: BLE001 - raised again by the guard of a view that needs it
+        db.session.rollback()  # a lookup that failed half-way leaves nothing behind
+        verdict = exc
+    setattr(g, _VERDICT, verdict)
+    if isinstance(verdict, Caller):
+        key = verdict.api_key
+        ratelimits.count_as(f"key:{key.id}" if key is not None else f"user:{verdict.user.id}")
+    else:
+        ratelimits.count_as(None)  # unverified or anonymous: the client address
+
+
+def _verify_credential() -> Caller | None:
+    if request.method == "OPTIONS":  # CORS preflights carry no credentials; no view runs
+        return None
+    api_key = request.headers.get(API_KEY_HEADER, "").strip()
+    if api_key and "Authorization" in request.headers:
+        raise BadRequest(f"Send one credential, Authorization or {API_KEY_HEADER}, not both.")
+    if api_key:
+        user, key = authenticate_api_key(api_key)  # a bad key is 401 everywhere
+        return Caller(user, key, None)
+    if "Authorization" in request.headers:
+        verify_jwt_in_request()  # signature, expiry, revocation and the user, or it raises
+        return Caller(cast(User, current_user), None, get_jwt().get("sid"))
+    return None
+
+
+def verified_caller() -> Caller:
+    """The caller this request's credential proved, or the 400/401/503 verifying it met."""
+    if _VERDICT not in g:  # a request the hook did not see (not one of create_app's apps)
+        identify_caller()
+    verdict = g.get(_VERDICT)
+    if isinstance(verdict, Exception):
+        raise verdict
+    if verdict is None:
+        raise NoAuthorizationError("Missing Authorization Header")  # -> 401 (jwt_callbacks)
+    return cast(Caller, verdict)
 
 
 def _document_security(view: Callable[..., Any], api_keys: bool) -> None:
@@ -35,20 +109,16 @@ def _document_security(view: Callable[..., Any], api_keys: bool) -> None:
 
 def authenticate(*, scope: str | None = None, api_keys: bool = True) -> User:
     """Identify the caller (401 if unknown) and set `g.user`, `g.principal`, `g.session_id`."""
-    key_header = request.headers.get(API_KEY_HEADER)
-    if key_header and "Authorization" not in request.headers:
-        user, key = authenticate_api_key(key_header.strip())  # a bad key is 401 everywhere
+    caller = verified_caller()
+    if caller.api_key is not None:
         if not api_keys:
             raise Forbidden("This operation needs a signed-in user, not an API key.")
         needed = scope or ("read" if request.method in _READ_METHODS else "write")
-        if needed not in key.scopes:
+        if needed not in caller.api_key.scopes:
             raise Forbidden(f"This API key lacks the '{needed}' scope.")
-        g.user, g.api_key, g.session_id = user, key, None
-    else:
-        verify_jwt_in_request()
-        g.user, g.api_key, g.session_id = current_user, None, get_jwt().get("sid")
-    g.principal = f"user:{g.user.id}"
-    return cast(User, g.user)
+    g.user, g.api_key, g.session_id = caller.user, caller.api_key, caller.session_id
+    g.principal = f"user:{caller.user.id}"
+    return caller.user
 
 
 @overload

@@ -6,7 +6,8 @@ problem+json, and a few more statuses that any route of a kind can produce. Rath
 repeat them on ~90 views, this spec processor adds them by what an operation is:
 
 - every operation under /api/: 429 (rate limited) and 503 (a dependency is down);
-- authenticated ones: 401 and 403 (an API key's scope, or a role, or not an operator);
+- authenticated ones: 400 (both credentials sent), 401 and 403 (an API key's scope, or a
+  role, or not an operator);
 - ones with a JSON body: 400 (malformed JSON), 413 (too large), 415 (not JSON), 422;
 - ones with query parameters: 422;
 - `@idempotent` ones: the `Idempotency-Key` header, 409 (the first request still runs)
@@ -44,7 +45,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     },
 }
 _DESCRIPTIONS = {
-    400: "Malformed request (e.g. a body that is not valid JSON)",
+    400: "Malformed request (a body that is not valid JSON, both Authorization and X-API-Key)",
     401: "Authentication error",
     403: "Forbidden (role, API-key scope or operator only)",
     404: "Not found",
@@ -110,7 +111,7 @@ def _statuses_of(path: str, operation: dict[str, Any], view: Callable[..., Any] 
     if path.startswith("/api/"):
         statuses |= {429, 503}
     if operation.get("security"):
-        statuses |= {401, 403}
+        statuses |= {400, 401, 403}
     if "requestBody" in operation:
         statuses |= {400, 413, 415, 422}
     if any(p.get("in") == "query" for p in operation.get("parameters", [])):

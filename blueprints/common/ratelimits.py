@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, Final
 
 from flask import current_app, g, has_request_context, request
-from flask_jwt_extended import decode_token
 from limits.storage import RedisStorage
 
 # RATELIMIT_STORAGE_URI is "<this prefix><REDIS_URL>" (config.py): our storage below.
 STORAGE_SCHEME_PREFIX: Final = "maycole+"
 _HITS: Final = "_ratelimit_hits"  # flask.g: key -> (count, expires at) of this request
+_PRINCIPAL: Final = "_ratelimit_principal"  # flask.g: the verified caller's bucket
 
 
 def client_ip() -> str:
@@ -23,33 +22,21 @@ def client_ip() -> str:
 
 
 def principal_key() -> str:
-    """The default limit's key: the signed-in user or API key, else the client address."""
-    api_key = request.headers.get("X-API-Key", "")
-    if api_key.startswith("mk_") and api_key.count("_") >= 2:
-        return f"key:{api_key.split('_', 2)[1]}"
-    authorization = request.headers.get("Authorization", "")
-    if authorization.startswith("Bearer "):
-        try:
-            return f"user:{_token_subject(authorization[7:], current_app.config['JWT_SECRET_KEY'])}"
-        except Exception:  # noqa: BLE001, S110 - an unusable token is limited by address
-            pass
-    return client_ip()
+    """The default limit's key: the verified user or API key, else the client address.
 
-
-@lru_cache(maxsize=4096)
-def _token_subject(token: str, secret: str) -> str:
-    """The user a signature-checked (possibly expired) access token names, remembered
-    per process.
-
-    The limiter runs before the view, whose authentication then verifies the same token
-    in full (expiry, revocation, the user), so decoding it here too on every request
-    verified each token twice. A token's subject never changes; only tokens that
-    verified are remembered (an exception is not cached); and the signing secret is part
-    of the key, so a token is never taken on another secret's word (`decode_token`
-    checks with the app's, which is the same value).
+    Only a credential that verified names a bucket (`count_as`, called by
+    blueprints.common.auth before the limiter runs). Keyed on what a request merely
+    claims, an attacker would choose the bucket: a fresh one per request (a made-up
+    `X-API-Key` prefix beside a valid token) or a victim's (the victim's key prefix with
+    a wrong secret, throttling the victim's integration).
     """
-    del secret  # only a cache key: decode_token reads the same value from the app
-    return str(decode_token(token, allow_expired=True)["sub"])
+    return str(g.get(_PRINCIPAL) or client_ip())
+
+
+def count_as(principal: str | None) -> None:
+    """Count this request's default limit against a principal whose credential verified
+    (None: against the client address)."""
+    setattr(g, _PRINCIPAL, principal)
 
 
 def email_key() -> str:

@@ -13,7 +13,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from blueprints.common import http_metrics, json_body
 from blueprints.common.problems import problem
-from logs import bind_request_id, get_logger
+from logs import bind_request_id, get_logger, redact_secrets
 from services.errors import ValidationFailed
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -100,7 +100,7 @@ def register_request_hooks(app: Flask) -> None:
         log.info(
             "request",
             method=request.method,
-            path=request.path,
+            path=redact_secrets(request.path),  # invitation links carry their token
             status=response.status_code,
             duration_ms=round(elapsed_ms, 2),
         )

@@ -362,7 +362,7 @@ def test_rotate_key_prints_a_key_the_settings_accept(
     assert config.DEV_AUDIT_KEYS.split(":")[1] not in result.output  # old secrets are never printed
     production = make_settings(**{**settings.model_dump(), "app_env": "production",
                                   "secret_key": "s" * 40, "jwt_secret_key": "j" * 40,
-                                  "audit_keys": entry})  # fmt: skip
+                                  "metrics_token": "m" * 32, "audit_keys": entry})  # fmt: skip
     assert list(production.audit_key_ring) == ["k2"]
     again = app.test_cli_runner().invoke(args=["audit", "rotate-key", "--id", "dev"])
     assert again.exit_code != 0 and "already has a key 'dev'" in again.output

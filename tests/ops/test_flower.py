@@ -10,6 +10,8 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,30 +45,44 @@ def get(url: str, login: str | None = None) -> tuple[int, Any]:
         return 0, None
 
 
-@pytest.fixture
-def flower(settings: Settings, tmp_path: Path) -> Iterator[str]:
+@dataclass(frozen=True)
+class Flower:
+    url: str
+    pid: int
+
+
+@contextmanager
+def running_flower(settings: Settings, tmp_path: Path, **env: str) -> Iterator[Flower]:
+    """scripts/flower.py as the Procfile starts it; `env` holds its login settings."""
     port = free_port()
-    env = settings_env(settings) | {
-        "FLOWER_BASIC_AUTH": LOGIN,
+    environment = settings_env(settings) | {
         "FLOWER_PORT": str(port),
-        "FLOWER_DB": str(tmp_path / "flower.db"),
+        "FLOWER_DB": str(tmp_path / f"flower-{port}.db"),
+        **env,
     }
-    log = (tmp_path / "flower.log").open("wb")
+    log_path = tmp_path / f"flower-{port}.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "scripts/flower.py"], cwd=ROOT, env=env, stdout=log, stderr=log
+        [sys.executable, "scripts/flower.py"], cwd=ROOT, env=environment, stdout=log, stderr=log
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(
             lambda: get(f"{base}/api/workers", LOGIN)[0] == 200,
             30,
-            lambda: (tmp_path / "flower.log").read_text(errors="replace")[-2000:],
+            lambda: log_path.read_text(errors="replace")[-2000:],
         )
-        yield base
+        yield Flower(base, process.pid)
     finally:
         process.terminate()
         process.wait(10)
         log.close()
+
+
+@pytest.fixture
+def flower(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    with running_flower(settings, tmp_path, FLOWER_BASIC_AUTH=LOGIN) as running:
+        yield running.url
 
 
 def test_flower_lists_our_jobs_with_ids_only_and_refuses_strangers(
@@ -98,11 +114,40 @@ def test_flower_lists_our_jobs_with_ids_only_and_refuses_strangers(
     assert get(f"{flower}/", None)[0] == 401
 
 
-def test_flower_refuses_to_start_without_credentials(settings: Settings) -> None:
-    env = settings_env(settings) | {"FLOWER_BASIC_AUTH": ""}
-    result = subprocess.run(
-        [sys.executable, "scripts/flower.py"], cwd=ROOT, env=env, capture_output=True,
-        timeout=30, check=False,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert b"FLOWER_BASIC_AUTH" in result.stderr
+def test_flower_refuses_to_start_without_credentials(settings: Settings, tmp_path: Path) -> None:
+    empty_file = tmp_path / "empty-login"
+    empty_file.write_text("\n")
+    for env in (
+        {"FLOWER_BASIC_AUTH": ""},
+        {"FLOWER_BASIC_AUTH": "ops:"},  # an empty password
+        {"FLOWER_BASIC_AUTH": ":secret"},
+        {"FLOWER_BASIC_AUTH": f"{LOGIN},guest:"},
+        {"FLOWER_BASIC_AUTH": "", "FLOWER_BASIC_AUTH_FILE": str(empty_file)},
+        {"FLOWER_BASIC_AUTH": "", "FLOWER_BASIC_AUTH_FILE": str(tmp_path / "missing")},
+    ):
+        result = subprocess.run(
+            [sys.executable, "scripts/flower.py"], cwd=ROOT, env=settings_env(settings) | env,
+            capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode != 0, env
+        assert b"FLOWER_BASIC_AUTH" in result.stderr, (env, result.stderr[-500:])
+
+
+def _command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_flower_password_is_never_on_the_command_line(settings: Settings, tmp_path: Path) -> None:
+    """Every local user can read every process's argv (`ps`, /proc/<pid>/cmdline)."""
+    password = LOGIN.split(":", 1)[1]
+    login_file = tmp_path / "flower-login"
+    login_file.write_text(LOGIN + "\n")
+    login_file.chmod(0o600)
+    for env in ({"FLOWER_BASIC_AUTH": LOGIN},
+                {"FLOWER_BASIC_AUTH": "", "FLOWER_BASIC_AUTH_FILE": str(login_file)}):  # fmt: skip
+        with running_flower(settings, tmp_path, **env) as running:
+            command_line = _command_line(running.pid)
+            assert "flower" in command_line
+            assert password not in command_line and "basic-auth" not in command_line
+            assert get(f"{running.url}/api/workers", LOGIN)[0] == 200
+            assert get(f"{running.url}/api/workers", "ops:wrong")[0] == 401
