@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     pending_upload_hours: int = 24  # uploads never completed are removed after this
     export_retention_days: int = 7
 
+    # Abuse limits on payments and analytics (issue 14). A team whose payments failed
+    # PAYMENTS_FAILED_LIMIT times within PAYMENTS_FAILED_WINDOW_SECONDS takes no new
+    # payment (429) until the oldest of those failures leaves the window: card testing
+    # with stolen cards is a stream of declines.
+    payments_failed_limit: PositiveInt = 5
+    payments_failed_window_seconds: PositiveInt = 600
+
     # Dashboard (GET /api/v1/teams/{id}/dashboard): the team-wide part is cached in Redis
     # and invalidated explicitly on every change; this TTL only bounds a missed invalidation.
     dashboard_cache_seconds: PositiveInt = 60
