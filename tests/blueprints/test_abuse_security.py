@@ -8,6 +8,7 @@ attacker's requests are in: no session worker can race the assertion.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,10 +17,12 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
+from app import create_app
 from config import Settings
 from extensions import db
 from models import Job, Payment
 from scripts.devservices import RedisServer, free_port
+from services import aggregation
 from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count, personal_team
 from tests.factories import auth_headers, make_team, make_user, verify_email
 from tests.support import (
@@ -27,8 +30,10 @@ from tests.support import (
     Worker,
     make_settings,
     problem_body,
+    running_worker,
     wait_job,
 )
+from tests.tasks.test_aggregation import events_settled
 
 LOGS = ROOT / "var" / "test-logs"
 DECLINING = "pm_card_chargeCustomerFail"  # declined when charged (localstripe as Stripe)
@@ -114,3 +119,68 @@ def test_declined_cards_pause_the_teams_payments_for_the_window(
     resumed = pay(client, team_id, headers, "a-good-card")
     assert resumed.status_code == 202, resumed.get_data(as_text=True)
     wait_job(resumed.get_json()["job"]["id"], "succeeded", describe=worker.describe)
+
+
+# --- analytics: a loop of on-demand runs -------------------------------------------------
+
+
+def _events(client: FlaskClient, team_id: uuid.UUID, user: Any, name: str, count: int) -> None:
+    at = NOW - timedelta(hours=2)
+    response = client.post(
+        f"/api/v1/teams/{team_id}/analytics/events",
+        json={"events": [{"name": name, "occurred_at": at.isoformat()} for _ in range(count)]},
+        headers=auth_headers(user),
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+
+
+def _total(client: FlaskClient, team_id: uuid.UUID, user: Any, name: str) -> int:
+    response = client.get(
+        f"/api/v1/teams/{team_id}/analytics/metrics",
+        query_string={"name": name, "from": (NOW - timedelta(hours=3)).isoformat(),
+                      "to": NOW.isoformat()},
+        headers=auth_headers(user),
+    )  # fmt: skip
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return int(response.get_json()["total"])
+
+
+def test_a_loop_of_aggregate_requests_makes_one_run_of_the_callers_team_only(
+    settings: Settings, quiet_broker: RedisServer, restore_globals: None
+) -> None:
+    cooled = quiet_settings(settings, quiet_broker, 1, analytics_aggregate_cooldown_seconds=600)
+    client = create_app(cooled).test_client()
+    owner, stranger = make_user(), make_user()
+    team_id, other_team = make_team(owner), make_team(stranger)
+    _events(client, team_id, owner, "page.view", 4)
+    _events(client, other_team, stranger, "page.view", 3)
+    url = f"/api/v1/teams/{team_id}/analytics/aggregate"
+
+    answers = [client.post(url, json={}, headers=auth_headers(owner)) for _ in range(10)]
+    assert {a.status_code for a in answers} == {202}
+    job_ids = {a.get_json()["job"]["id"] for a in answers}
+    assert len(job_ids) == 1  # the same job back, not ten
+    assert {a.headers["Location"] for a in answers} == {f"/api/v1/jobs/{job_ids.pop()}"}
+    job_id = answers[0].get_json()["job"]["id"]
+    window = {"from": (NOW - timedelta(days=1)).isoformat(), "to": NOW.isoformat()}
+    other_window = client.post(url, json=window, headers=auth_headers(owner))
+    assert job_id in problem_body(other_window, 409)["detail"]
+    assert count_jobs(type="analytics.aggregate") == 1
+
+    events_settled()
+    with running_worker(cooled, LOGS / "abuse-analytics-worker.log", concurrency=1) as worker:
+        wait_job(job_id, "succeeded", describe=worker.describe)
+    assert _total(client, team_id, owner, "page.view") == 4
+    assert _total(client, other_team, stranger, "page.view") == 0  # not this run's team
+
+    again = client.post(url, json={}, headers=auth_headers(owner))
+    problem_body(again, 429)
+    assert 0 < int(again.headers["Retry-After"]) <= 600
+    assert count_jobs(type="analytics.aggregate") == 1
+
+    # The hourly all-teams run folds the other team's events and not the first team's twice.
+    events_settled()
+    aggregation.run()
+    db.session.commit()
+    assert _total(client, other_team, stranger, "page.view") == 3
+    assert _total(client, team_id, owner, "page.view") == 4
