@@ -19,15 +19,19 @@ from sqlalchemy import func, select, update
 
 from app import create_app
 from config import Settings
-from extensions import db
+from extensions import celery_app, db
 from models import Job, Payment
 from scripts.devservices import RedisServer, free_port
-from services import aggregation
+from services import aggregation, api_keys
+from services.jobs import CANCELLABLE
 from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count, personal_team
-from tests.factories import auth_headers, make_team, make_user, verify_email
+from tests.factories import PASSWORD, auth_headers, make_team, make_user, verify_email
 from tests.support import (
     ROOT,
+    Mailbox,
     Worker,
+    bearer,
+    fetch_job,
     make_settings,
     problem_body,
     running_worker,
@@ -184,3 +188,65 @@ def test_a_loop_of_aggregate_requests_makes_one_run_of_the_callers_team_only(
     db.session.commit()
     assert _total(client, other_team, stranger, "page.view") == 3
     assert _total(client, team_id, owner, "page.view") == 4
+
+
+# --- jobs: operators' API keys, system jobs ----------------------------------------------
+
+
+def test_an_operators_api_key_does_not_reach_other_users_jobs(client: FlaskClient) -> None:
+    victim, operator = make_user(), make_user(admin=True)
+    job = Job(id=uuid.uuid4(), type="exports.build", queue="exports", user_id=victim.id)
+    db.session.add(job)
+    db.session.commit()
+    key = api_keys.create_api_key(operator, name="ops script", scopes=["read", "write"],
+                                  expires_at=None)  # fmt: skip
+    with_key = {"X-API-Key": key.secret}
+
+    problem_body(client.get(f"/api/v1/jobs/{job.id}", headers=with_key), 404)
+    problem_body(client.post(f"/api/v1/jobs/{job.id}/cancel", headers=with_key), 404)
+    untouched = fetch_job(job.id)
+    assert (untouched.status, untouched.cancel_requested_at) == ("queued", None)
+
+    # Signed in with a token, the operator still reaches it (support, dead letters).
+    shown = client.get(f"/api/v1/jobs/{job.id}", headers=auth_headers(operator))
+    assert shown.status_code == 200 and shown.get_json()["job"]["id"] == str(job.id)
+
+
+def test_users_cannot_cancel_the_password_changed_email(
+    settings: Settings, quiet_broker: RedisServer, restore_globals: None, mailbox: Mailbox
+) -> None:
+    assert set(CANCELLABLE) <= set(celery_app.tasks)
+    quiet = quiet_settings(settings, quiet_broker, 2)
+    client = create_app(quiet).test_client()
+    user = make_user()
+    signed_in = client.post("/api/v1/auth/login", json={"email": user.email, "password": PASSWORD})
+    assert signed_in.status_code == 200, signed_in.get_data(as_text=True)
+    headers = bearer(signed_in.get_json()["access_token"])
+    changed = client.post(
+        "/api/v1/auth/password/change",
+        json={"current_password": PASSWORD, "new_password": "a brand new horse battery"},
+        headers=headers,
+    )
+    assert changed.status_code == 204, changed.get_data(as_text=True)
+
+    listed = client.get("/api/v1/jobs", query_string={"type": "email.send"}, headers=headers)
+    [email_job] = listed.get_json()["items"]
+    assert email_job["status"] == "queued"
+    refused = client.post(f"/api/v1/jobs/{email_job['id']}/cancel", headers=headers)
+    assert "cannot be cancelled" in problem_body(refused, 409)["detail"]
+    assert fetch_job(email_job["id"]).cancel_requested_at is None
+
+    # Work the user asked for and may drop, such as an export, still can be cancelled.
+    export = client.post(
+        f"/api/v1/teams/{personal_team(user)}/exports",
+        json={"resource": "payments", "format": "csv"},
+        headers=headers,
+    )
+    assert export.status_code == 202, export.get_data(as_text=True)
+    export_job = export.get_json()["job"]["id"]
+    cancelled = client.post(f"/api/v1/jobs/{export_job}/cancel", headers=headers)
+    assert cancelled.status_code == 200 and cancelled.get_json()["job"]["status"] == "cancelled"
+
+    with running_worker(quiet, LOGS / "abuse-jobs-worker.log", concurrency=1) as worker:
+        wait_job(email_job["id"], "succeeded", describe=worker.describe)
+    assert mailbox.wait_for(user.email, "password was changed")
