@@ -21,8 +21,9 @@ from app import create_app
 from config import Settings
 from extensions import celery_app, db
 from models import Job, Payment
+from models.search import SearchDocument
 from scripts.devservices import RedisServer, free_port
-from services import aggregation, api_keys
+from services import aggregation, api_keys, invites, tokens
 from services.jobs import CANCELLABLE
 from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count, personal_team
 from tests.factories import PASSWORD, auth_headers, make_team, make_user, verify_email
@@ -250,3 +251,45 @@ def test_users_cannot_cancel_the_password_changed_email(
     with running_worker(quiet, LOGS / "abuse-jobs-worker.log", concurrency=1) as worker:
         wait_job(email_job["id"], "succeeded", describe=worker.describe)
     assert mailbox.wait_for(user.email, "password was changed")
+
+
+# --- member search after account deletion ------------------------------------------------
+
+
+def _member_hits(client: FlaskClient, team_id: uuid.UUID, user: Any, q: str) -> list[str]:
+    response = client.get(
+        f"/api/v1/teams/{team_id}/search",
+        query_string={"q": q, "type": "member"},
+        headers=auth_headers(user),
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return [hit["title"] for hit in response.get_json()["items"]]
+
+
+def test_a_deleted_account_is_no_longer_found_in_member_search(
+    client: FlaskClient, worker: Worker
+) -> None:
+    owner = make_user(name="Olga Owner")
+    leaver = make_user(name="Zebedee Quill", email="zebedee.quill@example.com")
+    team_id = make_team(owner, "Shop")
+    invite = invites.create_invite(owner, team_id, leaver.email, "member")
+    joined = client.post(
+        f"/api/v1/invites/{tokens.mint_invite(invite)}/accept", headers=auth_headers(leaver)
+    )
+    assert joined.status_code == 200, joined.get_data(as_text=True)
+    assert _member_hits(client, team_id, owner, "zebedee") == ["Zebedee Quill"]
+
+    deletion = client.delete("/api/v1/me", headers=auth_headers(leaver))
+    assert deletion.status_code == 202, deletion.get_data(as_text=True)
+    # Hidden from the moment the deletion is asked for, before the job has run.
+    assert _member_hits(client, team_id, owner, "zebedee") == []
+    wait_job(deletion.get_json()["job"]["id"], "succeeded", describe=worker.describe)
+    for q in ("zebedee", "quill", "Zebedee Quill", "zebedee.quill@example.com"):
+        assert _member_hits(client, team_id, owner, q) == [], q
+    db.session.rollback()
+    left_behind = db.session.scalar(
+        select(func.count()).select_from(SearchDocument).where(
+            SearchDocument.subject_type == "member", SearchDocument.title == "Zebedee Quill"
+        )
+    )  # fmt: skip
+    assert left_behind == 0  # the documents themselves are gone, not only hidden
