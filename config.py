@@ -11,7 +11,7 @@ import re
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import PositiveFloat, PositiveInt, model_validator
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only for development and tests, which must say so (APP_ENV); production refuses it.
@@ -163,6 +163,15 @@ class Settings(BaseSettings):
     download_url_seconds: int = 300  # how long a presigned download link stays valid
     pending_upload_hours: int = 24  # uploads never completed are removed after this
     export_retention_days: int = 7
+
+    # Abuse limits on payments and analytics (issue 14). A team whose payments failed
+    # PAYMENTS_FAILED_LIMIT times within PAYMENTS_FAILED_WINDOW_SECONDS takes no new
+    # payment (429) until the oldest of those failures leaves the window: card testing
+    # with stolen cards is a stream of declines. On-demand aggregation: one pending run
+    # per team, and none sooner than ANALYTICS_AGGREGATE_COOLDOWN_SECONDS after the last.
+    payments_failed_limit: PositiveInt = 5
+    payments_failed_window_seconds: PositiveInt = 600
+    analytics_aggregate_cooldown_seconds: NonNegativeInt = 60
 
     # Dashboard (GET /api/v1/teams/{id}/dashboard): the team-wide part is cached in Redis
     # and invalidated explicitly on every change; this TTL only bounds a missed invalidation.

@@ -1,8 +1,9 @@
 """The "presigned" URLs of `LocalStorage`: form uploads and downloads served by this app.
 
-Only used with STORAGE_BACKEND=local (development, demos). The signed token is the whole
+Only used with STORAGE_BACKEND=local (development, demos). The signed token is the
 authorisation, as a presigned S3 URL would be: it names the key, the expiry, the maximum
 size and the content type, so a browser can only store what the upload was created for.
+Unlike S3's, an upload link also stops working once its file is no longer `pending` (409).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from flask import current_app, request, send_file
 
 from blueprints.common.request_hooks import accepts_any_content
 from integrations.storage_backends import LocalStorage, TokenExpired, TokenInvalid, get_storage
+from services import uploads
 from services.errors import Forbidden, NotFound, ServiceError, ValidationFailed
 
 bp = APIBlueprint("storage_local", __name__, url_prefix="/api/v1/storage", tag="storage")
@@ -71,6 +73,7 @@ _LINK_ERRORS: dict[int | str, dict[str, Any]] = {
 @bp.doc(responses={
     204: {"description": "Stored"},
     **_LINK_ERRORS,
+    409: {"description": "The upload was completed or removed: the link takes no more files"},
     413: {"description": "Larger than the link allows"},
     422: {"description": "No file, or an empty one"},
 })  # fmt: skip
@@ -82,6 +85,7 @@ def upload() -> Any:
     request.max_content_length = settings.upload_max_bytes + FORM_OVERHEAD
     storage = _local()
     grant = _verify(storage.verify_upload, request.form.get("token", ""))
+    uploads.check_upload_open(grant.key)
     file = request.files.get("file")
     if file is None:
         raise ValidationFailed("Post the file as the `file` field.", errors={"file": ["Missing."]})

@@ -1,6 +1,11 @@
 """Every model, imported here so `Base.metadata` knows all tables (Alembic, tests)."""
 
-from models.analytics import AnalyticsEvent, AnalyticsRollup, AnalyticsWatermark
+from models.analytics import (
+    AnalyticsEvent,
+    AnalyticsRollup,
+    AnalyticsTeamWatermark,
+    AnalyticsWatermark,
+)
 from models.audit import AuditHead, AuditLog
 from models.auth import ApiKey, UserSession
 from models.base import Base
@@ -19,6 +24,7 @@ from models.user import Setting, User, UserProfile
 __all__ = [
     "AnalyticsEvent",
     "AnalyticsRollup",
+    "AnalyticsTeamWatermark",
     "AnalyticsWatermark",
     "ApiKey",
     "AuditHead",

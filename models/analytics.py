@@ -6,6 +6,8 @@ slow batch can commit an id *below* one already aggregated and be skipped for ev
 event therefore records the id of the transaction that wrote it (`ingest_xid`, PostgreSQL's
 64-bit `xid8`), and the aggregator reads only the transactions between its watermark and
 the oldest one still running (`pg_snapshot_xmin`), so every committed event is read once.
+A team's on-demand run folds only that team's events and records how far it got in a
+watermark of the team's own, which the all-teams run respects.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class AnalyticsEvent(Base):
         UniqueConstraint("team_id", "dedup_id"),
         Index("ix_analytics_events_team_name_occurred", "team_id", "name", "occurred_at"),
         Index("ix_analytics_events_ingest_xid", "ingest_xid"),
+        # A team's on-demand run reads only its own new transactions.
+        Index("ix_analytics_events_team_xid", "team_id", "ingest_xid"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -97,4 +101,18 @@ class AnalyticsWatermark(Timestamps, Base):
     __tablename__ = "analytics_watermarks"
 
     source: Mapped[str] = mapped_column(String(50), primary_key=True)
+    xid: Mapped[int] = mapped_column(BigInteger)
+
+
+class AnalyticsTeamWatermark(Timestamps, Base):
+    """How far one team's on-demand runs folded its events beyond the global watermark:
+    every transaction of this team below `xid` is folded in. The all-teams run skips those
+    events and deletes the rows its own watermark has overtaken, so the table only holds
+    teams that ran on demand since the last hourly run."""
+
+    __tablename__ = "analytics_team_watermarks"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
     xid: Mapped[int] = mapped_column(BigInteger)

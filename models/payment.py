@@ -64,6 +64,14 @@ class Payment(UUIDPrimaryKey, Timestamps, Base):
             "succeeded_at",
             postgresql_where=text("succeeded_at IS NOT NULL"),
         ),
+        # The failed-payment velocity limit: a team's failures in the last minutes
+        # (`failed` is final, so `updated_at` is when it failed).
+        Index(
+            "ix_payments_team_failed",
+            "team_id",
+            "updated_at",
+            postgresql_where=text("status = 'failed'"),
+        ),
     )
 
     team_id: Mapped[uuid.UUID] = mapped_column(

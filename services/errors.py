@@ -53,3 +53,13 @@ class DependencyUnavailable(ServiceError):
     def __init__(self, detail: str, *, retry_after: int = 5, **kw: Any) -> None:
         super().__init__(detail, **kw)
         self.headers.setdefault("Retry-After", str(retry_after))
+
+
+class TooManyRequests(ServiceError):
+    """A business limit (not the HTTP rate limiter) says: not now; Retry-After says when."""
+
+    status, title, type_slug = 429, "Too Many Requests", "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **kw: Any) -> None:
+        super().__init__(detail, **kw)
+        self.headers.setdefault("Retry-After", str(max(1, retry_after)))

@@ -1,5 +1,9 @@
 """The job ledger as users and operators see it: read, list, cancel, start a probe.
 
+Users reach their own jobs; another user's job is reachable only by an operator signed in
+with a token (`operator=True`): an API key stays within its owner's own things, whoever
+owns it. Only work a user started and that can stop half-way without harm may be
+cancelled (`CANCELLABLE`); email, payments, security and system jobs run to their end.
 Replaying and discarding jobs that failed for good lives in `services.dead_letters`.
 """
 
@@ -20,13 +24,25 @@ from services.errors import Conflict, NotFound
 from services.pagination import Page, paginate
 from tasks.dispatch import enqueue
 
+# Job types a user may cancel: work they asked for whose cancellation only means "not
+# needed any more" (an export fails as cancelled, a team's aggregation waits for the next
+# run, an operator's probe stops). Everything else, above all the emails, payments,
+# refunds, subscription changes, uploads and account or team deletions that a user's
+# requests set off, must run to the end: half of it would leave a lie behind.
+CANCELLABLE = frozenset({"exports.build", "analytics.aggregate", "maintenance.ping"})
 
-def get_job(user: User, job_id: uuid.UUID) -> Job:
-    """A job the user started; other users' jobs are 404 (their existence is not leaked)."""
+
+def get_job(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Job:
+    """A job the user started, or any job for an `operator` (is_admin, signed in with a
+    token); other jobs are 404 (their existence is not leaked)."""
     job = db.session.get(Job, job_id)
-    if job is None or (job.user_id != user.id and not user.is_admin):
+    if job is None or not _reachable(job, user, operator):
         raise NotFound("No such job.")
     return job
+
+
+def _reachable(job: Job, user: User, operator: bool) -> bool:
+    return job.user_id == user.id or (operator and user.is_admin)
 
 
 def list_jobs(
@@ -36,11 +52,17 @@ def list_jobs(
     return paginate(_filtered(user.id, status, type_), Job, limit, cursor)
 
 
-def cancel_job(user: User, job_id: uuid.UUID) -> Job:
-    """Cancel a queued job now, or ask a running one to stop at its next progress report."""
+def cancel_job(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Job:
+    """Cancel a queued job now, or ask a running one to stop at its next progress report
+    (only the types in CANCELLABLE; see get_job for whose)."""
     job = db.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None or (job.user_id != user.id and not user.is_admin):
+    if job is None or not _reachable(job, user, operator):
         raise NotFound("No such job.")
+    if job.type not in CANCELLABLE:
+        raise Conflict(
+            f"A {job.type} job cannot be cancelled: it runs to its end. Only exports,"
+            " on-demand analytics runs and probes can be cancelled."
+        )
     if job.is_finished:
         raise Conflict(f"The job has already finished ({job.status}).")
     now = datetime.now(UTC)

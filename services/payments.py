@@ -10,8 +10,9 @@ same `apply_payment_state`, which never moves a payment backwards.
 
 from __future__ import annotations
 
+import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -34,7 +35,7 @@ from integrations.payments import (
 from models import Job, Payment, Refund, User
 from services import search
 from services.audit import record_audit
-from services.errors import Conflict, NotFound, ValidationFailed
+from services.errors import Conflict, Forbidden, NotFound, TooManyRequests, ValidationFailed
 from services.mail import format_money, queue_email
 from services.notifications import notify
 from services.pagination import Page, paginate
@@ -55,7 +56,15 @@ def create_payment(
     payment_method: str,
     idempotency_key: str,
 ) -> tuple[Payment, Job]:
-    """Record a pending payment and queue its charge. One transaction."""
+    """Record a pending payment and queue its charge. One transaction.
+
+    Refused (nothing written) for an account whose email is not verified and for a team
+    whose payments keep failing (`_refuse_while_failing`): a throwaway account testing
+    stolen cards gets neither.
+    """
+    if user.email_verified_at is None:
+        raise Forbidden("Verify your email address before taking payments.")
+    _refuse_while_failing(team_id)
     currency = currency.upper()
     if currency not in current_app.config["SETTINGS"].currency_allow_list:
         raise ValidationFailed(
@@ -109,6 +118,39 @@ def _same_payment_again(asked: Payment) -> tuple[Payment, Job]:
     if job is None:
         raise Conflict("A payment with this Idempotency-Key already exists.")
     return existing, job
+
+
+def _refuse_while_failing(team_id: uuid.UUID) -> None:
+    """429 while the team has PAYMENTS_FAILED_LIMIT failed payments within the window.
+
+    Counted from the payments themselves (an index on the team's failed ones), not from a
+    counter the charge job bumps: durable, exact under concurrency and redeliveries, and
+    nothing to keep in step. `failed` is final, so `updated_at` is when it failed. The
+    block lifts when the oldest of the last LIMIT failures leaves the window, which is
+    what Retry-After says.
+    """
+    settings = current_app.config["SETTINGS"]
+    window = timedelta(seconds=settings.payments_failed_window_seconds)
+    recent = (
+        select(Payment.updated_at.label("failed_at"))
+        .where(Payment.team_id == team_id, Payment.status == "failed",
+               Payment.updated_at > func.now() - window)
+        .order_by(Payment.updated_at.desc())
+        .limit(settings.payments_failed_limit)
+        .subquery()
+    )  # fmt: skip
+    lifts_at = func.min(recent.c.failed_at) + window
+    failures, seconds_left = db.session.execute(
+        select(func.count(), func.extract("epoch", lifts_at - func.now()))
+    ).one()
+    if failures >= settings.payments_failed_limit:
+        seconds = settings.payments_failed_window_seconds
+        span = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
+        raise TooManyRequests(
+            f"{failures} of this team's payments failed within {span}; new payments are"
+            " paused until Retry-After.",
+            retry_after=math.ceil(float(seconds_left or 1)),
+        )
 
 
 def _max_attempts() -> int:

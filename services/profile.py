@@ -22,7 +22,7 @@ from models import (
     UserFile,
     UserProfile,
 )
-from services import dashboard, sessions
+from services import dashboard, search, sessions
 from services.audit import record_audit
 from services.errors import Conflict, ValidationFailed
 from tasks.dispatch import enqueue
@@ -142,10 +142,15 @@ def anonymise_user(user_id: uuid.UUID) -> bool:
         .where(Team.id.in_(personal), Team.is_personal.is_(True), Team.deleted_at.is_(None))
         .values(deleted_at=datetime.now(UTC))
     )
-    left = db.session.scalars(
-        delete(TeamMember).where(TeamMember.user_id == user_id).returning(TeamMember.team_id)
+    left = db.session.execute(
+        delete(TeamMember)
+        .where(TeamMember.user_id == user_id)
+        .returning(TeamMember.id, TeamMember.team_id)
     ).all()
-    for team_id in left:  # a Core DELETE: the dashboard's flush listener does not see it
+    for member_id, team_id in left:
+        # Their name and email go from every team's search with the memberships.
+        search.remove_document(search.MEMBER, member_id)
+        # A Core DELETE: the dashboard's flush listener does not see it.
         dashboard.invalidate(team_id)
     db.session.execute(
         update(TeamInvite).where(func.lower(TeamInvite.email) == user.email.lower(),

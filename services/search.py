@@ -4,7 +4,8 @@ The owning services keep the index current by calling `index_document` /
 `remove_document` INSIDE their own transaction, before their commit: for one row this is
 cheap, and the index can never disagree with a committed change (no lost task, no window
 where a deleted item is still found). `search` only ever reads the caller's team and only
-the types their role may read.
+the types their role may read, and finds a member only while the membership exists and
+the account is active and not deleted (a document left behind by any path stays hidden).
 """
 
 from __future__ import annotations
@@ -13,19 +14,32 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Float, case, cast, delete, func, literal, literal_column, select
+from sqlalchemy import (
+    Exists,
+    Float,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from extensions import db
-from models import TeamMember
+from models import TeamMember, User
 from models.search import SearchDocument
 from services import permissions
 from services.errors import ValidationFailed
 
+MEMBER = "member"
 # subject_type -> the permission needed to find it.
 TYPES: dict[str, str] = {
     "inventory": "inventory.read",
-    "member": "members.read",
+    MEMBER: "members.read",
     "file": "files.read",
     "payment": "payments.read",
 }
@@ -88,6 +102,23 @@ def prefix_query(q: str) -> str:
     return " & ".join(f"{w}:*" for w in words)
 
 
+def _a_current_member() -> Exists:
+    """The member document's membership still exists and its account is in use: someone
+    who left, was removed or deleted their account (or asked to) is not found by name or
+    email, whatever document was left behind."""
+    return exists(
+        select(1)
+        .select_from(TeamMember)
+        .join(User, User.id == TeamMember.user_id)
+        .where(
+            TeamMember.id == SearchDocument.subject_id,
+            TeamMember.team_id == SearchDocument.team_id,
+            User.is_active.is_(True),
+            User.deleted_at.is_(None),
+        )
+    )
+
+
 def readable_types(role: str) -> list[str]:
     return [t for t, action in TYPES.items() if permissions.allows(role, action)]
 
@@ -119,6 +150,7 @@ def search(membership: TeamMember, q: str, type: str | None, limit: int) -> list
             SearchDocument.team_id == membership.team_id,
             SearchDocument.subject_type.in_(types),
             SearchDocument.document.op("@@")(tsquery),
+            or_(SearchDocument.subject_type != MEMBER, _a_current_member()),
         )
         .order_by(
             case((func.lower(SearchDocument.title) == exact, 0), else_=1),

@@ -7,6 +7,13 @@ the stored size against the declared one, hashes the bytes, sniffs the real type
 a mismatch, deletes the object and marks the file `rejected`. Good files become `ready`
 (with a thumbnail for images and a search document for text). Object keys are always
 `teams/{team_id}/uploads/{file_id}/...`, never derived from user input.
+
+The form's key (`.../original`) is only ever the browser's upload. A presigned S3 POST
+cannot be revoked, so a second post with the same form (until it expires) would replace
+the bytes after they were checked. The job therefore writes the very bytes it hashed to
+`.../verified` and points `storage_key` there: downloads, thumbnails and the recorded
+SHA-256 all come from that copy, which no form can reach. The local backend's upload
+link goes further and is refused once the file is no longer `pending`.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ Image.MAX_IMAGE_PIXELS = 40_000_000
 # Up to this size the bytes stay in memory while verified; larger ones spill to disk.
 SPOOL_BYTES = 8 * 1024 * 1024
 SUBJECT_TYPE = "file"
+# A file's objects: what the browser's form posted (it may post again until the form
+# expires) and the copy of the bytes the job verified (what downloads serve).
+UPLOADED = "original"
+VERIFIED = "verified"
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,7 @@ def sanitize_filename(name: str) -> str:
     return name
 
 
-def object_key(team_id: uuid.UUID, file_id: uuid.UUID, name: str = "original") -> str:
+def object_key(team_id: uuid.UUID, file_id: uuid.UUID, name: str = UPLOADED) -> str:
     """The storage key of one of a file's objects (ours only)."""
     return f"teams/{team_id}/uploads/{file_id}/{name}"
 
@@ -136,6 +147,17 @@ def create_upload(
     db.session.commit()
     expires_at = datetime.now(UTC) + timedelta(seconds=post.expires_in)
     return row, UploadTicket(url=post.url, fields=post.fields, expires_at=expires_at)
+
+
+def check_upload_open(key: str) -> None:
+    """An upload link (local storage) takes bytes only while its file is `pending`: once
+    the upload was completed the bytes are being (or were) verified, and nothing may
+    replace them; after deletion nothing may be stored at all."""
+    state = db.session.scalar(select(UserFile.state).where(UserFile.storage_key == key))
+    if state != "pending":
+        raise Conflict(
+            "This upload link no longer accepts files: the upload was completed or removed."
+        )
 
 
 def get_upload(team_id: uuid.UUID, file_id: uuid.UUID) -> UserFile:
@@ -196,7 +218,9 @@ def _mark_deleted(row: UserFile, *, actor_id: uuid.UUID | None, action: str) -> 
     previous = row.state
     row.state = "deleted"
     search.remove_document(SUBJECT_TYPE, row.id)
-    keys = [row.storage_key] + ([row.thumbnail_key] if row.thumbnail_key else [])
+    # The form's object too: its form may have posted again after the verified copy.
+    candidates = [row.storage_key, object_key(row.team_id, row.id), row.thumbnail_key]
+    keys = list(dict.fromkeys(key for key in candidates if key))
     job = enqueue(
         "uploads.delete_object", args={"keys": keys}, user_id=actor_id, team_id=row.team_id
     )
@@ -242,8 +266,12 @@ def process_upload(file_id: uuid.UUID, storage: ObjectStorage) -> dict[str, Any]
         record_audit("upload.rejected", actor_id=row.uploaded_by_id, team_id=row.team_id,
                      subject_type="file", subject_id=row.id, data={"reason": str(exc)})  # fmt: skip
         return {"state": "rejected", "reason": str(exc)}
+    uploaded = row.storage_key
     row.state, row.sha256, row.ready_at = "ready", result.sha256, datetime.now(UTC)
-    row.thumbnail_key = result.thumbnail_key
+    row.storage_key, row.thumbnail_key = result.storage_key, result.thumbnail_key
+    if uploaded != row.storage_key:
+        # Not deleted here: if this transaction failed to commit, the rerun reads it again.
+        enqueue("uploads.delete_object", args={"keys": [uploaded]}, team_id=row.team_id)
     if result.text is not None:
         _index_text(row, result.text)
     data = {"sha256": result.sha256, "thumbnail": bool(result.thumbnail_key)}
@@ -255,6 +283,7 @@ def process_upload(file_id: uuid.UUID, storage: ObjectStorage) -> dict[str, Any]
 @dataclass(frozen=True)
 class _Verified:
     sha256: str
+    storage_key: str  # the verified copy
     thumbnail_key: str | None
     text: str | None
 
@@ -312,8 +341,19 @@ def _verify(row: UserFile, storage: ObjectStorage) -> _Verified:
             png = _thumbnail(spool)
             thumbnail_key = object_key(row.team_id, row.id, "thumbnail.png")
             storage.write(thumbnail_key, [png], content_type="image/png")
+        # The bytes just checked, not the form's object again (it may have changed since).
+        spool.seek(0)
+        verified_key = object_key(row.team_id, row.id, VERIFIED)
+        stored = storage.write(
+            verified_key, iter(lambda: spool.read(1024 * 1024), b""), content_type=row.content_type
+        )
+        if stored.sha256 != digest.hexdigest():
+            raise StorageUnavailable(f"the verified copy of {row.id} differs; retrying")
     text = "".join(text_parts) if is_text else None
-    return _Verified(sha256=digest.hexdigest(), thumbnail_key=thumbnail_key, text=text)
+    return _Verified(
+        sha256=digest.hexdigest(), storage_key=verified_key, thumbnail_key=thumbnail_key,
+        text=text,
+    )  # fmt: skip
 
 
 def _thumbnail(source: IO[bytes]) -> bytes:

@@ -19,12 +19,15 @@ def start_aggregate() -> str | None:
 
 @job_task("analytics.aggregate")
 def aggregate(ctx: JobContext) -> dict[str, Any]:
-    """Fold new events and recent built-in windows into rollups; with args team_id, from
-    and to (an admin's request) also rebuild that window. Safe to rerun: the watermark
-    moves in the same transaction as the sums, and rebuilt windows are replaced."""
+    """Fold new events and recent built-in windows into rollups: every team's (beat), or
+    only the team in args team_id (an admin's request), rebuilding the window in args from
+    and to if given. Safe to rerun: watermarks move in the same transaction as the sums,
+    and rebuilt windows are replaced."""
     args = ctx.args
-    summary = aggregation.run(
-        team_id=uuid.UUID(args["team_id"]) if args.get("team_id") else None,
+    if not args.get("team_id"):
+        return aggregation.run().as_dict()
+    summary = aggregation.run_team(
+        uuid.UUID(args["team_id"]),
         start=datetime.fromisoformat(args["from"]) if args.get("from") else None,
         end=datetime.fromisoformat(args["to"]) if args.get("to") else None,
     )

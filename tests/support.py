@@ -39,6 +39,8 @@ TEST_OVERRIDES: dict[str, Any] = {
     "job_heartbeat_seconds": 0.5,
     "job_stale_seconds": 5,
     "relay_min_age_seconds": 0,
+    # Tests aggregate one team several times in a row; the cooldown has its own test.
+    "analytics_aggregate_cooldown_seconds": 0,
     "log_json": True,
 }
 

@@ -78,8 +78,13 @@ def get_metric(team_id: uuid.UUID, query: MetricsQuery) -> MetricSeriesOut:
 @team_permission("analytics.aggregate")
 @bp.input(AggregateIn, location="json", arg_name="body")
 @bp.output(JobEnvelope, status_code=202)
+@bp.doc(responses={
+    409: "Another window of this team is already being aggregated",
+    429: "Rate limited, or the team's last run finished too recently (see Retry-After)",
+})  # fmt: skip
 def aggregate(team_id: uuid.UUID, body: AggregateIn) -> Any:
-    """Aggregate now instead of at the next hourly run; with `from` and `to`, also rebuild
-    the team's rollups over those days from the raw events (e.g. after a fix)."""
+    """Aggregate this team now instead of at the next hourly run; with `from` and `to`,
+    also rebuild the team's rollups over those days from the raw events (e.g. after a
+    fix). While a run of the team is pending the same request gets that job back."""
     job = aggregation.request_run(me(), current_membership(), body.from_, body.to)
     return accepted(JobEnvelope(job=job_out(job)), job.id)

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import url_for
+from flask import g, url_for
 
 from blueprints.common.auth import admin_required, auth_required, me
 from blueprints.common.idempotency import idempotent
@@ -35,6 +35,12 @@ def accepted(envelope: Any, job_id: uuid.UUID) -> tuple[Any, int, dict[str, str]
     return envelope, 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
 
 
+def _signed_in_operator() -> bool:
+    """An operator acting through a token they signed in with. Their API keys reach only
+    their own things: a leaked key must not open every user's jobs."""
+    return me().is_admin and g.get("api_key") is None
+
+
 @bp.get("")
 @auth_required
 @bp.input(JobListQuery, location="query", arg_name="query")
@@ -51,18 +57,21 @@ def list_jobs(query: JobListQuery) -> JobPage:
 @auth_required
 @bp.output(JobEnvelope)
 def get_job(job_id: uuid.UUID) -> JobEnvelope:
-    """One of my jobs."""
-    return JobEnvelope(job=job_out(job_service.get_job(me(), job_id)))
+    """One of my jobs (operators signed in with a token: anyone's)."""
+    job = job_service.get_job(me(), job_id, operator=_signed_in_operator())
+    return JobEnvelope(job=job_out(job))
 
 
 @bp.post("/<uuid:job_id>/cancel")
 @auth_required
 @idempotent()
 @bp.output(JobEnvelope)
-@bp.doc(responses={409: "The job has already finished"})
+@bp.doc(responses={409: "The job has already finished, or its type cannot be cancelled"})
 def cancel_job(job_id: uuid.UUID) -> JobEnvelope:
-    """Cancel a queued job, or ask a running one to stop."""
-    return JobEnvelope(job=job_out(job_service.cancel_job(me(), job_id)))
+    """Cancel a queued job, or ask a running one to stop: exports, on-demand analytics
+    runs and probes only (emails, payments and the like always run to their end)."""
+    job = job_service.cancel_job(me(), job_id, operator=_signed_in_operator())
+    return JobEnvelope(job=job_out(job))
 
 
 @admin_bp.get("")

@@ -65,8 +65,13 @@ def list_payments(team_id: uuid.UUID, query: PaymentListQuery) -> PaymentPage:
 @bp.input(PaymentIn, location="json", arg_name="body")
 @idempotent(required=True)
 @bp.output(PaymentAccepted, status_code=202)
+@bp.doc(responses={
+    403: "The role is too weak, or the caller's email address is not verified",
+    429: "Rate limited, or too many of the team's payments failed lately (see Retry-After)",
+})  # fmt: skip
 def create_payment(team_id: uuid.UUID, body: PaymentIn) -> Any:
-    """Take a payment: answered at once (pending); the charge runs in the background."""
+    """Take a payment: answered at once (pending); the charge runs in the background.
+    Needs a verified email address; paused while the team's payments keep failing."""
     payment, job = payments.create_payment(
         me(), team_id, amount=body.amount, currency=body.currency, description=body.description,
         payment_method=body.payment_method, idempotency_key=request.headers[IDEMPOTENCY_HEADER],

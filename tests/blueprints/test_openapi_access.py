@@ -51,7 +51,7 @@ from blueprints.common.auth import admin_required, auth_required
 from blueprints.common.openapi import register_openapi
 from extensions import db, limiter
 from integrations.storage_backends import get_storage
-from models import Job, Team, TeamMember, User
+from models import Job, Team, TeamMember, User, UserFile
 from models.team import ROLES
 from services import api_keys, invites, notifications, permissions, sessions, tokens
 from services.api_keys import SCOPES
@@ -290,7 +290,8 @@ def _download(w: World, who: str) -> Call:
 
 
 def _upload(w: World, who: str) -> Call:
-    key = f"access/{uuid.uuid4().hex}/a.png"
+    # A pending upload's link: once its file is complete the link takes no more (409).
+    key = db.session.get_one(UserFile, w.param("pending_upload", who)).storage_key
     form = get_storage().presigned_post(key, content_type="image/png", max_size=100, expires_in=600)
     return Call(form={**form.fields, "file": (io.BytesIO(b"\x89PNG"), "a.png", "image/png")})
 

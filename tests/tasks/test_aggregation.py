@@ -20,7 +20,7 @@ from models import AnalyticsRollup, Job, Payment, User
 from services import aggregation
 from tasks.analytics import start_aggregate
 from tests.factories import add_member, auth_headers, make_team, make_user
-from tests.support import Worker, problem_body, wait_job
+from tests.support import Worker, problem_body, wait_for, wait_job
 
 pytestmark = pytest.mark.worker
 
@@ -53,8 +53,30 @@ def events(name: str, at: datetime, count: int) -> list[dict[str, Any]]:
     ]
 
 
+def events_settled() -> None:
+    """Wait until no stored event's transaction is at or above the oldest one running.
+
+    A run folds only transactions below that horizon, and on a PostgreSQL server shared
+    with other test runs their transactions (any database's) hold it back for a moment:
+    without this wait, a run right after an insert may rightly find nothing to fold yet.
+    """
+
+    def settled() -> bool:
+        db.session.rollback()
+        waiting = db.session.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM analytics_events"
+                " WHERE ingest_xid >= pg_snapshot_xmin(pg_current_snapshot()))"
+            )
+        ).scalar()
+        return not waiting
+
+    wait_for(settled, 30)
+
+
 def aggregate(client: FlaskClient, team_id: uuid.UUID, user: User, **body: str) -> Job:
     """Run `analytics.aggregate` on the worker (the admin's on-demand route) to the end."""
+    events_settled()
     response = client.post(
         f"/api/v1/teams/{team_id}/analytics/aggregate", json=body, headers=auth_headers(user)
     )
@@ -181,6 +203,7 @@ def test_an_event_still_being_written_during_a_run_is_counted_once_by_a_later_ru
             aggregation.run()
             db.session.commit()
             slow.commit()
+        events_settled()
         aggregation.run()
         db.session.commit()
         aggregation.run()  # and again: nothing is counted twice
@@ -300,3 +323,60 @@ def test_the_hourly_beat_adds_no_run_while_one_is_waiting(app: Any) -> None:
     queued = start_aggregate.run()  # nothing waiting any more: the tick queues a run
     assert queued is not None
     assert db.session.get(Job, uuid.UUID(queued)) is not None
+
+
+def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_database: str) -> None:
+    """A team's on-demand run folds only that team and moves only its own watermark: the
+    hourly run then adds every other team's events and none of this team's twice, also
+    for a batch still being written while the team ran."""
+    a_owner, b_owner = make_user(), make_user()
+    a, b = make_team(a_owner), make_team(b_owner)
+    engine = create_engine(migrated_database)
+    insert = text(
+        "INSERT INTO analytics_events (team_id, name, occurred_at) VALUES (:team, 'x.y', :at)"
+    )
+
+    def add(team: uuid.UUID, count: int) -> None:
+        with engine.begin() as conn:
+            conn.execute(insert, [{"team": team, "at": H1}] * count)
+
+    def counted(team: uuid.UUID) -> int:
+        return sum(v for _, interval, _, v in rollups(team) if interval == "hour")
+
+    def team_run(team: uuid.UUID, *, settle: bool = True) -> None:
+        if settle:
+            events_settled()
+        aggregation.run_team(team)
+        db.session.commit()
+
+    def hourly_run() -> None:
+        events_settled()
+        aggregation.run()
+        db.session.commit()
+
+    try:
+        add(a, 2)
+        add(b, 3)
+        team_run(a)
+        assert (counted(a), counted(b)) == (2, 0)
+        add(a, 1)
+        add(b, 1)
+        hourly_run()
+        assert (counted(a), counted(b)) == (3, 4)
+        with engine.connect() as slow:
+            slow.execute(insert, {"team": a, "at": H1})  # open, not committed
+            add(a, 5)  # a later batch commits first
+            team_run(a, settle=False)  # stops below the open batch: the later one waits too
+            assert counted(a) == 3
+            slow.commit()
+        team_run(a)
+        team_run(a)  # nothing new: nothing added
+        hourly_run()
+        hourly_run()
+        assert (counted(a), counted(b)) == (9, 4)
+        before = rollups(a)
+        aggregation.recompute(a, H1, H2)  # rebuilt from the raw events: the same numbers
+        db.session.commit()
+        assert rollups(a) == before
+    finally:
+        engine.dispose()
