@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     ratelimit_invites: str = "30/hour"
     ratelimit_team_create: str = "10/minute"
 
+    # Credentials and sign-in abuse. Creating an API key needs the current password or a
+    # sign-in younger than this (the sign-in's own time: refreshing tokens does not renew it).
+    api_key_fresh_sign_in_seconds: PositiveInt = 300
+    # Wrong current passwords per user (password change, API-key creation): no guessing
+    # oracle for whoever holds a stolen access token.
+    ratelimit_password_confirm_failures: str = "5/minute;20/hour"
+
     # HTTP edge: comma-separated frontend origins allowed by CORS; how many proxies in
     # front of us may set X-Forwarded-For/-Proto (0 = trust none, use the socket peer).
     cors_origins: str = ""

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from extensions import db
 from models import Team, TeamMember, User, UserProfile
-from services import search, sessions, tokens
+from services import api_keys, search, sessions, tokens
 from services.audit import record_audit
 from services.errors import Conflict, Unauthorized, ValidationFailed
 from services.mail import queue_email
@@ -116,6 +116,14 @@ def log_in(email: str, password: str, *, ip: str | None, user_agent: str | None)
         )
         db.session.commit()
         raise Unauthorized("Email or password is incorrect.")
+    # Lock the row and make sure the password just verified is still the account's: a
+    # reset committed meanwhile (which revokes every session it can see) must not be
+    # followed by a session opened with the old password.
+    verified_hash = user.password_hash
+    db.session.refresh(user, with_for_update=True)
+    if user.password_hash != verified_hash:
+        db.session.rollback()
+        raise Unauthorized("Email or password is incorrect.")
     if user.password_hash and needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = datetime.now(UTC)
@@ -141,7 +149,12 @@ def forgot_password(email: str) -> None:
 
 
 def reset_password(token: str, new_password: str) -> None:
-    """Set a new password from a reset link and sign out every session. One transaction."""
+    """Set a new password from a reset link and revoke every credential of the account:
+    sessions (refresh families), access and stream tokens, API keys. One transaction.
+
+    Recovery means someone else may hold the account's credentials (one who signed up
+    with the address first, or stole a token): none of them may survive it.
+    """
     user_id, password_fingerprint = tokens.read_password_reset(token)
     user = db.session.get(User, user_id, with_for_update=True)
     if (
@@ -151,33 +164,46 @@ def reset_password(token: str, new_password: str) -> None:
     ):
         raise ValidationFailed("This link was already used or is not valid.",
                                errors={"token": ["Ask for a new reset link."]})  # fmt: skip
-    _set_password(user, new_password, keep_session=None, action="user.password_reset")
+    _set_password(
+        user, new_password, keep_session=None, revoke_api_keys=True, action="user.password_reset"
+    )
+    # Tokens without a session too (the sessions' own are blocked with them above).
+    sessions.revoke_user_tokens(user.id)
     # Whoever could read the mailbox has now proven it: the address is verified too.
     user.email_verified_at = user.email_verified_at or datetime.now(UTC)
     db.session.commit()
 
 
 def change_password(
-    user: User, current_password: str, new_password: str, *, session_id: uuid.UUID | None
+    user: User,
+    current_password: str,
+    new_password: str,
+    *,
+    session_id: uuid.UUID | None,
+    revoke_api_keys: bool = False,
 ) -> None:
-    """Change the password (knowing the current one); other sessions end. One transaction."""
+    """Change the password (knowing the current one); every other session ends, and the
+    API keys too if the user asks. One transaction."""
     if not verify_password(user.password_hash, current_password):
         raise ValidationFailed("The current password is incorrect.",
                                errors={"current_password": ["Incorrect."]})  # fmt: skip
-    _set_password(user, new_password, keep_session=session_id, action="user.password_changed")
+    _set_password(user, new_password, keep_session=session_id, revoke_api_keys=revoke_api_keys,
+                  action="user.password_changed")  # fmt: skip
     db.session.commit()
 
 
 def _set_password(
-    user: User, password: str, *, keep_session: uuid.UUID | None, action: str
-) -> None:
+    user: User, password: str, *, keep_session: uuid.UUID | None, revoke_api_keys: bool,
+    action: str,
+) -> None:  # fmt: skip
     check_password_policy(password, email=user.email, name=user.name)
     user.password_hash = hash_password(password)
     ended = sessions.revoke_all_sessions(
         user, except_session=keep_session, reason="password_changed"
     )
+    keys = api_keys.revoke_all_api_keys(user) if revoke_api_keys else 0
     record_audit(action, actor_id=user.id, subject_type="user", subject_id=user.id,
-                 data={"sessions_revoked": ended})  # fmt: skip
+                 data={"sessions_revoked": ended, "api_keys_revoked": keys})  # fmt: skip
     queue_email("password_changed", user_id=user.id)
     # In the app too; email=False because the dedicated email above says it better.
     notify([user.id], "password_changed", {}, event_key=f"password:{uuid.uuid4()}", email=False)

@@ -92,6 +92,7 @@ def create_stream_token() -> StreamTokenOut:
         session_id=claims.get("sid"),
         access_jti=claims["jti"],
         access_expires_at=int(claims["exp"]),
+        access_issued_at=float(claims.get("iat", 0)),
     )
     return StreamTokenOut(token=minted.token, expires_in=minted.expires_in)
 
@@ -150,6 +151,7 @@ def _authenticate_stream(token: str | None) -> realtime.StreamCredential:
         jti=claims.get("jti"),
         session_id=claims.get("sid"),
         expires_at=float(claims["exp"]),
+        issued_at=float(claims.get("iat", 0)),
     )
 
 

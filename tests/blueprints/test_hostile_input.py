@@ -90,7 +90,7 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 VALID: dict[str, dict[str, Any]] = {
     "register": {"email": "new@example.com", "password": PASSWORD, "name": "New"},
-    "api_key": {"name": "ci", "scopes": ["read"]},
+    "api_key": {"name": "ci", "scopes": ["read"], "current_password": PASSWORD},
     "team_create": {"name": "Beta"},
     "team_update": {"name": "Renamed"},
     "invite": {"email": "friend@example.com", "role": "member"},

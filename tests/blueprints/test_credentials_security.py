@@ -1,0 +1,236 @@
+"""Issue 14's takeover and abuse paths around credentials, each as the attacker's requests
+over HTTP (a real worker delivers the email to a real SMTP server).
+
+- Account recovery revokes every credential: sessions, refresh tokens, access tokens (with
+  or without a session), stream tokens and API keys.
+- A password change ends the other sessions; API keys only when the user asks.
+- Creating an API key needs a verified address and a fresh proof of the password, and
+  emails the owner at once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from flask.testing import FlaskClient
+from flask_jwt_extended import create_access_token, decode_token
+from sqlalchemy import func, select, update
+from werkzeug.test import TestResponse
+
+from extensions import db
+from models import ApiKey, UserSession
+from tests.factories import PASSWORD, auth_headers, make_user
+from tests.support import Mailbox, Worker, bearer, problem_body
+
+NEW_PASSWORD = "violet-otter-harbour-42"
+KEYS = "/api/v1/auth/api-keys"
+STREAM = "/api/v1/events/stream"
+
+
+def sign_in(
+    client: FlaskClient,
+    email: str,
+    password: str = PASSWORD,
+    *,
+    ip: str = "127.0.0.1",
+    user_agent: str = "pytest",
+) -> TestResponse:
+    return client.post(
+        "/api/v1/auth/login", json={"email": email, "password": password},
+        headers={"User-Agent": user_agent}, environ_base={"REMOTE_ADDR": ip},
+    )  # fmt: skip
+
+
+def tokens_of(response: TestResponse) -> dict[str, Any]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def stream_opens(client: FlaskClient, url: str) -> int:
+    """The status of opening the stream at `url` (closed again at once)."""
+    response = client.get(url, buffered=False)
+    try:
+        return response.status_code
+    finally:
+        response.close()
+
+
+def key_count(user_id: uuid.UUID) -> int:
+    db.session.rollback()
+    return db.session.scalar(select(func.count()).where(ApiKey.user_id == user_id)) or 0
+
+
+def reset_password(client: FlaskClient, mailbox: Mailbox, email: str) -> None:
+    """Alice's recovery: "forgot password", the link from her mailbox, a new password."""
+    assert client.post("/api/v1/auth/password/forgot", json={"email": email}).status_code == 202
+    token = Mailbox.link_token(mailbox.wait_for(email, "Reset"), "/reset-password")
+    # Start early in a second, so that her sign-in right after lands in the same second as
+    # the reset's cutoff (whole-second comparisons would refuse it).
+    fraction = time.time() % 1
+    if fraction > 0.5:
+        time.sleep(1 - fraction)
+    done = client.post(
+        "/api/v1/auth/password/reset", json={"token": token, "password": NEW_PASSWORD}
+    )
+    assert done.status_code == 204, done.get_data(as_text=True)
+
+
+# --- account recovery revokes every credential -------------------------------------------
+
+
+def test_a_password_reset_revokes_every_credential_an_attacker_holds(
+    client: FlaskClient, worker: Worker, mailbox: Mailbox
+) -> None:
+    alice = make_user(email=f"alice-{uuid.uuid4().hex[:6]}@corp.example")
+    # The attacker phished Alice's password: signs in, mints a key, keeps every token.
+    stolen = tokens_of(sign_in(client, alice.email, ip="203.0.113.66", user_agent="evil"))
+    minted = client.post(
+        KEYS, json={"name": "backdoor", "scopes": ["read", "write"]},
+        headers=bearer(stolen["access_token"]),
+    )  # fmt: skip
+    assert minted.status_code == 201, minted.get_data(as_text=True)
+    key = {"X-API-Key": minted.get_json()["secret"]}
+    stream_token = client.post("/api/v1/events/token", headers=bearer(stolen["access_token"]))
+    stream_url = f"{STREAM}?token={stream_token.get_json()['token']}"
+    # An access token that belongs to no session at all.
+    stray = bearer(create_access_token(identity=str(alice.id)))
+    for headers in (key, bearer(stolen["access_token"]), stray):
+        assert client.get("/api/v1/me", headers=headers).status_code == 200
+    assert stream_opens(client, stream_url) == 200
+
+    reset_password(client, mailbox, alice.email)
+
+    for headers in (key, bearer(stolen["access_token"]), stray):
+        problem_body(client.get("/api/v1/me", headers=headers), 401)
+    refreshed = client.post("/api/v1/auth/refresh", json={"refresh_token": stolen["refresh_token"]})
+    problem_body(refreshed, 401)
+    assert "revoked" in problem_body(client.get(stream_url), 401)["detail"]
+    problem_body(sign_in(client, alice.email, ip="203.0.113.66", user_agent="evil"), 401)
+
+    # Alice signs in at once (in the same second as the reset): her tokens work.
+    mine = tokens_of(sign_in(client, alice.email, NEW_PASSWORD))
+    assert client.get("/api/v1/me", headers=bearer(mine["access_token"])).status_code == 200
+    fresh = client.post("/api/v1/events/token", headers=bearer(mine["access_token"]))
+    assert stream_opens(client, f"{STREAM}?token={fresh.get_json()['token']}") == 200
+    listed = client.get(KEYS, headers=bearer(mine["access_token"])).get_json()["items"]
+    assert listed == []  # the backdoor key is revoked, not merely hidden
+
+
+# --- password change ---------------------------------------------------------------------
+
+
+def test_a_password_change_ends_other_sessions_and_revokes_keys_only_when_asked(
+    client: FlaskClient,
+) -> None:
+    user = make_user()
+    here = tokens_of(sign_in(client, user.email))
+    there = tokens_of(sign_in(client, user.email, ip="198.51.100.7"))
+    minted = client.post(
+        KEYS, json={"name": "ci", "scopes": ["read"]}, headers=bearer(here["access_token"])
+    )
+    key = {"X-API-Key": minted.get_json()["secret"]}
+
+    changed = client.post(
+        "/api/v1/auth/password/change",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=bearer(here["access_token"]),
+    )
+    assert changed.status_code == 204, changed.get_data(as_text=True)
+    problem_body(client.get("/api/v1/me", headers=bearer(there["access_token"])), 401)
+    assert client.get("/api/v1/me", headers=bearer(here["access_token"])).status_code == 200
+    assert client.get("/api/v1/me", headers=key).status_code == 200  # kept: not asked
+
+    changed = client.post(
+        "/api/v1/auth/password/change",
+        json={"current_password": NEW_PASSWORD, "new_password": PASSWORD + " again",
+              "revoke_api_keys": True},
+        headers=bearer(here["access_token"]),
+    )  # fmt: skip
+    assert changed.status_code == 204, changed.get_data(as_text=True)
+    problem_body(client.get("/api/v1/me", headers=key), 401)
+    assert client.get("/api/v1/me", headers=bearer(here["access_token"])).status_code == 200
+
+
+# --- creating API keys -------------------------------------------------------------------
+
+
+def test_an_api_key_needs_a_fresh_proof_of_the_password(client: FlaskClient) -> None:
+    user = make_user()
+    signed_in = tokens_of(sign_in(client, user.email))
+    # A stolen token whose sign-in is older than a few minutes, refreshed to look new.
+    db.session.execute(
+        update(UserSession)
+        .where(UserSession.id == uuid.UUID(decode_token(signed_in["access_token"])["sid"]))
+        .values(created_at=func.now() - timedelta(minutes=10))
+    )
+    db.session.commit()
+    refreshed = client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": signed_in["refresh_token"]}
+    )
+    stale = bearer(tokens_of(refreshed)["access_token"])
+    unsigned = auth_headers(user)  # a token from no sign-in at all
+
+    for headers in (stale, unsigned):
+        response = client.post(KEYS, json={"name": "ci", "scopes": ["read"]}, headers=headers)
+        body = problem_body(response, 403)
+        assert body["type"].endswith("/fresh-sign-in-required")
+        assert "current_password" in body["detail"]
+    wrong = client.post(
+        KEYS, json={"name": "ci", "scopes": ["read"], "current_password": "not it"}, headers=stale
+    )
+    assert "current_password" in problem_body(wrong, 422)["errors"]
+    assert key_count(user.id) == 0
+
+    right = client.post(
+        KEYS, json={"name": "ci", "scopes": ["read"], "current_password": PASSWORD}, headers=stale
+    )
+    assert right.status_code == 201, right.get_data(as_text=True)
+    # A sign-in of a moment ago is proof enough.
+    fresh = bearer(tokens_of(sign_in(client, user.email))["access_token"])
+    again = client.post(KEYS, json={"name": "deploy", "scopes": ["write"]}, headers=fresh)
+    assert again.status_code == 201, again.get_data(as_text=True)
+    assert key_count(user.id) == 2
+
+
+def test_wrong_current_passwords_are_limited_per_user(client: FlaskClient) -> None:
+    user = make_user()
+    headers = auth_headers(user)
+    statuses = [
+        client.post(
+            KEYS, json={"name": "ci", "scopes": ["read"], "current_password": f"guess {i}"},
+            headers=headers,
+        ).status_code
+        for i in range(7)
+    ]  # fmt: skip
+    assert statuses[:5] == [422] * 5  # ratelimit_password_confirm_failures: 5/minute
+    assert statuses[5:] == [429, 429]
+    limited = client.post(
+        KEYS, json={"name": "ci", "scopes": ["read"], "current_password": PASSWORD},
+        headers=headers,
+    )  # fmt: skip
+    problem_body(limited, 429)
+    assert key_count(user.id) == 0
+
+
+def test_the_owner_is_emailed_about_a_new_key_and_cannot_switch_it_off(
+    client: FlaskClient, worker: Worker, mailbox: Mailbox
+) -> None:
+    user = make_user()
+    headers = bearer(tokens_of(sign_in(client, user.email))["access_token"])
+    switch_off = client.put(
+        "/api/v1/notifications/preferences",
+        json={"preferences": {"security": {"email": False}}}, headers=headers,
+    )  # fmt: skip
+    assert "security" in problem_body(switch_off, 422)["errors"]
+    minted = client.post(KEYS, json={"name": "deploy bot", "scopes": ["write"]}, headers=headers)
+    prefix = minted.get_json()["api_key"]["prefix"]
+
+    message = mailbox.wait_for(user.email, "A new API key was created")
+    text_part = Mailbox.text_of(message)
+    assert "deploy bot" in text_part and f"mk_{prefix}_" in text_part
+    assert "Revoke it" in text_part
+    assert "List-Unsubscribe" not in message  # a security notice has no way out
