@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from extensions import db
+from extensions import db, redis
+from logs import get_logger
 from models import Team, TeamMember, User, UserProfile
 from services import api_keys, search, sessions, tokens
 from services.audit import record_audit
@@ -18,6 +19,12 @@ from services.mail import queue_email
 from services.notifications import notify
 from services.passwords import check_password_policy, hash_password, needs_rehash, verify_password
 from services.sessions import TokenPair
+
+log = get_logger(__name__)
+# One "someone tried to sign up with your address" email per account and hour at most:
+# anyone can send the address to /register, so it must not become a way to spam its owner.
+_SIGNUP_NOTICE = "auth:signup-notice:"
+_SIGNUP_NOTICE_SECONDS = 3600
 
 
 def find_user_by_email(email: str) -> User | None:
@@ -29,6 +36,10 @@ def _add_user(email: str, password: str, name: str, *, is_admin: bool = False) -
     check_password_policy(password, email=email, name=name)
     if find_user_by_email(email) is not None:
         raise Conflict("An account with this email already exists.")
+    return _stage_user(email, password, name, is_admin=is_admin)
+
+
+def _stage_user(email: str, password: str, name: str, *, is_admin: bool) -> User:
     user = User(
         id=uuid.uuid4(), email=email.strip(), name=name, password_hash=hash_password(password),
         is_admin=is_admin,
@@ -48,17 +59,50 @@ def _add_user(email: str, password: str, name: str, *, is_admin: bool = False) -
     return user
 
 
-def register_user(email: str, password: str, name: str) -> User:
-    """Create an account with its personal team and email a verification link. One transaction."""
-    user = _add_user(email, password, name)
+def register_user(email: str, password: str, name: str) -> None:
+    """Sign up, without telling the caller whether the address already has an account.
+
+    A new address gets the account, its personal team and a verification link; an address
+    that has one gets an email telling its owner (sign in, or reset the password) and
+    nothing else changes. Both spend a password hash, so neither answers sooner. The
+    password policy is checked first for both: a refusal must not depend on the address
+    either. One transaction.
+    """
+    check_password_policy(password, email=email, name=name)
+    existing = find_user_by_email(email)
+    if existing is not None:
+        hash_password(password)  # as long as a real sign-up takes
+        _tell_owner_of_signup_attempt(existing)
+        db.session.commit()
+        return
+    user = _stage_user(email, password, name, is_admin=False)
     queue_email("verify_email", user_id=user.id)
     try:
         db.session.commit()
     except IntegrityError:
-        # A concurrent registration with the same email won the unique index.
+        # A concurrent registration with the same email won the unique index: from here
+        # on this is a sign-up for an address that has an account.
         db.session.rollback()
-        raise Conflict("An account with this email already exists.") from None
-    return user
+        existing = find_user_by_email(email)
+        if existing is None:
+            raise
+        _tell_owner_of_signup_attempt(existing)
+        db.session.commit()
+
+
+def _tell_owner_of_signup_attempt(user: User) -> None:
+    """Queue the "someone tried to sign up with your address" email (the caller commits)."""
+    try:
+        first = redis.client.set(
+            _SIGNUP_NOTICE + str(user.id), "1", nx=True, ex=_SIGNUP_NOTICE_SECONDS
+        )
+    except Exception as exc:  # noqa: BLE001 - a 503 here would tell the address is taken
+        log.warning("signup_notice_throttle_unavailable", error=type(exc).__name__)
+        first = True
+    if first:
+        queue_email("account_exists", user_id=user.id)
+    record_audit("auth.signup_existing_address", actor_id=None, subject_type="user",
+                 subject_id=user.id, data={"notified": bool(first)})  # fmt: skip
 
 
 def create_user(email: str, password: str, name: str, *, is_admin: bool) -> User:

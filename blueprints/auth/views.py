@@ -66,13 +66,20 @@ def _rejected_input(response: Response) -> bool:
 @limiter.limit(configured("ratelimit_register"), key_func=client_ip)
 @bp.input(RegisterIn, location="json", arg_name="body")
 @idempotent()
-@bp.output(UserEnvelope, status_code=201)
-@bp.doc(responses={409: "An account with this email already exists"})
-def register(body: RegisterIn) -> UserEnvelope:
-    """Create an account (and its personal team); a verification link is emailed."""
-    return UserEnvelope(
-        user=user_out(accounts.register_user(str(body.email), body.password, body.name))
-    )
+@bp.output(
+    Accepted,
+    status_code=202,
+    description="Accepted; the same answer for a new address and one that has an account",
+)
+def register(body: RegisterIn) -> Accepted:
+    """Sign up. The answer is the same whether or not the address has an account already.
+
+    A new address gets an account (and its personal team) and a verification link; the
+    owner of an address that has one is emailed instead (sign in, or reset the password)
+    and nothing changes. Either way, the next step is in that mailbox.
+    """
+    accounts.register_user(str(body.email), body.password, body.name)
+    return Accepted(detail="Check the inbox of this address to continue.")
 
 
 @bp.post("/verify-email")

@@ -6,6 +6,7 @@ over HTTP (a real worker delivers the email to a real SMTP server).
 - A password change ends the other sessions; API keys only when the user asks.
 - Creating an API key needs a verified address and a fresh proof of the password, and
   emails the owner at once.
+- Signing up does not reveal which addresses have accounts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
 from extensions import db
-from models import ApiKey, UserSession
+from models import ApiKey, Job, Team, User, UserSession
 from tests.factories import PASSWORD, auth_headers, make_user
 from tests.support import Mailbox, Worker, bearer, problem_body
 
@@ -118,6 +119,48 @@ def test_a_password_reset_revokes_every_credential_an_attacker_holds(
     assert stream_opens(client, f"{STREAM}?token={fresh.get_json()['token']}") == 200
     listed = client.get(KEYS, headers=bearer(mine["access_token"])).get_json()["items"]
     assert listed == []  # the backdoor key is revoked, not merely hidden
+
+
+def test_an_address_registered_first_by_an_attacker_is_recovered_by_its_owner(
+    client: FlaskClient, worker: Worker, mailbox: Mailbox
+) -> None:
+    email = f"alice-{uuid.uuid4().hex[:6]}@corp.example"
+    registered = client.post(
+        "/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Alice"}
+    )
+    assert registered.status_code == 202
+    attacker = tokens_of(sign_in(client, email, ip="203.0.113.66", user_agent="evil"))
+    headers = bearer(attacker["access_token"])
+    # An unverified address mints no keys, even with the password.
+    refused = client.post(
+        KEYS, json={"name": "backdoor", "scopes": ["read"], "current_password": PASSWORD},
+        headers=headers,
+    )  # fmt: skip
+    body = problem_body(refused, 403)
+    assert body["type"].endswith("/email-not-verified") and "Verify your email" in body["detail"]
+    user = db.session.scalar(select(User).where(User.email == email))
+    assert user is not None and key_count(user.id) == 0
+    token = client.post("/api/v1/events/token", headers=headers).get_json()["token"]
+
+    # Alice signs up: the same answer, and her mailbox tells her what to do.
+    again = client.post(
+        "/api/v1/auth/register", json={"email": email, "password": NEW_PASSWORD, "name": "Alice"}
+    )
+    assert (again.status_code, again.get_json()) == (202, registered.get_json())
+    notice = mailbox.wait_for(email, "Someone tried to sign up")
+    assert "Forgot password" in Mailbox.text_of(notice)
+    reset_password(client, mailbox, email)
+
+    problem_body(client.get("/api/v1/me", headers=headers), 401)
+    refresh = {"refresh_token": attacker["refresh_token"]}
+    problem_body(client.post("/api/v1/auth/refresh", json=refresh), 401)
+    problem_body(client.get(f"{STREAM}?token={token}"), 401)
+    # Her reset verified the address: a fresh sign-in now mints keys.
+    mine = tokens_of(sign_in(client, email, NEW_PASSWORD))
+    minted = client.post(
+        KEYS, json={"name": "mine", "scopes": ["read"]}, headers=bearer(mine["access_token"])
+    )
+    assert minted.status_code == 201, minted.get_data(as_text=True)
 
 
 # --- password change ---------------------------------------------------------------------
@@ -234,3 +277,47 @@ def test_the_owner_is_emailed_about_a_new_key_and_cannot_switch_it_off(
     assert "deploy bot" in text_part and f"mk_{prefix}_" in text_part
     assert "Revoke it" in text_part
     assert "List-Unsubscribe" not in message  # a security notice has no way out
+
+
+# --- sign-up does not reveal accounts -----------------------------------------------------
+
+
+def test_signing_up_with_a_taken_address_answers_the_same_and_tells_its_owner(
+    client: FlaskClient, worker: Worker, mailbox: Mailbox
+) -> None:
+    owner = make_user(email=f"bob-{uuid.uuid4().hex[:6]}@example.com", name="Bob")
+    newcomer = f"carol-{uuid.uuid4().hex[:6]}@example.com"
+
+    def register(email: str, password: str = NEW_PASSWORD) -> TestResponse:
+        return client.post(
+            "/api/v1/auth/register", json={"email": email, "password": password, "name": "Eve"}
+        )
+
+    fresh, taken = register(newcomer), register(owner.email.upper())
+    assert (taken.status_code, taken.get_json()) == (fresh.status_code, fresh.get_json()) == (
+        202, {"status": "accepted", "detail": "Check the inbox of this address to continue."},
+    )  # fmt: skip
+    # A weak password is refused alike: the policy is checked before the address.
+    new_weak, taken_weak = (
+        problem_body(register(email, "password1"), 422) for email in (f"x-{newcomer}", owner.email)
+    )
+    assert (taken_weak["detail"], taken_weak["errors"]) == (new_weak["detail"], new_weak["errors"])
+
+    db.session.rollback()
+    assert db.session.scalar(select(func.count()).select_from(User).where(
+        func.lower(User.email) == owner.email.lower())) == 1  # fmt: skip
+    teams = db.session.scalars(select(Team.name).where(Team.created_by_id == owner.id)).all()
+    assert teams == ["Bob's team"]  # nothing was added to or changed in Bob's account
+    mailbox.wait_for(newcomer, "Confirm")
+    notice = mailbox.wait_for(owner.email, "Someone tried to sign up")
+    assert "Forgot password" in Mailbox.text_of(notice)
+
+    # Anyone may send the address again: its owner hears of it once an hour, not every time.
+    assert register(owner.email).status_code == 202
+    db.session.rollback()
+    notices = db.session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.type == "email.send", Job.args["template"].astext == "account_exists"
+        )
+    )  # fmt: skip
+    assert notices == 1

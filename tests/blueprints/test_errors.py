@@ -314,7 +314,7 @@ def test_echoed_request_id_fits_the_ledgers(client: FlaskClient) -> None:
         json={"email": "long-id@example.com", "password": PASSWORD, "name": "Long"},
         headers={"X-Request-ID": sent},
     )
-    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.status_code == 202, response.get_data(as_text=True)
     assert GENERATED_ID.fullmatch(response.headers["X-Request-ID"])
 
 
