@@ -80,7 +80,6 @@ class Settings(BaseSettings):
 
     # Rate limits (limits-library syntax, e.g. "10/minute;100/hour"); configuration, not code.
     ratelimit_login: str = "10/minute;50/hour"
-    ratelimit_login_per_email: str = "5/minute;20/hour"
     ratelimit_register: str = "5/minute;50/hour"
     ratelimit_forgot_password: str = "5/minute"
     ratelimit_forgot_password_per_email: str = "3/hour"
@@ -90,6 +89,13 @@ class Settings(BaseSettings):
     # Credentials and sign-in abuse. Creating an API key needs the current password or a
     # sign-in younger than this (the sign-in's own time: refreshing tokens does not renew it).
     api_key_fresh_sign_in_seconds: PositiveInt = 300
+    # Failed logins (wrong password or unknown account; successes never count). Per account
+    # and address: the strict limit, which only the address that fails runs into. Per
+    # account from all addresses: a looser one that slows a brute force spread over many
+    # addresses; devices that signed in to the account before (same address and browser)
+    # are exempt from it, so such an attack never locks the owner's own devices out.
+    ratelimit_login_failures: str = "5/minute;20/hour"
+    ratelimit_login_failures_per_account: str = "30/hour;100/day"
     # Wrong current passwords per user (password change, API-key creation): no guessing
     # oracle for whoever holds a stolen access token.
     ratelimit_password_confirm_failures: str = "5/minute;20/hour"

@@ -253,6 +253,13 @@ def _set_password(
     notify([user.id], "password_changed", {}, event_key=f"password:{uuid.uuid4()}", email=False)
 
 
+def is_known_device(email: str, *, ip: str | None, user_agent: str | None) -> bool:
+    """Whether the account behind `email` signed in from this address and browser lately
+    (its owner's device, then: failed logins from elsewhere must not lock it out)."""
+    user = find_user_by_email(email)
+    return user is not None and sessions.seen_before(user, ip=ip, user_agent=user_agent)
+
+
 def load_active_user(user_id: str) -> User | None:
     """The user behind a token, or None if gone or disabled (the token then fails)."""
     try:

@@ -56,10 +56,29 @@ def _client() -> dict[str, str | None]:
     return {"ip": request.remote_addr, "user_agent": request.headers.get("User-Agent")}
 
 
+def _account_and_address() -> str:
+    """Login failures count per target account and client address together."""
+    return f"{email_key()}:{client_ip()}"
+
+
+def _refused(response: Response) -> bool:
+    """Deduct from failure limits only when the credentials were wrong, never on success."""
+    return response.status_code == 401
+
+
 def _rejected_input(response: Response) -> bool:
     # A wrong current password is a 422; so is any other invalid body, which costs
     # an honest client nothing it would notice.
     return response.status_code == 422
+
+
+def _known_device() -> bool:
+    """The login comes from an address and browser that signed in to the account before."""
+    body = request.get_json(silent=True)
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or not email.strip():
+        return False
+    return accounts.is_known_device(email, **_client())
 
 
 @bp.post("/register")
@@ -104,12 +123,28 @@ def resend_verification() -> Accepted:
 
 @bp.post("/login")
 @limiter.limit(configured("ratelimit_login"), key_func=client_ip)
-@limiter.limit(configured("ratelimit_login_per_email"), key_func=email_key)
+# Failures only (flask-limiter checks the limit before the view and counts the attempt
+# after it, when it failed): strictly per account and address; loosely per account from
+# every address, except for the devices the account signed in from before.
+@limiter.limit(
+    configured("ratelimit_login_failures"), key_func=_account_and_address, deduct_when=_refused
+)
+@limiter.limit(
+    configured("ratelimit_login_failures_per_account"),
+    key_func=email_key,
+    deduct_when=_refused,
+    exempt_when=_known_device,
+)
 @bp.input(LoginIn, location="json", arg_name="body")
 @bp.output(TokensOut)
 @bp.doc(responses={401: "Email or password is incorrect"})
 def login(body: LoginIn) -> TokensOut:
-    """Exchange email and password for an access and a refresh token."""
+    """Exchange email and password for an access and a refresh token.
+
+    Failed attempts are limited per account and address (429 with Retry-After), and more
+    loosely per account from all addresses, which never blocks a device that signed in to
+    the account before.
+    """
     return tokens_out(accounts.log_in(str(body.email), body.password, **_client()))
 
 

@@ -7,6 +7,7 @@ over HTTP (a real worker delivers the email to a real SMTP server).
 - Creating an API key needs a verified address and a fresh proof of the password, and
   emails the owner at once.
 - Signing up does not reveal which addresses have accounts.
+- Failed logins from other addresses never lock the owner's own device out.
 """
 
 from __future__ import annotations
@@ -321,3 +322,34 @@ def test_signing_up_with_a_taken_address_answers_the_same_and_tells_its_owner(
         )
     )  # fmt: skip
     assert notices == 1
+
+
+# --- failed logins -----------------------------------------------------------------------
+
+
+def test_failed_logins_from_elsewhere_never_lock_the_owner_out(client: FlaskClient) -> None:
+    owner = make_user()
+    device = {"ip": "192.0.2.10", "user_agent": "Firefox on the owner's laptop"}
+    # Successes do not count: the owner signs in more often than any failure limit allows.
+    for _ in range(6):
+        tokens_of(sign_in(client, owner.email, **device))
+
+    # A brute force spread over many addresses, under each address's own limit.
+    statuses = [
+        sign_in(client, owner.email, f"guess {n}", ip=f"10.66.{n % 12}.1").status_code
+        for n in range(40)
+    ]
+    assert set(statuses[:30]) == {401}  # ratelimit_login_failures_per_account: 30/hour
+    assert set(statuses[30:]) == {429}  # slowed down for the account as a whole
+    # A new device trying the right password meets that limit too...
+    problem_body(sign_in(client, owner.email, ip="198.51.100.99", user_agent="new phone"), 429)
+    # ...but the owner's own device signs in.
+    tokens_of(sign_in(client, owner.email, **device))
+
+
+def test_failures_from_one_address_lock_only_that_address_out(client: FlaskClient) -> None:
+    owner = make_user()
+    attacker = [sign_in(client, owner.email, f"guess {n}", ip="10.66.0.1") for n in range(6)]
+    assert [r.status_code for r in attacker] == [401] * 5 + [429]
+    problem_body(sign_in(client, owner.email, ip="10.66.0.1"), 429)  # even the right one
+    tokens_of(sign_in(client, owner.email, ip="192.0.2.10"))  # elsewhere: never seen, fine

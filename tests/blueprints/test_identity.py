@@ -191,7 +191,7 @@ def test_api_keys_act_within_their_scopes_and_die_when_revoked(client: FlaskClie
     assert actions.count("api_key.created") == 2 and "api_key.revoked" in actions
 
 
-def test_brute_force_login_is_rate_limited_per_account(client: FlaskClient) -> None:
+def test_brute_force_login_is_rate_limited_per_account_and_address(client: FlaskClient) -> None:
     user = make_user()
     statuses = [
         client.post(
@@ -199,7 +199,7 @@ def test_brute_force_login_is_rate_limited_per_account(client: FlaskClient) -> N
         ).status_code
         for i in range(8)
     ]
-    assert statuses[:5] == [401] * 5  # ratelimit_login_per_email is 5/minute by default
+    assert statuses[:5] == [401] * 5  # ratelimit_login_failures: 5/minute by default
     assert 429 in statuses[5:]
     limited = client.post("/api/v1/auth/login", json={"email": user.email, "password": PASSWORD})
     problem_body(limited, 429)
