@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     # Wrong current passwords per user (password change, API-key creation): no guessing
     # oracle for whoever holds a stolen access token.
     ratelimit_password_confirm_failures: str = "5/minute;20/hour"
+    # Event streams open at once per user, counted in Redis across all web processes.
+    events_max_streams_per_user: PositiveInt = 10
+    # An open stream re-checks its credential this often (and at every heartbeat), so a
+    # logout or a password reset ends even a busy stream within seconds.
+    events_credential_check_seconds: PositiveFloat = 5.0
 
     # HTTP edge: comma-separated frontend origins allowed by CORS; how many proxies in
     # front of us may set X-Forwarded-For/-Proto (0 = trust none, use the socket peer).
