@@ -347,6 +347,9 @@ POLICIES: dict[tuple[str, str], Policy] = {
         SIGNED_IN, Own("session_id", "session")
     ),
     ("GET", f"{V1}/auth/api-keys"): Policy(SIGNED_IN),
+    # No current_password: every caller signed in a moment ago (World opens a session for
+    # each, with a verified address), which is proof enough (test_credentials_security.py
+    # has the callers for whom it is not).
     ("POST", f"{V1}/auth/api-keys"): Policy(
         SIGNED_IN, Call(json={"name": "ci", "scopes": ["read"]})
     ),
