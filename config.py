@@ -92,12 +92,30 @@ class Settings(BaseSettings):
 
     # Rate limits (limits-library syntax, e.g. "10/minute;100/hour"); configuration, not code.
     ratelimit_login: str = "10/minute;50/hour"
-    ratelimit_login_per_email: str = "5/minute;20/hour"
     ratelimit_register: str = "5/minute;50/hour"
     ratelimit_forgot_password: str = "5/minute"
     ratelimit_forgot_password_per_email: str = "3/hour"
     ratelimit_invites: str = "30/hour"
     ratelimit_team_create: str = "10/minute"
+
+    # Credentials and sign-in abuse. Creating an API key needs the current password or a
+    # sign-in younger than this (the sign-in's own time: refreshing tokens does not renew it).
+    api_key_fresh_sign_in_seconds: PositiveInt = 300
+    # Failed logins (wrong password or unknown account; successes never count). Per account
+    # and address: the strict limit, which only the address that fails runs into. Per
+    # account from all addresses: a looser one that slows a brute force spread over many
+    # addresses; devices that signed in to the account before (same address and browser)
+    # are exempt from it, so such an attack never locks the owner's own devices out.
+    ratelimit_login_failures: str = "5/minute;20/hour"
+    ratelimit_login_failures_per_account: str = "30/hour;100/day"
+    # Wrong current passwords per user (password change, API-key creation): no guessing
+    # oracle for whoever holds a stolen access token.
+    ratelimit_password_confirm_failures: str = "5/minute;20/hour"
+    # Event streams open at once per user, counted in Redis across all web processes.
+    events_max_streams_per_user: PositiveInt = 10
+    # An open stream re-checks its credential this often (and at every heartbeat), so a
+    # logout or a password reset ends even a busy stream within seconds.
+    events_credential_check_seconds: PositiveFloat = 5.0
 
     # HTTP edge: comma-separated frontend origins allowed by CORS; how many proxies in
     # front of us may set X-Forwarded-For/-Proto (0 = trust none, use the socket peer).

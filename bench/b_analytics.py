@@ -124,10 +124,12 @@ def _empty(conninfo: str) -> None:
 
 
 def _ingest(ctx: Context, settings: Settings) -> list[Row]:
+    password = secrets.token_hex(16)
     user = accounts.create_user(f"bench-ingest-{secrets.token_hex(4)}@example.com",
-                                secrets.token_hex(16), "Bench", is_admin=False)  # fmt: skip
+                                password, "Bench", is_admin=False)  # fmt: skip
     team_id = teams.create_team(user, "Bench ingest").team.id
-    key = api_keys.create_api_key(user, name="bench", scopes=["ingest"], expires_at=None)
+    key = api_keys.create_api_key(user, name="bench", scopes=["ingest"], expires_at=None,
+                                  current_password=password, signed_in_at=None)  # fmt: skip
     path = f"/api/v1/teams/{team_id}/analytics/events"
     template = _batch_template(datetime.now(UTC))
     body_file = ctx.work / "ingest-body.json"

@@ -36,6 +36,7 @@ TEMPLATES: dict[str, str] = {
     "verify_email": "user",
     "password_reset": "user",
     "password_changed": "user",
+    "account_exists": "user",  # someone tried to sign up with a taken address
     "team_invite": "invite",
     "payment_receipt": "payment",
     "dunning": "member",  # a team member who manages the subscription
@@ -179,6 +180,9 @@ def _user_context(
         return user.email, user.name, context
     if not user.is_active:
         raise EmailNotApplicable("user is deactivated")
+    if template == "account_exists":
+        context["link"] = _link(settings, "/")
+        return user.email, user.name, context
     if template == "digest":
         context.update(_digest_context(user, settings))
         return user.email, user.name, context

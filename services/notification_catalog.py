@@ -22,7 +22,12 @@ class Category:
 CATEGORIES: dict[str, Category] = {
     c.name: c
     for c in (
-        Category("security", "Sign-ins, password changes and suspicious activity", True, True),
+        Category(
+            "security",
+            "Sign-ins, password changes, new API keys and suspicious activity",
+            True,
+            True,
+        ),
         Category("invites", "Invitations to join a team", True),
         Category("team", "Changes to your teams and your role in them", True),
         Category("payments", "Payments you make", True),
@@ -103,6 +108,13 @@ TEMPLATES: dict[str, Template] = {
         "security",
         "A sign-in was revoked for your safety",
         "An old session token was used again, so that session was signed out everywhere.",
+        "/settings/security",
+    ),
+    "api_key_created": Template(
+        "security",
+        "A new API key was created",
+        'The API key "{{ name }}" (mk_{{ prefix }}_..., scopes: {{ scopes }}) was created on '
+        "your account. Not you? Revoke it and reset your password now.",
         "/settings/security",
     ),
     "operator_notice": Template("operations", "{{ title }}", "{{ body }}", "/"),

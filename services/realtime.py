@@ -12,7 +12,8 @@ client told `reset` (events it may have missed are gone) refetches what it shows
 Stream tokens: EventSource cannot send headers, so a signed-in client asks for a short-
 lived token (`POST /api/v1/events/token`) and connects with `?token=`. It is signed for
 this purpose only (not a JWT: no other route can accept it), expires within a minute,
-and is bound to the access token it came from, so logging out revokes it too.
+and is bound to the access token it came from (its id, session and issue time), so
+whatever revokes that token (a logout, a password reset) revokes it too.
 """
 
 from __future__ import annotations
@@ -98,12 +99,18 @@ class StreamCredential:
     jti: str | None
     session_id: str | None
     expires_at: float  # epoch seconds: the access token's expiry
+    issued_at: float  # epoch seconds: the access token's `iat` (a reset revokes older ones)
 
     def is_valid(self) -> bool:
         """Still unexpired and not revoked (raises DependencyUnavailable if Redis is down)."""
         if time.time() >= self.expires_at:
             return False
-        return not is_token_revoked({"jti": self.jti, "sid": self.session_id})
+        return not is_token_revoked(self.claims())
+
+    def claims(self) -> dict[str, Any]:
+        """The access token's claims that revocation looks at."""
+        return {"jti": self.jti, "sid": self.session_id, "sub": str(self.user_id),
+                "iat": self.issued_at}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -330,12 +337,18 @@ def _token_serializer() -> URLSafeTimedSerializer:
 
 
 def mint_stream_token(
-    user_id: uuid.UUID, *, session_id: str | None, access_jti: str, access_expires_at: int
+    user_id: uuid.UUID,
+    *,
+    session_id: str | None,
+    access_jti: str,
+    access_expires_at: int,
+    access_issued_at: float,
 ) -> StreamToken:
     """A `?token=` for the stream endpoint only, valid for `events_token_seconds` at most.
 
     Bound to the access token it is minted with: it never outlives it, and revoking that
-    token or its session (logout) refuses it too.
+    token, its session (logout) or every token of its user (a password reset) refuses it
+    too.
     """
     now = time.time()
     expires_at = min(now + _settings().events_token_seconds, float(access_expires_at))
@@ -345,6 +358,7 @@ def mint_stream_token(
         "jti": access_jti,
         "exp": round(expires_at, 3),
         "aexp": access_expires_at,
+        "aiat": access_issued_at,
     }
     return StreamToken(_token_serializer().dumps(payload), max(0, int(expires_at - now)))
 
@@ -373,8 +387,9 @@ def authenticate_stream_token(token: str) -> tuple[User, StreamCredential]:
         jti=payload.get("jti"),
         session_id=payload.get("sid"),
         expires_at=float(payload.get("aexp", 0)),
+        issued_at=float(payload.get("aiat", 0)),
     )
-    if is_token_revoked({"jti": credential.jti, "sid": credential.session_id}):
+    if is_token_revoked(credential.claims()):
         raise Unauthorized("The stream token was revoked.")
     # Imported here: accounts -> mail -> ... -> tasks.base -> this module is a cycle at import.
     from services.accounts import load_active_user

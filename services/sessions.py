@@ -4,11 +4,18 @@ Redis blocklist that makes revoked access tokens stop working before they expire
 A session row is one family. Each refresh issues a new refresh token and records its jti
 as the only one still valid; presenting an older one means it was copied, so the whole
 family is revoked (and audited). Access tokens carry the session id (`sid`), so revoking a
-session blocks its access tokens too.
+session blocks its access tokens too, and the sign-in's time (`auth_time`, the session's
+start: a refresh does not renew it) for operations that need a recent sign-in.
+
+Account recovery revokes more than sessions: `revoke_user_tokens` sets a per-user cutoff,
+and every access token (and stream token) issued before it stops working, whether or not
+it belongs to a session. Tokens carry `iat` with sub-second precision, so a sign-in in the
+same second right after a reset keeps working while everything before it is refused.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +35,8 @@ from services.errors import DependencyUnavailable, NotFound, Unauthorized
 log = get_logger(__name__)
 _BLOCKED_JTI = "auth:revoked:jti:"
 _BLOCKED_SID = "auth:revoked:sid:"
+# Epoch seconds: the user's tokens issued at or before it are revoked.
+_REVOKED_BEFORE = "auth:revoked:user:"
 
 
 @dataclass(frozen=True)
@@ -51,13 +60,20 @@ def open_session(user: User, *, ip: str | None, user_agent: str | None) -> Token
         device=device_name(user_agent),
         last_used_at=now,
         expires_at=now + timedelta(days=settings.refresh_token_days),
+        created_at=now,  # the sign-in's time, which every token of the session carries
     )
     db.session.add(session)
     return _issue(user, session)
 
 
 def _issue(user: User, session: UserSession) -> TokenPair:
-    claims = {"sid": str(session.id)}
+    claims: dict[str, Any] = {
+        "sid": str(session.id),
+        "auth_time": session.created_at.timestamp(),
+        # RFC 7519 allows a fractional NumericDate; whole seconds could not tell a token
+        # issued just after a revocation cutoff from one issued just before it.
+        "iat": round(time.time(), 6),
+    }
     refresh = create_refresh_token(identity=str(user.id), additional_claims=claims)
     session.current_refresh_jti = decode_token(refresh)["jti"]
     access = create_access_token(identity=str(user.id), additional_claims=claims)
@@ -165,16 +181,41 @@ def block_session(session_id: uuid.UUID) -> None:
     redis.client.set(_BLOCKED_SID + str(session_id), "1", ex=ttl)
 
 
+def revoke_user_tokens(user_id: uuid.UUID) -> None:
+    """Revoke every access and stream token the user holds now, with or without a session.
+
+    Kept for as long as any of them can live (stream tokens never outlive their access
+    token). Call it before committing the change that makes it necessary: if the commit
+    fails, tokens were revoked for nothing, which is the safe way round.
+    """
+    ttl = current_app.config["SETTINGS"].access_token_minutes * 60 + 60
+    redis.client.set(_REVOKED_BEFORE + str(user_id), f"{time.time():.6f}", ex=ttl)
+
+
 def is_token_revoked(payload: dict[str, Any]) -> bool:
-    """The blocklist check for every access token. Fails closed: Redis down means 503."""
-    keys = [_BLOCKED_JTI + str(payload.get("jti"))]
+    """The revocation check for every access and stream token (its jti, its session and its
+    user's cutoff, in one round trip). Fails closed: Redis down means 503."""
+    keys = [_BLOCKED_JTI + str(payload.get("jti")), _REVOKED_BEFORE + str(payload.get("sub"))]
     if payload.get("sid"):
         keys.append(_BLOCKED_SID + str(payload["sid"]))
     try:
-        return bool(redis.client.exists(*keys))
+        values: list[bytes | None] = redis.client.mget(keys)  # type: ignore[assignment]
+        blocked, cutoff, *session_blocked = values
     except Exception as exc:
         log.warning("revocation_check_unavailable", error=type(exc).__name__)
         raise DependencyUnavailable("Cannot check token revocation right now.") from exc
+    if blocked is not None or any(v is not None for v in session_blocked):
+        return True
+    return cutoff is not None and _issued_at(payload) <= float(cutoff)
+
+
+def _issued_at(payload: dict[str, Any]) -> float:
+    """The token's `iat`; a token without one counts as issued at the epoch (revoked by any
+    cutoff)."""
+    try:
+        return float(payload.get("iat") or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def mark_refresh_sessions_revoked(user_id: uuid.UUID) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -219,6 +220,14 @@ class Mailbox:
         part = message.get_body(preferencelist=("plain",))
         assert part is not None, "the email has no text part"
         return str(part.get_content())
+
+    @staticmethod
+    def link_token(message: EmailMessage, path: str) -> str:
+        """The token of the link to `path` (e.g. "/reset-password") in the text part."""
+        text = Mailbox.text_of(message)
+        match = re.search(re.escape(path) + r"\?token=([A-Za-z0-9._-]+)", text)
+        assert match, f"no {path} link in:\n{text}"
+        return match.group(1)
 
 
 class LocalStripe:

@@ -42,6 +42,10 @@ class ResetPasswordIn(Strict):
 class ChangePasswordIn(Strict):
     current_password: str = Field(min_length=1, max_length=256)
     new_password: str = Field(min_length=1, max_length=256)
+    revoke_api_keys: bool = Field(
+        False,
+        description="Also revoke every API key of the account (other sessions always end).",
+    )
 
 
 class UserOut(BaseModel):
@@ -91,6 +95,13 @@ class ApiKeyIn(Strict):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[Literal["read", "write", "ingest"]] = Field(min_length=1, max_length=3)
     expires_at: AwareDatetime | None = None
+    current_password: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Your password. Required unless you signed in (with your password, not "
+        "a refresh) within the last few minutes (API_KEY_FRESH_SIGN_IN_SECONDS, 300).",
+    )
 
 
 class ApiKeyOut(BaseModel):

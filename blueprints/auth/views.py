@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import g, request
+from flask import Response, g, request
+from flask_jwt_extended import get_jwt
 
 from blueprints.auth.schemas import (
     Accepted,
@@ -29,7 +30,7 @@ from blueprints.auth.schemas import (
 )
 from blueprints.common.auth import auth_required, me
 from blueprints.common.idempotency import idempotent
-from blueprints.common.ratelimits import client_ip, configured, email_key
+from blueprints.common.ratelimits import client_ip, configured, email_key, principal_key
 from extensions import limiter
 from models import ApiKey, User, UserSession
 from services import accounts, api_keys, sessions
@@ -55,17 +56,49 @@ def _client() -> dict[str, str | None]:
     return {"ip": request.remote_addr, "user_agent": request.headers.get("User-Agent")}
 
 
+def _account_and_address() -> str:
+    """Login failures count per target account and client address together."""
+    return f"{email_key()}:{client_ip()}"
+
+
+def _refused(response: Response) -> bool:
+    """Deduct from failure limits only when the credentials were wrong, never on success."""
+    return response.status_code == 401
+
+
+def _rejected_input(response: Response) -> bool:
+    # A wrong current password is a 422; so is any other invalid body, which costs
+    # an honest client nothing it would notice.
+    return response.status_code == 422
+
+
+def _known_device() -> bool:
+    """The login comes from an address and browser that signed in to the account before."""
+    body = request.get_json(silent=True)
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or not email.strip():
+        return False
+    return accounts.is_known_device(email, **_client())
+
+
 @bp.post("/register")
 @limiter.limit(configured("ratelimit_register"), key_func=client_ip)
 @bp.input(RegisterIn, location="json", arg_name="body")
 @idempotent()
-@bp.output(UserEnvelope, status_code=201)
-@bp.doc(responses={409: "An account with this email already exists"})
-def register(body: RegisterIn) -> UserEnvelope:
-    """Create an account (and its personal team); a verification link is emailed."""
-    return UserEnvelope(
-        user=user_out(accounts.register_user(str(body.email), body.password, body.name))
-    )
+@bp.output(
+    Accepted,
+    status_code=202,
+    description="Accepted; the same answer for a new address and one that has an account",
+)
+def register(body: RegisterIn) -> Accepted:
+    """Sign up. The answer is the same whether or not the address has an account already.
+
+    A new address gets an account (and its personal team) and a verification link; the
+    owner of an address that has one is emailed instead (sign in, or reset the password)
+    and nothing changes. Either way, the next step is in that mailbox.
+    """
+    accounts.register_user(str(body.email), body.password, body.name)
+    return Accepted(detail="Check the inbox of this address to continue.")
 
 
 @bp.post("/verify-email")
@@ -90,12 +123,28 @@ def resend_verification() -> Accepted:
 
 @bp.post("/login")
 @limiter.limit(configured("ratelimit_login"), key_func=client_ip)
-@limiter.limit(configured("ratelimit_login_per_email"), key_func=email_key)
+# Failures only (flask-limiter checks the limit before the view and counts the attempt
+# after it, when it failed): strictly per account and address; loosely per account from
+# every address, except for the devices the account signed in from before.
+@limiter.limit(
+    configured("ratelimit_login_failures"), key_func=_account_and_address, deduct_when=_refused
+)
+@limiter.limit(
+    configured("ratelimit_login_failures_per_account"),
+    key_func=email_key,
+    deduct_when=_refused,
+    exempt_when=_known_device,
+)
 @bp.input(LoginIn, location="json", arg_name="body")
 @bp.output(TokensOut)
 @bp.doc(responses={401: "Email or password is incorrect"})
 def login(body: LoginIn) -> TokensOut:
-    """Exchange email and password for an access and a refresh token."""
+    """Exchange email and password for an access and a refresh token.
+
+    Failed attempts are limited per account and address (429 with Retry-After), and more
+    loosely per account from all addresses, which never blocks a device that signed in to
+    the account before.
+    """
     return tokens_out(accounts.log_in(str(body.email), body.password, **_client()))
 
 
@@ -134,19 +183,32 @@ def forgot_password(body: ForgotPasswordIn) -> Accepted:
 @bp.input(ResetPasswordIn, location="json", arg_name="body")
 @bp.output({}, status_code=204)
 def reset_password(body: ResetPasswordIn) -> tuple[str, int]:
-    """Set a new password with the emailed token; every session is signed out."""
+    """Set a new password with the emailed token and revoke every credential of the account.
+
+    Every session (and refresh token), every access and stream token and every API key
+    stops working at once; sign in again with the new password.
+    """
     accounts.reset_password(body.token, body.password)
     return "", 204
 
 
 @bp.post("/password/change")
 @auth_required(api_keys=False)
+@limiter.limit(
+    configured("ratelimit_password_confirm_failures"),
+    key_func=principal_key,
+    deduct_when=_rejected_input,
+)
 @bp.input(ChangePasswordIn, location="json", arg_name="body")
 @bp.output({}, status_code=204)
 def change_password(body: ChangePasswordIn) -> tuple[str, int]:
-    """Change the password; every other session is signed out."""
+    """Change the password; every other session is signed out, and with
+    `revoke_api_keys: true` every API key is revoked too."""
     session_id = uuid.UUID(g.session_id) if g.session_id else None
-    accounts.change_password(me(), body.current_password, body.new_password, session_id=session_id)
+    accounts.change_password(
+        me(), body.current_password, body.new_password, session_id=session_id,
+        revoke_api_keys=body.revoke_api_keys,
+    )  # fmt: skip
     return "", 204
 
 
@@ -193,16 +255,34 @@ def list_api_keys() -> ApiKeyList:
 
 @bp.post("/api-keys")
 @auth_required(api_keys=False)
+@limiter.limit(
+    configured("ratelimit_password_confirm_failures"),
+    key_func=principal_key,
+    deduct_when=_rejected_input,
+)
 @bp.input(ApiKeyIn, location="json", arg_name="body")
 @bp.output(NewApiKeyOut, status_code=201)
+@bp.doc(
+    responses={
+        403: "The email address is not verified, or neither `current_password` nor a recent "
+        "sign-in proves the password (or an API key or a role was used)",
+        422: "Invalid body, or `current_password` is incorrect",
+    }
+)
 def create_api_key(body: ApiKeyIn) -> Any:
     """Create an API key; the response holds its secret, once.
 
-    Deliberately not idempotent: replaying would mean storing the secret.
+    Needs a verified email address and a fresh proof of the password: `current_password`,
+    or a sign-in of the last few minutes (a refreshed token does not count as one). The
+    owner gets a security email about the new key at once. Deliberately not idempotent:
+    replaying would mean storing the secret.
     """
+    auth_time = get_jwt().get("auth_time")
     created = api_keys.create_api_key(
-        me(), name=body.name, scopes=list(body.scopes), expires_at=body.expires_at
-    )
+        me(), name=body.name, scopes=list(body.scopes), expires_at=body.expires_at,
+        current_password=body.current_password,
+        signed_in_at=float(auth_time) if isinstance(auth_time, int | float) else None,
+    )  # fmt: skip
     return NewApiKeyOut(api_key=api_key_out(created.key), secret=created.secret)
 
 

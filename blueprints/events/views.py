@@ -1,8 +1,9 @@
 """HTTP for realtime events: the Server-Sent Events stream and its short-lived tokens.
 
-Every check (credentials, revocation, capacity, Redis reachable) happens before the
-first byte, so failures are ordinary problem+json answers; once the 200 is sent, trouble
-ends the stream with a `retry:` hint and the client resumes with Last-Event-ID.
+Every check (credentials, revocation, the user's and the process's stream caps, Redis
+reachable) happens before the first byte, so failures are ordinary problem+json answers;
+once the 200 is sent, trouble ends the stream with a `retry:` hint and the client resumes
+with Last-Event-ID. An open stream re-checks its credential on a timer, busy or idle.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from blueprints.events.schemas import StreamQuery, StreamTokenOut
 from config import Settings
 from extensions import db, limiter
 from logs import get_logger
-from services import realtime
+from services import realtime, stream_leases
 from services.errors import ServiceError
 
 bp = APIBlueprint("events", __name__, url_prefix="/api/v1/events", tag="events")
@@ -38,6 +39,8 @@ _STREAM_DOC = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     401: "Missing, invalid, expired or revoked credentials.",
+    429: "Too many stream connections, or this user already has as many streams open as "
+    "allowed (close one; see Retry-After).",
     503: "This server is at its stream capacity, or Redis is unavailable (see Retry-After).",
 }
 # A client reconnects this long after a stream ends (randomised: a deploy that ends many
@@ -92,6 +95,7 @@ def create_stream_token() -> StreamTokenOut:
         session_id=claims.get("sid"),
         access_jti=claims["jti"],
         access_expires_at=int(claims["exp"]),
+        access_issued_at=float(claims.get("iat", 0)),
     )
     return StreamTokenOut(token=minted.token, expires_in=minted.expires_in)
 
@@ -116,7 +120,9 @@ def stream(query: StreamQuery) -> Response:
     settings: Settings = current_app.config["SETTINGS"]
     last_event_id = request.headers.get("Last-Event-ID") or query.last_event_id
     start = realtime.start_position(credential.user_id, last_event_id)
+    lease = stream_leases.take(credential.user_id, settings)  # the user's cap: 429
     if not _slots.take(settings.events_max_streams_per_process):
+        lease.release()
         log.warning("events_stream_capacity", limit=settings.events_max_streams_per_process)
         raise realtime.StreamCapacityExceeded(
             "This server cannot take another event stream now; reconnect shortly.",
@@ -125,7 +131,7 @@ def stream(query: StreamQuery) -> Response:
     # A stream holds no database connection (or snapshot) for its minutes: give it back.
     db.session.remove()
     response = Response(
-        stream_with_context(_event_stream(credential, start, settings)),
+        stream_with_context(_event_stream(credential, lease, start, settings)),
         mimetype="text/event-stream",
         headers={
             "Cache-Control": "no-cache, no-store",
@@ -133,8 +139,13 @@ def stream(query: StreamQuery) -> Response:
         },
     )
     # The server closes the response however the stream ends (even if never iterated).
-    response.call_on_close(_once(_slots.give_back))
+    response.call_on_close(_once(lambda: _give_back(lease)))
     return response
+
+
+def _give_back(lease: stream_leases.StreamLease) -> None:
+    _slots.give_back()
+    lease.release()
 
 
 def _authenticate_stream(token: str | None) -> realtime.StreamCredential:
@@ -150,37 +161,52 @@ def _authenticate_stream(token: str | None) -> realtime.StreamCredential:
         jti=claims.get("jti"),
         session_id=claims.get("sid"),
         expires_at=float(claims["exp"]),
+        issued_at=float(claims.get("iat", 0)),
     )
 
 
 def _event_stream(
-    credential: realtime.StreamCredential, start: realtime.StartPosition, settings: Settings
+    credential: realtime.StreamCredential,
+    lease: stream_leases.StreamLease,
+    start: realtime.StartPosition,
+    settings: Settings,
 ) -> Iterator[str]:
-    """Yield SSE text until the time limit, a revoked credential, or a Redis failure."""
+    """Yield SSE text until the time limit, a revoked credential, a lost lease, or a Redis
+    failure."""
     began = time.monotonic()
     # Jittered so streams opened together (after a deploy) do not all reconnect together;
     # never past the credential's expiry, which the reconnect then re-checks.
     lifetime = settings.events_max_stream_seconds * random.uniform(0.9, 1.0)
     lifetime = min(lifetime, max(0.0, credential.expires_at - time.time()))
     deadline = began + lifetime
-    heartbeat_ms = int(settings.events_heartbeat_seconds * 1000)
+    heartbeat = settings.events_heartbeat_seconds
+    # On a timer, not only when idle: a busy stream would otherwise outlive a logout (or
+    # a password reset) until its time limit.
+    check_every = stream_leases.credential_check_seconds(settings)
     opening = realtime.Event(start.position, realtime.RESET if start.reset else realtime.READY, {})
     sent, reason = 0, "time_limit"
     yield f"retry: {random.randint(*_RECONNECT_MS)}\n{opening.to_sse()}"
-    position = start.position
+    position, last_write, next_check = start.position, time.monotonic(), began + check_every
     try:
-        while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-            events = realtime.read(credential.user_id, position, min(heartbeat_ms, remaining_ms))
+        while (now := time.monotonic()) < deadline:
+            wait = min(deadline, next_check, last_write + heartbeat) - now
+            events = realtime.read(credential.user_id, position, max(1, int(wait * 1000)))
             for event in events:
                 yield event.to_sse()
-                position, sent = event.id, sent + 1
-            if not events:
-                # Idle for a heartbeat: prove to proxies we are alive, and re-check the
-                # credential (a logout ends the stream within one heartbeat).
+                position, sent, last_write = event.id, sent + 1, time.monotonic()
+            now = time.monotonic()
+            if now >= next_check:
                 if not credential.is_valid():
                     reason = "credential_ended"
                     break
+                if not lease.renew():
+                    reason = "lease_lost"  # stopped counting against the user's cap
+                    break
+                next_check = now + check_every
+            if now - last_write >= heartbeat:
+                # Idle for a heartbeat: prove to proxies (and ourselves) the client is there.
                 yield ": keepalive\n\n"
+                last_write = now
     except GeneratorExit:
         reason = "client_gone"  # the server closed us: the client disconnected
         raise

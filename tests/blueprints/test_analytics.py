@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import AnalyticsEvent, User
-from tests.factories import auth_headers, make_team, make_user
+from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import problem_body
 
 
@@ -41,7 +41,7 @@ def stored(team_id: uuid.UUID) -> int:
 def api_key(client: FlaskClient, user: User, scopes: list[str]) -> Mapping[str, str]:
     created = client.post(
         "/api/v1/auth/api-keys",
-        json={"name": "events", "scopes": scopes},
+        json={"name": "events", "scopes": scopes, "current_password": PASSWORD},
         headers=auth_headers(user),
     )
     assert created.status_code == 201, created.get_data(as_text=True)

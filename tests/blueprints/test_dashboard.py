@@ -21,7 +21,7 @@ from extensions import db, redis
 from models import User
 from scripts.devservices import RedisServer, free_port
 from services import dashboard, notifications
-from tests.factories import auth_headers, give_plan, team_of_every_role
+from tests.factories import PASSWORD, auth_headers, give_plan, team_of_every_role
 from tests.support import Worker, make_settings, problem_body, wait_for, wait_job
 
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
@@ -259,7 +259,7 @@ def test_with_redis_down_the_dashboard_is_computed_uncached(
     client = app.test_client()
     created = client.post(
         "/api/v1/auth/api-keys",
-        json={"name": "wallboard", "scopes": ["read"]},
+        json={"name": "wallboard", "scopes": ["read"], "current_password": PASSWORD},
         headers=auth_headers(team["users"]["owner"]),
     )
     assert created.status_code == 201, created.get_data(as_text=True)

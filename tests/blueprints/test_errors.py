@@ -190,7 +190,7 @@ def test_third_login_in_a_minute_is_429_with_rate_limit_headers(
     app: APIFlask, restore_globals: None
 ) -> None:
     limited = create_app(
-        make_settings(ratelimit_login="2/minute", ratelimit_login_per_email="2/minute")
+        make_settings(ratelimit_login="2/minute", ratelimit_login_failures="2/minute")
     ).test_client()
     credentials = {"email": "nobody@example.com", "password": "wrong password"}
     first, second, third = (limited.post("/api/v1/auth/login", json=credentials) for _ in range(3))
@@ -314,7 +314,7 @@ def test_echoed_request_id_fits_the_ledgers(client: FlaskClient) -> None:
         json={"email": "long-id@example.com", "password": PASSWORD, "name": "Long"},
         headers={"X-Request-ID": sent},
     )
-    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.status_code == 202, response.get_data(as_text=True)
     assert GENERATED_ID.fullmatch(response.headers["X-Request-ID"])
 
 

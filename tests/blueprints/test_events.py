@@ -23,10 +23,11 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 from flask_jwt_extended import create_access_token
 
+from app import create_app
 from config import Settings
 from extensions import db, redis
 from scripts.devservices import free_port
-from services import realtime, sessions
+from services import realtime, sessions, tokens
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, WebServer, Worker, bearer, problem_body, wait_for
 
@@ -169,7 +170,8 @@ def web_pair(settings: Settings, app: APIFlask) -> Iterator[WebPair]:
     """Two web processes on the test database and Redis, with fast stream clocks.
 
     A lets one stream at a time, for three seconds (capacity and stream end); B is the
-    ordinary one. Both heartbeat every 0.2 s.
+    ordinary one, except that its users may keep two streams open (wherever they are).
+    Both heartbeat (and re-check credentials) every 0.2 s.
     """
     fast = {"events_heartbeat_seconds": 0.2}
     servers = (
@@ -179,7 +181,12 @@ def web_pair(settings: Settings, app: APIFlask) -> Iterator[WebPair]:
                 update={**fast, "events_max_stream_seconds": 3, "events_max_streams_per_process": 1}
             ),
         ),
-        StreamServer("b", settings.model_copy(update={**fast, "events_max_stream_seconds": 60})),
+        StreamServer(
+            "b",
+            settings.model_copy(
+                update={**fast, "events_max_stream_seconds": 60, "events_max_streams_per_user": 2}
+            ),
+        ),
     )
     try:
         for server in servers:
@@ -498,3 +505,124 @@ def test_signing_out_ends_an_open_stream_within_a_heartbeat(
     # Reconnecting with the same credentials is refused.
     status, _, body = b.request("GET", STREAM, headers=bearer(pair.access_token))
     assert status == 401 and "revoked" in body["detail"]
+
+
+# --- per-user caps and revocation while streaming ------------------------------------------
+
+
+def app_client(settings: Settings, **changes: Any) -> FlaskClient:
+    """A client of an app like the test run's, with some stream settings changed."""
+    return create_app(settings.model_copy(update=changes)).test_client()
+
+
+def test_a_user_keeps_only_so_many_streams_open(settings: Settings, restore_globals: None) -> None:
+    client = app_client(settings, events_max_streams_per_user=2)
+    user, other = make_user(), make_user()
+    headers = auth_headers(user)
+    with client_stream(client, headers=headers) as one, client_stream(client, headers=headers):
+        assert one.next_frame().event == "ready"
+        status, retry_after, body = _refusal(client, headers)
+        assert status == 429 and body["type"].endswith("/too-many-streams"), body
+        assert "2 event streams" in body["detail"] and retry_after > 0
+        with client_stream(client, headers=auth_headers(other)) as theirs:  # their own count
+            assert theirs.next_frame().event == "ready"
+    # Both closed: their slots are free again at once.
+    with client_stream(client, headers=headers) as again:
+        assert again.next_frame().event == "ready"
+
+
+def test_the_cap_counts_a_users_streams_on_every_web_process(
+    web_pair: WebPair, client: FlaskClient
+) -> None:
+    _, b = web_pair  # B: two streams per user
+    headers = auth_headers(make_user())
+    with b.stream(headers=headers) as on_b, client_stream(client, headers=headers) as here:
+        assert on_b.next_frame().event == "ready" and here.next_frame().event == "ready"
+        status, answer_headers, body = b.request("GET", STREAM, headers=headers, timeout=5)
+        assert status == 429 and body["type"].endswith("/too-many-streams"), body
+        assert int(answer_headers["Retry-After"]) > 0
+
+
+def test_a_stream_left_behind_by_a_dead_process_stops_counting(
+    settings: Settings, restore_globals: None
+) -> None:
+    client = app_client(
+        settings, events_max_streams_per_user=1, events_credential_check_seconds=0.2
+    )
+    headers = auth_headers(make_user())
+    # Opened and then never served again, as when its process is SIGKILLed: nothing renews
+    # its slot and nothing gives it back.
+    orphan = client.get(STREAM, headers=headers, buffered=False)
+    try:
+        assert orphan.status_code == 200
+        assert _refusal(client, headers)[0] == 429
+        # Its slot runs out (three missed checks and some slack), then a new stream opens.
+        deadline = time.monotonic() + 20
+        while (status := _refusal(client, headers)[0]) == 429:
+            assert time.monotonic() < deadline, "the dead stream's slot never ran out"
+            time.sleep(0.5)  # well under the stream's own rate limit
+        assert status == 200
+    finally:
+        orphan.close()
+
+
+def _refusal(client: FlaskClient, headers: Mapping[str, str]) -> tuple[int, int, Any]:
+    """(status, Retry-After or 0, problem body or None) of opening a stream, closed at once
+    (a stream that opens is never read: it would not end)."""
+    response = client.get(STREAM, headers=headers, buffered=False)
+    try:
+        if response.status_code == 200:
+            return 200, 0, None
+        body = problem_body(response, response.status_code)
+        return response.status_code, int(response.headers.get("Retry-After", 0)), body
+    finally:
+        response.close()
+
+
+def _until_the_stream_ends(stream: SSEReader, user_id: Any, what: str) -> None:
+    """Keep the stream busy (an event every 20 ms) until it ends with a bare retry hint."""
+    deadline = time.monotonic() + 20
+    n = 0
+    while True:
+        n += 1
+        realtime.publish([user_id], "notification.created", {"n": n})
+        frame = stream.next_frame()
+        if frame.retry is not None and frame.event is None:
+            return
+        assert time.monotonic() < deadline, f"a busy stream outlived {what}"
+        time.sleep(0.02)
+
+
+def test_a_busy_stream_ends_soon_after_its_session_is_signed_out(
+    settings: Settings, restore_globals: None
+) -> None:
+    # Heartbeats as in production (15 s): only the timer re-checks a stream never idle.
+    client = app_client(settings, events_credential_check_seconds=0.3)
+    user = make_user()
+    pair = sessions.open_session(user, ip="127.0.0.1", user_agent="pytest")
+    db.session.commit()
+    with client_stream(client, headers=bearer(pair.access_token)) as stream:
+        assert stream.next_frame().event == "ready"
+        realtime.publish([user.id], "notification.created", {"n": 0})
+        assert stream.events(1)[0].data == {"n": 0}
+        sessions.end_session(user, pair.session_id)
+        _until_the_stream_ends(stream, user.id, "its sign-out")
+
+
+def test_a_password_reset_ends_streams_opened_with_any_token_of_the_account(
+    settings: Settings, restore_globals: None
+) -> None:
+    client = app_client(settings, events_credential_check_seconds=0.3)
+    user = make_user()
+    # A stream token from an access token of no session: only the reset's cutoff can end it.
+    sessionless = bearer(create_access_token(identity=str(user.id)))
+    token = client.post("/api/v1/events/token", headers=sessionless).get_json()["token"]
+    with client_stream(client, f"{STREAM}?token={token}") as stream:
+        assert stream.next_frame().event == "ready"
+        reset = client.post(
+            "/api/v1/auth/password/reset",
+            json={"token": tokens.mint_password_reset(user), "password": "violet-otter-harbour-42"},
+        )
+        assert reset.status_code == 204, reset.get_data(as_text=True)
+        _until_the_stream_ends(stream, user.id, "a password reset")
+    assert "revoked" in problem_body(client.get(f"{STREAM}?token={token}"), 401)["detail"]

@@ -80,7 +80,7 @@ def test_rate_limits_hold_in_memory_when_redis_is_down(
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     client = create_app(
         make_settings(redis_url=dead_redis, celery_broker_url=app.config["SETTINGS"].broker_url,
-                      ratelimit_login_per_email="2/minute")
+                      ratelimit_login_failures="2/minute")
     ).test_client()  # fmt: skip
     attempts = [
         client.post("/api/v1/auth/login", json={"email": user.email, "password": "nope"})

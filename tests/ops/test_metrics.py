@@ -68,7 +68,7 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
 def limited_client(app: APIFlask, restore_globals: None) -> Iterator[FlaskClient]:
     """A client of an app whose login allows one attempt a minute (to see a 429)."""
     yield create_app(
-        make_settings(ratelimit_login="1/minute", ratelimit_login_per_email="1/minute")
+        make_settings(ratelimit_login="1/minute", ratelimit_login_failures="1/minute")
     ).test_client()
 
 
