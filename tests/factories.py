@@ -12,7 +12,7 @@ from flask_jwt_extended import create_access_token
 
 from extensions import db
 from models import Subscription, TeamMember, User
-from services import accounts, teams
+from services import accounts, api_keys, teams
 
 PASSWORD = "correct horse battery staple"
 _seq = itertools.count(1)
@@ -21,6 +21,14 @@ _seq = itertools.count(1)
 def make_user(*, email: str | None = None, admin: bool = False, name: str = "Test User") -> User:
     email = email or f"user{next(_seq)}@example.com"
     return accounts.create_user(email, PASSWORD, name, is_admin=admin)
+
+
+def make_api_key(user: User, scopes: Iterable[str], *, name: str = "test key") -> str:
+    """A new API key's secret for `user` (proving the password, as the API asks)."""
+    return api_keys.create_api_key(
+        user, name=name, scopes=list(scopes), expires_at=None,
+        current_password=PASSWORD, signed_in_at=None,
+    ).secret  # fmt: skip
 
 
 def auth_headers(user: User) -> Mapping[str, str]:

@@ -23,10 +23,10 @@ from extensions import celery_app, db
 from models import Job, Payment
 from models.search import SearchDocument
 from scripts.devservices import RedisServer, free_port
-from services import aggregation, api_keys, invites, tokens
+from services import aggregation, invites, tokens
 from services.jobs import CANCELLABLE
 from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count, personal_team
-from tests.factories import PASSWORD, auth_headers, make_team, make_user, verify_email
+from tests.factories import PASSWORD, auth_headers, make_api_key, make_team, make_user, verify_email
 from tests.support import (
     ROOT,
     Mailbox,
@@ -199,9 +199,7 @@ def test_an_operators_api_key_does_not_reach_other_users_jobs(client: FlaskClien
     job = Job(id=uuid.uuid4(), type="exports.build", queue="exports", user_id=victim.id)
     db.session.add(job)
     db.session.commit()
-    key = api_keys.create_api_key(operator, name="ops script", scopes=["read", "write"],
-                                  expires_at=None)  # fmt: skip
-    with_key = {"X-API-Key": key.secret}
+    with_key = {"X-API-Key": make_api_key(operator, ["read", "write"])}
 
     problem_body(client.get(f"/api/v1/jobs/{job.id}", headers=with_key), 404)
     problem_body(client.post(f"/api/v1/jobs/{job.id}/cancel", headers=with_key), 404)

@@ -20,8 +20,7 @@ from werkzeug.test import TestResponse
 from app import create_app
 from config import DEV_SECRET, Settings
 from logs import redact_secrets
-from services import api_keys
-from tests.factories import auth_headers, make_user
+from tests.factories import auth_headers, make_api_key, make_user
 from tests.support import ROOT, WebServer, make_settings, problem_body, settings_env
 
 JOBS = "/api/v1/jobs"
@@ -80,7 +79,7 @@ def test_junk_with_a_victims_key_prefix_is_limited_by_address_not_the_victims_ke
 ) -> None:
     client = create_app(make_settings(ratelimit_default="5/minute")).test_client()
     victim = make_user()
-    secret = api_keys.create_api_key(victim, name="ci", scopes=["read"], expires_at=None).secret
+    secret = make_api_key(victim, ["read"])
     prefix = secret.split("_")[1]
 
     attacker = [

@@ -57,7 +57,7 @@ from services import api_keys, invites, notifications, permissions, sessions, to
 from services.api_keys import SCOPES
 from tests.access import MATRIX, Case, TeamWorld, fill
 from tests.conftest import _truncate_all_tables
-from tests.factories import PASSWORD, give_plan, make_team, make_user
+from tests.factories import PASSWORD, give_plan, make_api_key, make_team, make_user
 from tests.support import bearer
 
 # The number of operations in /openapi.json. A new route changes it: give the route a
@@ -133,9 +133,7 @@ def make_crowd() -> Crowd:
         "revoked": bearer(logged_out.access_token),
     }
     for scope in SCOPES:
-        key = api_keys.create_api_key(bot, name=scope, scopes=[scope], expires_at=None,
-                                      current_password=PASSWORD, signed_in_at=None)  # fmt: skip
-        fixed[f"key:{scope}"] = {"X-API-Key": key.secret}
+        fixed[f"key:{scope}"] = {"X-API-Key": make_api_key(bot, [scope], name=scope)}
     revoked = api_keys.create_api_key(bot, name="revoked", scopes=list(SCOPES), expires_at=None,
                                       current_password=PASSWORD, signed_in_at=None)  # fmt: skip
     api_keys.revoke_api_key(bot, revoked.key.id)

@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from extensions import db, limiter
 from models import ApiKey, TeamMember, User
-from services import api_keys, sessions
-from tests.factories import PASSWORD, make_team, make_user, verify_email
+from services import sessions
+from tests.factories import make_api_key, make_team, make_user, verify_email
 from tests.fuzz import profile
 
 # Operations not fuzzed, and why (each still has ordinary tests):
@@ -135,11 +135,8 @@ def make_principal() -> Principal:
     owner = verify_email(make_user(name="Fuzz Owner"))
     member = make_user(name="Fuzz Member")
     team_id = make_team(owner, name="Fuzz team", members=[(member, "member")])
-    key = api_keys.create_api_key(
-        owner, name="fuzz", scopes=["read", "write", "ingest"], expires_at=None,
-        current_password=PASSWORD, signed_in_at=None,
-    )  # fmt: skip
-    return Principal(owner, team_id, member.id, key.secret)
+    secret = make_api_key(owner, ["read", "write", "ingest"], name="fuzz")
+    return Principal(owner, team_id, member.id, secret)
 
 
 @pytest.fixture
