@@ -252,6 +252,7 @@ def accept_invite(token: str) -> TeamEnvelope:
 @invites_bp.output({}, status_code=204)
 @invites_bp.doc(responses={
     # Signing in is optional here, but credentials that are sent are checked.
+    400: "Both Authorization and X-API-Key were sent",
     401: "The credentials sent are invalid",
     403: "An API key was sent: declining takes a signed-in user or none",
     409: "The invitation was already accepted, revoked or declined",
