@@ -108,17 +108,17 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Deploys: SIGTERM is Celery's warm shutdown, bounded by WORKER_SHUTDOWN_GRACE_SECONDS
-        # (tasks/worker_drain.py turns it into a cold shutdown then). No soft shutdown: it
+        # (tasks/runtime/worker_drain.py turns it into a cold shutdown then). No soft shutdown: it
         # would sleep its whole timeout on every shutdown with a task running.
         "worker_soft_shutdown_timeout": 0.0,
         # Each worker also consumes its own queue (`<node>.dq2`), where it sends itself
-        # liveness heartbeats (tasks/worker_health.py, scripts/worker_check.py).
+        # liveness heartbeats (tasks/runtime/worker_health.py, scripts/worker_check.py).
         "worker_direct": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": beat_schedule(settings),
         # One sending beat at a time (a Redis lease; a second beat stands by), and a
-        # `beat:last_tick` heartbeat for the "beat silent" alert (tasks/beat_scheduler.py).
-        "beat_scheduler": "tasks.beat_scheduler:LeaderScheduler",
+        # `beat:last_tick` heartbeat for the "beat silent" alert (tasks/runtime/beat_scheduler.py).
+        "beat_scheduler": "tasks.runtime.beat_scheduler:LeaderScheduler",
         "beat_max_loop_interval": 10,
     }
 

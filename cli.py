@@ -72,8 +72,8 @@ def current() -> None:
 @click.option("--admin", is_flag=True, help="Make the user an operator (is_admin).")
 def create_user(email: str, name: str, password: str, admin: bool) -> None:
     """Create a user (with a personal team); --admin for operators."""
-    from services.accounts import create_user as create
-    from services.errors import ServiceError
+    from services.core.errors import ServiceError
+    from services.identity.accounts import create_user as create
 
     try:
         user = create(email, password, name, is_admin=admin)

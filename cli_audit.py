@@ -1,6 +1,6 @@
 """`flask audit ...`: check every audit chain offline, and rotate the chain's key.
 
-The checks are the service's (services/audit_verify.py), page after page to each chain's
+The checks are the service's (services/core/audit_verify.py), page after page to each chain's
 sealed head; a broken chain makes the command exit non-zero, so it can run from cron.
 """
 
@@ -15,8 +15,8 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from config import parse_audit_keys
-from services.audit import GLOBAL_CHAIN
-from services.audit_verify import ChainReport, list_chains, verify_chain
+from services.core.audit import GLOBAL_CHAIN
+from services.core.audit_verify import ChainReport, list_chains, verify_chain
 
 audit_cli = AppGroup("audit", help="The audit chain: verify it offline, rotate its key.")
 

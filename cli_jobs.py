@@ -17,9 +17,9 @@ import click
 from flask.cli import AppGroup
 
 from models import Job
-from services import dead_letters
-from services.errors import ServiceError
-from services.jobs import list_jobs_admin
+from services.core.errors import ServiceError
+from services.jobs import dead_letters
+from services.jobs.queries import list_jobs_admin
 
 jobs_cli = AppGroup("jobs", help="Inspect, replay or discard jobs that failed for good.")
 

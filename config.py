@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     # Payments keep trying longer than other jobs: a gateway outage must not fail a charge.
     payments_max_attempts: int = 10
 
-    # Realtime events (GET /api/v1/events/stream; services/realtime.py). Each user's
+    # Realtime events (GET /api/v1/events/stream; services/messaging/realtime.py). Each user's
     # events stay in Redis this long, so a reconnect with Last-Event-ID within it loses
     # nothing; an older id gets `event: reset` (refetch) instead.
     events_retention_seconds: int = 600
@@ -218,7 +218,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    # Audit chain (services/audit.py). AUDIT_KEYS="<id>:<secret>,<id>:<secret>": the first
+    # Audit chain (services/core/audit.py). AUDIT_KEYS="<id>:<secret>,<id>:<secret>": the first
     # key signs new rows and chain heads, the others only verify what they signed before,
     # so rotating is prepending a new key (`flask audit rotate-key`) and history is never
     # re-signed. Kept outside the database on purpose: whoever can write the tables must

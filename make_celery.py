@@ -6,7 +6,7 @@ from celery.signals import worker_process_init
 
 from app import create_app
 from extensions import celery_app, db
-from tasks import worker_drain, worker_health
+from tasks.runtime import worker_drain, worker_health
 
 flask_app = create_app()
 # Workers: SIGTERM drains within a grace period; a heartbeat proves they still consume.

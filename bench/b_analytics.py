@@ -17,7 +17,7 @@ last 30 days, made by one INSERT ... SELECT generate_series (deterministic: ever
 derives from the row number and the current hour), then VACUUM ANALYZE. Baseline: one
 `INSERT INTO <temp table> SELECT team_id, name, date_trunc('hour', occurred_at, 'UTC'),
 count(*) FROM analytics_events GROUP BY 1, 2, 3` over the same rows (default settings).
-Measured: `services.aggregation.run()` in one transaction, as the `analytics.aggregate`
+Measured: `services.insights.aggregation.run()` in one transaction, as the `analytics.aggregate`
 job runs it: the first run folds everything into hour and day rollups (full: <= 1.5x
 baseline); then 1% more events in the last three hours (as live traffic adds them) and
 the next run (incremental: <= 5% of full). The rollups are checked against the raw
@@ -56,7 +56,9 @@ from bench.harness import (
 )
 from config import Settings
 from extensions import db
-from services import accounts, aggregation, api_keys, teams
+from services.identity import accounts, api_keys
+from services.insights import aggregation
+from services.teams import teams
 
 # B7
 BATCH = 1000  # events per request: the API's maximum

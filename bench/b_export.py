@@ -6,7 +6,7 @@ VACUUM ANALYZE and one read of the table so both contenders start from the same 
 * baseline: `COPY (SELECT <the export's columns> FROM analytics_events WHERE team_id = ...
   ORDER BY id) TO STDOUT WITH CSV HEADER` (PostgreSQL's own text forms), streamed with
   psycopg's `cursor.copy()` into a file;
-* export: POST /api/v1/teams/<id>/exports (the real API and `services.exports`), built by a
+* export: POST /api/v1/teams/<id>/exports (the real API and `services.files.exports`), built by a
   real `celery worker` (prefork, concurrency 1, production settings, a private broker,
   local storage in the run's scratch directory); time from the job's `started_at` to its
   `finished_at`, and the pool child's peak RSS (VmHWM) growth between a 50-row warm-up
@@ -40,14 +40,15 @@ from config import Settings
 from extensions import db
 from integrations.storage_backends import build_storage
 from models import Export, Job
-from services import accounts, teams
+from services.identity import accounts
+from services.teams import teams
 from tests.support import fetch_job, wait_job
 
 ROWS = int(os.environ.get("BENCH_EXPORT_ROWS", "1000000"))
 WARM_ROWS = 50
 MAX_RATIO = 1.5  # export time / COPY time
 MAX_RSS_GROWTH_MB = 100.0
-# The export's columns (services.exports._query, resource "analytics"), in its order.
+# The export's columns (services.files.exports._query, resource "analytics"), in its order.
 COLUMNS = ("id", "name", "occurred_at", "properties", "dedup_id")
 
 

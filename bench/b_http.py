@@ -61,8 +61,10 @@ from bench.harness import (
 )
 from config import Settings
 from extensions import db
-from services import accounts, exports, sessions, teams
-from services.dashboard import HITS_KEY, MISSES_KEY
+from services.files import exports
+from services.identity import accounts, sessions
+from services.insights.dashboard import HITS_KEY, MISSES_KEY
+from services.teams import teams
 
 CONNECTIONS = 32
 WARMUP_SECONDS = 2.0

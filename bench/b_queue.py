@@ -67,7 +67,10 @@ from config import Settings
 from extensions import celery_app, db
 from models import Notification, NotificationPreference, User
 from scripts.devservices import free_port
-from services import accounts, jobs, notifications, teams
+from services.identity import accounts
+from services.jobs import queries as jobs
+from services.messaging import notifications
+from services.teams import teams
 from tests.support import Mailbox, Worker, wait_for
 
 CONCURRENCY = 2  # pool processes: one per CPU of this machine

@@ -16,8 +16,8 @@ from flask import current_app, request, send_file
 
 from blueprints.common.request_hooks import accepts_any_content
 from integrations.storage_backends import LocalStorage, TokenExpired, TokenInvalid, get_storage
-from services import uploads
-from services.errors import Forbidden, NotFound, ServiceError, ValidationFailed
+from services.core.errors import Forbidden, NotFound, ServiceError, ValidationFailed
+from services.files import uploads
 
 bp = APIBlueprint("storage_local", __name__, url_prefix="/api/v1/storage", tag="storage")
 CHUNK = 1024 * 1024

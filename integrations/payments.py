@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tasks.base import PermanentError
+from services.jobs.runner import PermanentError
 
 # Stripe's PaymentIntent states, as the gateway reports them.
 PI_SUCCEEDED = "succeeded"

@@ -38,7 +38,7 @@ class AuditLog(Timestamps, Base):
     ip: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None] = mapped_column(String(500))
     request_id: Mapped[str | None] = mapped_column(String(64))
-    # The AUDIT_KEYS id whose key made `hash` (an HMAC, see services/audit_seal.py).
+    # The AUDIT_KEYS id whose key made `hash` (an HMAC, see services/core/audit_seal.py).
     key_id: Mapped[str] = mapped_column(String(16))
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str | None] = mapped_column(String(64))
@@ -53,7 +53,7 @@ class AuditHead(Timestamps, Base):
 
     __tablename__ = "audit_heads"
 
-    # The team's id as text, or "global" for rows without a team (services.audit.chain_of).
+    # The team's id as text, or "global" for rows without a team (services.core.audit.chain_of).
     chain: Mapped[str] = mapped_column(String(36), primary_key=True)
     last_id: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))

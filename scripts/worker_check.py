@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from config import load_settings  # noqa: E402 - after the path fix above
-from services.worker_liveness import check, health_dir  # noqa: E402
+from services.ops.worker_liveness import check, health_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

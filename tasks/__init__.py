@@ -1,8 +1,8 @@
 """Celery tasks per domain. Tasks are thin: they take a job id and call services.
 
-Declare them with `tasks.base.job_task`. Add each task module to TASK_MODULES; they are
+Declare them with `services.jobs.runner.job_task`. Add each task module to TASK_MODULES; they are
 imported by `register_all()` (from create_app), not here, so that services may import
-`tasks.dispatch` without an import cycle through the task modules.
+`services.jobs.outbox` without an import cycle through the task modules.
 """
 
 import importlib

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from services.profile import anonymise_user
-from tasks.base import JobContext, job_task
+from services.identity.profile import anonymise_user
+from services.jobs.runner import JobContext, job_task
 
 
 @job_task("accounts.delete")

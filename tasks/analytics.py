@@ -6,8 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from services import aggregation
-from tasks.base import JobContext, job_task, periodic_task
+from services.insights import aggregation
+from services.jobs.runner import JobContext, job_task, periodic_task
 
 
 @periodic_task("analytics.start_aggregate")

@@ -6,13 +6,13 @@ from typing import Any
 
 from integrations.mail import PermanentMailError, get_mailer
 from logs import get_logger
-from services.mail import EmailNotApplicable, UnknownTemplate, build_message
-from tasks.base import (
+from services.jobs.runner import (
     JobContext,
     PermanentError,
     job_task,
     record_external_effect,
 )
+from services.messaging.mail import EmailNotApplicable, UnknownTemplate, build_message
 
 log = get_logger(__name__)
 

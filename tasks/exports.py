@@ -9,8 +9,8 @@ from typing import Any
 from extensions import db
 from integrations.storage_backends import get_storage
 from models import Job
-from services import exports
-from tasks.base import JobContext, PermanentError, job_task, periodic_task
+from services.files import exports
+from services.jobs.runner import JobContext, PermanentError, job_task, periodic_task
 
 
 @job_task("exports.build")

@@ -15,9 +15,9 @@ from integrations.broker import broker_redis
 from logs import get_logger
 from models import Job
 from models.job import RUNNABLE
-from services import realtime
-from tasks.base import notify_failed_for_good, periodic_task
-from tasks.dispatch import Message, publish, send_after_commit
+from services.jobs.outbox import Message, publish, send_after_commit
+from services.jobs.runner import notify_failed_for_good, periodic_task
+from services.messaging import realtime
 
 log = get_logger(__name__)
 

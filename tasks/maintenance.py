@@ -10,8 +10,8 @@ from sqlalchemy import delete
 
 from extensions import db
 from models import IdempotencyKey
-from services.audit import record_audit
-from tasks.base import JobContext, job_task, periodic_task
+from services.core.audit import record_audit
+from services.jobs.runner import JobContext, job_task, periodic_task
 
 
 class TransientPingError(Exception):

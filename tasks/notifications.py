@@ -12,10 +12,10 @@ from extensions import db, redis
 from integrations.mail import PermanentMailError, get_mailer
 from logs import get_logger
 from models import Notification
-from services import notifications
-from services.mail import EmailNotApplicable, build_message
-from tasks.base import JobContext, job_task, periodic_task
-from tasks.dispatch import enqueue
+from services.jobs.outbox import enqueue
+from services.jobs.runner import JobContext, job_task, periodic_task
+from services.messaging import notifications
+from services.messaging.mail import EmailNotApplicable, build_message
 
 log = get_logger(__name__)
 

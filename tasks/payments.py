@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from integrations.stripe_gateway import get_gateway
-from services import payments
-from tasks.base import JobContext, job_task
+from services.billing import payments
+from services.jobs.runner import JobContext, job_task
 
 
 @job_task("payments.charge")

@@ -10,8 +10,8 @@ from datetime import date, datetime
 from typing import Any
 
 from integrations.stripe_gateway import get_gateway
-from services import reconciliation
-from tasks.base import JobContext, job_task, periodic_task
+from services.billing import reconciliation
+from services.jobs.runner import JobContext, job_task, periodic_task
 
 
 @periodic_task("payments.start_reconcile")

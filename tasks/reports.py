@@ -8,8 +8,8 @@ from datetime import date
 from typing import Any
 
 from integrations.mail import get_mailer
-from services import reports
-from tasks.base import JobContext, job_task, periodic_task
+from services.insights import reports
+from services.jobs.runner import JobContext, job_task, periodic_task
 
 
 @periodic_task("reports.start_daily")

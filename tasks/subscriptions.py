@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from integrations.stripe_gateway import get_gateway
-from services import subscriptions
-from tasks.base import JobContext, job_task
+from services.billing import subscriptions
+from services.jobs.runner import JobContext, job_task
 
 
 @job_task(subscriptions.CREATE_TASK)

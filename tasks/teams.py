@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from services import teams
-from services.errors import ServiceError
-from tasks.base import JobContext, PermanentError, job_task
+from services.core.errors import ServiceError
+from services.jobs.runner import JobContext, PermanentError, job_task
+from services.teams import teams
 
 
 @job_task(teams.DELETE_TASK)

@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from integrations.storage_backends import get_storage
-from services import uploads
-from tasks.base import JobContext, job_task, periodic_task
+from services.files import uploads
+from services.jobs.runner import JobContext, job_task, periodic_task
 
 
 @job_task("uploads.process")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from integrations.stripe_gateway import get_gateway
-from services import webhooks
-from tasks.base import JobContext, job_task
+from services.billing import webhooks
+from services.jobs.runner import JobContext, job_task
 
 
 @job_task("webhooks.process")

@@ -3,7 +3,7 @@
 `tests/blueprints/test_access_matrix.py` checks each case in a world of its own per
 caller; `tests/blueprints/test_openapi_access.py` checks every operation of the OpenAPI
 document with every kind of caller, one world per operation. Both take the expected
-answer from `services.permissions`, never write it by hand.
+answer from `services.core.permissions`, never write it by hand.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from extensions import db
 from models import Export, InventoryItem, Payment, User
 from models.file import UserFile
 from models.team import ROLES
-from services import invites
+from services.teams import invites
 from tests.factories import add_member, give_plan, make_team, make_user
 
 TEAM = "/api/v1/teams/<uuid:team_id>"
@@ -29,7 +29,7 @@ TEAM = "/api/v1/teams/<uuid:team_id>"
 class Case:
     method: str
     rule: str  # exactly as in app.url_map
-    action: str  # the permission the route needs (from services/permissions.py)
+    action: str  # the permission the route needs (from services/core/permissions.py)
     # Strings may hold "<target>" (a member to act on) or "<unique>" (new for each caller;
     # in headers too: a payment's Idempotency-Key is unique in its team).
     body: dict[str, Any] | None = None

@@ -12,7 +12,8 @@ from flask_jwt_extended import create_access_token
 
 from extensions import db
 from models import Subscription, TeamMember, User
-from services import accounts, api_keys, teams
+from services.identity import accounts, api_keys
+from services.teams import teams
 
 PASSWORD = "correct horse battery staple"
 _seq = itertools.count(1)

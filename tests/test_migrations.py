@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect, make_url, text
 from cli import alembic_config
 from config import load_settings
 from models import Base
-from services.audit_seal import head_seal, row_mac
+from services.core.audit_seal import head_seal, row_mac
 
 DESIGN_TABLES = {
     "users", "user_sessions", "api_keys", "user_profiles", "settings", "payments",

@@ -1,6 +1,6 @@
 """Analytics ingestion bodies: a batch of events, each checked by the service's rules.
 
-The rules live in `services.analytics`; the validators here call them so that a bad batch
+The rules live in `services.insights.analytics`; the validators here call them so that a bad batch
 is answered with every problem at once, keyed by position (`events.3.occurred_at`).
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from blueprints.common.schemas import Strict
-from services import analytics
+from services.insights import analytics
 
 
 def _ok(problem: str | None) -> None:

@@ -22,7 +22,7 @@ from blueprints.common.auth import me
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.jobs.schemas import JobEnvelope, job_out
 from blueprints.jobs.views import accepted
-from services import aggregation, analytics, rollups
+from services.insights import aggregation, analytics, rollups
 
 bp = APIBlueprint("analytics", __name__, url_prefix="/api/v1/teams", tag="analytics")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -33,8 +33,8 @@ from blueprints.common.idempotency import idempotent
 from blueprints.common.ratelimits import client_ip, configured, email_key, principal_key
 from extensions import limiter
 from models import ApiKey, User, UserSession
-from services import accounts, api_keys, sessions
-from services.sessions import TokenPair
+from services.identity import accounts, api_keys, sessions
+from services.identity.sessions import TokenPair
 
 bp = APIBlueprint("auth", __name__, url_prefix="/api/v1/auth", tag="auth")
 

@@ -29,8 +29,8 @@ from blueprints.common import ratelimits
 from blueprints.common.openapi import SECURITY_MARK
 from extensions import db
 from models import ApiKey, User
-from services.api_keys import authenticate_api_key
-from services.errors import Forbidden
+from services.core.errors import Forbidden
+from services.identity.api_keys import authenticate_api_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 API_KEY_HEADER = "X-API-Key"

@@ -13,8 +13,8 @@ from typing import Any, TypeVar, cast
 from flask import Response, g, make_response, request
 
 from blueprints.common.openapi import IDEMPOTENCY_MARK
-from services.errors import ValidationFailed
-from services.idempotency import (
+from services.core.errors import ValidationFailed
+from services.core.idempotency import (
     StoredResponse,
     complete_key,
     hold_key,

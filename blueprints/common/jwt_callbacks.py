@@ -9,8 +9,8 @@ from flask import Response
 from flask_jwt_extended import JWTManager
 
 from blueprints.common.problems import problem
-from services.accounts import load_active_user
-from services.sessions import is_token_revoked
+from services.identity.accounts import load_active_user
+from services.identity.sessions import is_token_revoked
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 

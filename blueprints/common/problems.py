@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from logs import get_logger
-from services.errors import ServiceError
+from services.core.errors import ServiceError
 
 PROBLEM_MIMETYPE = "application/problem+json"
 TYPE_BASE = "https://docs.maycole.dev/problems/"

@@ -14,7 +14,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from blueprints.common import http_metrics, json_body
 from blueprints.common.problems import problem
 from logs import bind_request_id, get_logger, redact_secrets
-from services.errors import ValidationFailed
+from services.core.errors import ValidationFailed
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Echo a client's id only if it is a sane token (ids end up in logs, headers and the

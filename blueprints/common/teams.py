@@ -1,6 +1,6 @@
 """The guard of every `/api/v1/teams/<team_id>/...` route: `@team_permission("action")`.
 
-It authenticates the caller (401), then asks `services.teams.load_membership` whether
+It authenticates the caller (401), then asks `services.teams.teams.load_membership` whether
 their role in the team allows the action (404 for non-members and deleted teams, 403 for
 a weaker role), before the body is even validated. Order on a view: route, this guard,
 rate limit, input, idempotent, output.
@@ -16,8 +16,8 @@ from flask import g
 
 from blueprints.common.auth import auth_required, me
 from models import TeamMember
-from services import permissions
-from services.teams import load_membership
+from services.core import permissions
+from services.teams.teams import load_membership
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -10,7 +10,7 @@ from apiflask import APIBlueprint
 from blueprints.common.auth import me
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.dashboard.schemas import DashboardOut
-from services import dashboard
+from services.insights import dashboard
 
 bp = APIBlueprint("dashboard", __name__, url_prefix="/api/v1/teams", tag="dashboard")
 

@@ -24,8 +24,8 @@ from blueprints.events.schemas import StreamQuery, StreamTokenOut
 from config import Settings
 from extensions import db, limiter
 from logs import get_logger
-from services import realtime, stream_leases
-from services.errors import ServiceError
+from services.core.errors import ServiceError
+from services.messaging import realtime, stream_leases
 
 bp = APIBlueprint("events", __name__, url_prefix="/api/v1/events", tag="events")
 log = get_logger(__name__)

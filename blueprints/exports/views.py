@@ -25,7 +25,7 @@ from blueprints.jobs.schemas import job_out
 from blueprints.jobs.views import accepted
 from integrations.storage_backends import get_storage
 from models import Export, Job
-from services import exports
+from services.files import exports
 
 bp = APIBlueprint("exports", __name__, url_prefix="/api/v1/teams", tag="exports")
 

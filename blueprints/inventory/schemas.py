@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from blueprints.common.schemas import ListQuery, Strict
-from services.inventory import MAX_QUANTITY
+from services.inventory.items import MAX_QUANTITY
 
 
 class ItemIn(Strict):

@@ -25,7 +25,7 @@ from blueprints.inventory.schemas import (
     ItemPatch,
 )
 from models import InventoryAdjustment, InventoryItem
-from services import inventory
+from services.inventory import items as inventory
 
 bp = APIBlueprint("inventory", __name__, url_prefix="/api/v1/teams", tag="inventory")
 

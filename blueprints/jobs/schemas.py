@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from blueprints.common.schemas import ListQuery, Strict
 from models import Job
-from services import dead_letters
+from services.jobs import dead_letters
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "retrying", "dead", "cancelled"]
 

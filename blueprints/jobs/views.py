@@ -23,8 +23,8 @@ from blueprints.jobs.schemas import (
     admin_job_out,
     job_out,
 )
-from services import dead_letters
-from services import jobs as job_service
+from services.jobs import dead_letters
+from services.jobs import queries as job_service
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1/jobs", tag="jobs")
 admin_bp = APIBlueprint("admin_jobs", __name__, url_prefix="/api/v1/admin/jobs", tag="admin")

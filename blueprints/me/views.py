@@ -19,7 +19,7 @@ from blueprints.me.schemas import (
     SettingsPatch,
 )
 from models import User, UserProfile
-from services import profile as profiles
+from services.identity import profile as profiles
 
 bp = APIBlueprint("me", __name__, url_prefix="/api/v1/me", tag="profile")
 

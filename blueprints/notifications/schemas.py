@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from blueprints.common.schemas import ListQuery, Strict
-from services.notification_catalog import CATEGORIES
+from services.messaging.catalog import CATEGORIES
 
 
 class NotificationOut(BaseModel):

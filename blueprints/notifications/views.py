@@ -24,8 +24,8 @@ from blueprints.notifications.schemas import (
 )
 from extensions import limiter
 from models import Notification
-from services import notifications
-from services.notification_catalog import CATEGORIES
+from services.messaging import notifications
+from services.messaging.catalog import CATEGORIES
 
 bp = APIBlueprint(
     "notifications", __name__, url_prefix="/api/v1/notifications", tag="notifications"

@@ -12,8 +12,8 @@ from flask import Response, abort, current_app, request, url_for
 from blueprints.common import http_metrics
 from blueprints.common.problems import problem
 from extensions import limiter
-from services import metrics as metric_exposition
-from services.health import readiness
+from services.ops import metrics as metric_exposition
+from services.ops.health import readiness
 
 bp = APIBlueprint("ops", __name__, tag="ops")
 

@@ -32,8 +32,8 @@ from extensions import limiter
 from integrations.payments import InvalidWebhook
 from integrations.stripe_gateway import get_gateway
 from models import Payment, Refund
-from services import payments, webhooks
-from services.errors import ServiceError
+from services.billing import payments, webhooks
+from services.core.errors import ServiceError
 
 bp = APIBlueprint("payments", __name__, url_prefix="/api/v1/teams", tag="payments")
 webhooks_bp = APIBlueprint("webhooks", __name__, url_prefix="/api/v1/webhooks", tag="payments")

@@ -8,7 +8,7 @@ from apiflask import APIBlueprint
 
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.search.schemas import SearchHitOut, SearchPage, SearchQuery
-from services import search
+from services.insights import search
 
 bp = APIBlueprint("search", __name__, url_prefix="/api/v1/teams", tag="search")
 

@@ -30,9 +30,10 @@ from blueprints.subscriptions.schemas import (
     SubscriptionOut,
 )
 from models import Job
-from services import plans, subscriptions
-from services.plans import Plan
-from services.subscriptions import TeamPlan
+from services.billing import subscriptions
+from services.billing.subscriptions import TeamPlan
+from services.core import plans
+from services.core.plans import Plan
 
 plans_bp = APIBlueprint("plans", __name__, url_prefix="/api/v1/plans", tag="subscriptions")
 bp = APIBlueprint("subscriptions", __name__, url_prefix="/api/v1/teams", tag="subscriptions")

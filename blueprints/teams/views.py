@@ -1,7 +1,7 @@
 """HTTP for teams: the team, its members, invitations and audit log.
 
 Every `/teams/<team_id>/...` view is guarded by `@team_permission(action)` (see
-`services/permissions.py` for who may do what); the invitation links (`/invites/<token>`)
+`services/core/permissions.py` for who may do what); the invitation links (`/invites/<token>`)
 are addressed by the emailed token instead.
 """
 
@@ -44,8 +44,9 @@ from blueprints.teams.schemas import (
 )
 from extensions import limiter
 from models import AuditLog, TeamInvite, TeamMember, User
-from services import audit_logs, invites, members, teams
-from services.teams import TeamWithRole
+from services.core import audit_logs
+from services.teams import invites, members, teams
+from services.teams.teams import TeamWithRole
 
 bp = APIBlueprint("teams", __name__, url_prefix="/api/v1/teams", tag="teams")
 invites_bp = APIBlueprint("invites", __name__, url_prefix="/api/v1/invites", tag="teams")

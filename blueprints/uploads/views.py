@@ -23,7 +23,7 @@ from blueprints.uploads.schemas import (
     UploadIn,
 )
 from models.file import UserFile
-from services import uploads
+from services.files import uploads
 
 bp = APIBlueprint("uploads", __name__, url_prefix="/api/v1/teams", tag="uploads")
 

@@ -100,7 +100,7 @@ def _resign_existing_rows() -> None:
         return  # a new database: nothing to sign, no key needed
     # The app's own settings and signing code: the key must be the one the app will use.
     from config import load_settings
-    from services.audit_seal import head_seal, row_mac
+    from services.core.audit_seal import head_seal, row_mac
 
     key_id, key = next(iter(load_settings().audit_key_ring.items()))
     heads: dict[str, tuple[int, str, int]] = {}  # chain -> (last id, last hash, rows)

@@ -23,8 +23,10 @@ from extensions import celery_app, db
 from models import Job, Payment
 from models.search import SearchDocument
 from scripts.devservices import RedisServer, free_port
-from services import aggregation, invites, tokens
-from services.jobs import CANCELLABLE
+from services.core import tokens
+from services.insights import aggregation
+from services.jobs.queries import CANCELLABLE
+from services.teams import invites
 from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count, personal_team
 from tests.factories import PASSWORD, auth_headers, make_api_key, make_team, make_user, verify_email
 from tests.support import (

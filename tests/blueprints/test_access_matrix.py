@@ -12,7 +12,7 @@ from pathlib import Path
 
 from apiflask import APIFlask
 
-from services import permissions
+from services.core import permissions
 from tests.access import MATRIX, TEAM
 from tests.support import ROOT
 
@@ -49,5 +49,6 @@ def test_readme_permissions_table_matches_the_module() -> None:
     readme = (Path(ROOT) / "README.md").read_text()
     assert "## Permissions" in readme
     assert permissions.markdown_table() in readme, (
-        "README.md's permission table is out of date; paste services.permissions.markdown_table()"
+        "README.md's permission table is out of date; paste "
+        "services.core.permissions.markdown_table()"
     )

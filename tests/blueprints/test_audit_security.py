@@ -27,7 +27,7 @@ from app import create_app
 from config import Settings
 from extensions import db
 from models import AuditLog, User
-from services.audit import record_audit
+from services.core.audit import record_audit
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import Worker, make_settings, problem_body, wait_job
 

@@ -20,7 +20,8 @@ from config import Settings
 from extensions import db, redis
 from models import User
 from scripts.devservices import RedisServer, free_port
-from services import dashboard, notifications
+from services.insights import dashboard
+from services.messaging import notifications
 from tests.factories import PASSWORD, auth_headers, give_plan, team_of_every_role
 from tests.support import Worker, make_settings, problem_body, wait_for, wait_job
 

@@ -27,7 +27,9 @@ from app import create_app
 from config import Settings
 from extensions import db, redis
 from scripts.devservices import free_port
-from services import realtime, sessions, tokens
+from services.core import tokens
+from services.identity import sessions
+from services.messaging import realtime
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, WebServer, Worker, bearer, problem_body, wait_for
 

@@ -29,8 +29,9 @@ from blueprints.analytics.views import MAX_BATCH_BYTES
 from extensions import db
 from models import Base, Payment, User
 from models.file import UserFile
-from services import inventory, notifications
-from services.mail import build_message
+from services.inventory import items as inventory
+from services.messaging import notifications
+from services.messaging.mail import build_message
 from tests.factories import PASSWORD, auth_headers, give_plan, make_team, make_user
 from tests.support import problem_body
 

@@ -16,7 +16,7 @@ import blueprints.common.idempotency as idempotency_view
 import tasks.maintenance
 from extensions import db
 from models import IdempotencyKey, Job, User
-from services.idempotency import request_fingerprint, reserve_key
+from services.core.idempotency import request_fingerprint, reserve_key
 from tests.factories import auth_headers, make_user
 from tests.support import problem_body
 

@@ -18,7 +18,7 @@ from config import Settings
 from extensions import db, redis
 from models import Job, Notification, NotificationPreference, User
 from scripts.devservices import RedisServer, free_port
-from services import notifications
+from services.messaging import notifications
 from tasks.notifications import start_digests
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import (

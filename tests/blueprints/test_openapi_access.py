@@ -6,7 +6,7 @@ operator (`is_admin`, member of no team); each team role; API keys with each sco
 
 What each should hear comes from a policy, never from the app:
 - team routes (`/teams/{team_id}/...`): the route's action (tests/access.py MATRIX) in
-  services/permissions.py: 2xx if the role allows it, 403 if too weak, 404 for anyone
+  services/core/permissions.py: 2xx if the role allows it, 403 if too weak, 404 for anyone
   outside the team (the operator too), exactly as for a team that does not exist;
 - every other route: POLICIES below: public, a link anyone holding it may use, any
   signed-in user (on their own things), or operators only;
@@ -53,8 +53,11 @@ from extensions import db, limiter
 from integrations.storage_backends import get_storage
 from models import Job, Team, TeamMember, User, UserFile
 from models.team import ROLES
-from services import api_keys, invites, notifications, permissions, sessions, tokens
-from services.api_keys import SCOPES
+from services.core import permissions, tokens
+from services.identity import api_keys, sessions
+from services.identity.api_keys import SCOPES
+from services.messaging import notifications
+from services.teams import invites
 from tests.access import MATRIX, Case, TeamWorld, fill
 from tests.conftest import _truncate_all_tables
 from tests.factories import PASSWORD, give_plan, make_api_key, make_team, make_user

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from blueprints.common.ratelimits import RedisWindowStorage
 from extensions import limiter
-from services.sessions import is_token_revoked
+from services.identity.sessions import is_token_revoked
 from tests.factories import auth_headers, make_user
 
 

@@ -9,7 +9,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from extensions import db
-from services import payments, search
+from services.billing import payments
+from services.insights import search
 from tests.factories import auth_headers, make_team, make_user
 
 
@@ -130,7 +131,7 @@ def test_update_and_delete_keep_the_index(client: FlaskClient, teams: dict[str, 
 
 
 def test_uploaded_text_is_found_as_a_file(client: FlaskClient, teams: dict[str, Any]) -> None:
-    # The same helper services.uploads calls once a text upload is verified.
+    # The same helper services.files.uploads calls once a text upload is verified.
     file_id = uuid.uuid4()
     search.index_document(teams["a"], "file", file_id, "notes.txt", "The blue widget manual.")
     db.session.commit()

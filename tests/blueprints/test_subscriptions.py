@@ -17,7 +17,8 @@ from extensions import db
 from integrations.payments import PI_SUCCEEDED
 from integrations.stripe_gateway import get_gateway
 from models import AuditLog, Job, Notification, Payment, Subscription, TeamInvite, User
-from services import plans, reconciliation, tokens
+from services.billing import reconciliation
+from services.core import plans, tokens
 from tests.factories import (
     add_member,
     auth_headers,

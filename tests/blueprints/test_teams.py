@@ -16,7 +16,7 @@ from werkzeug.test import TestResponse
 
 from extensions import db
 from models import AuditLog, Job, Team, TeamInvite, User
-from services import tokens
+from services.core import tokens
 from tests.factories import auth_headers, give_plan, make_team, make_user, verify_email
 from tests.support import Mailbox, Worker, problem_body, wait_job
 

@@ -28,7 +28,7 @@ from extensions import db
 from models.file import UserFile
 from models.search import SearchDocument
 from scripts.devservices import RedisServer, free_port
-from services import uploads
+from services.files import uploads
 from tests.factories import auth_headers, make_user
 from tests.support import (
     ROOT,

@@ -33,8 +33,8 @@ from extensions import db
 from integrations.stripe_gateway import get_gateway
 from models import Export, Job, TeamMember
 from models.file import UserFile
-from services import aggregation
-from services.mail import format_money
+from services.insights import aggregation
+from services.messaging.mail import format_money
 from tests.factories import auth_headers, make_user
 from tests.faults.stack import Stack, profile
 from tests.faults.workload import Client, Ledger
@@ -167,7 +167,7 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
     receipt_mail = [m for m in stack.mailbox.to(owner_email)
                     if "receipt" in str(m["Subject"]).lower()]  # fmt: skip
     # One email is one Message-ID: a worker SIGKILLed between handing a message to SMTP
-    # and recording that (tasks.base.record_external_effect) resends the SAME message,
+    # and recording that (services.jobs.runner.record_external_effect) resends the SAME message,
     # which mail clients show once. Those resends are counted, and shown, apart.
     distinct = {(str(m["Subject"]), str(m["Message-ID"])) for m in receipt_mail}
     report_resent = len(receipt_mail) - len(distinct)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from extensions import db, limiter
 from models import ApiKey, TeamMember, User
-from services import sessions
+from services.identity import sessions
 from tests.factories import make_api_key, make_team, make_user, verify_email
 from tests.fuzz import profile
 

@@ -14,7 +14,7 @@ import redis as redis_lib
 
 from config import Settings
 from scripts.devservices import RedisServer, free_port
-from tasks.beat_scheduler import LAST_TICK_KEY, LEADER_KEY, LEASE_SECONDS
+from tasks.runtime.beat_scheduler import LAST_TICK_KEY, LEADER_KEY, LEASE_SECONDS
 from tests.support import ROOT, make_settings, settings_env, wait_for
 
 

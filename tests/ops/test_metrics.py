@@ -21,7 +21,7 @@ from app import create_app
 from config import Settings
 from extensions import db, redis
 from models import Payment
-from tasks.beat_scheduler import LAST_TICK_KEY
+from tasks.runtime.beat_scheduler import LAST_TICK_KEY
 from tests.factories import auth_headers, make_team, make_user
 from tests.support import ROOT, WebServer, Worker, make_settings, wait_job
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from config import DEV_AUDIT_KEYS, load_settings, parse_audit_keys
-from services.audit_seal import head_seal, open_cursor, row_mac, sign_cursor
+from services.core.audit_seal import head_seal, open_cursor, row_mac, sign_cursor
 
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32
 STRONG = {"secret_key": "s" * 40, "jwt_secret_key": "j" * 40, "metrics_token": "m" * 32}

@@ -21,7 +21,7 @@ from extensions import db
 from integrations.storage import StorageUnavailable, StoredObject
 from integrations.storage_backends import LocalStorage
 from models import AnalyticsEvent, Export
-from services import exports
+from services.files import exports
 from tests.factories import make_team, make_user
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)

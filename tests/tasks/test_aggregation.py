@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, select, text, update
 
 from extensions import db
 from models import AnalyticsRollup, Job, Payment, User
-from services import aggregation
+from services.insights import aggregation
 from tasks.analytics import start_aggregate
 from tests.factories import add_member, auth_headers, make_team, make_user
 from tests.support import Worker, problem_body, wait_for, wait_job

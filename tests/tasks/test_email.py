@@ -16,9 +16,9 @@ from apiflask import APIFlask
 from config import Settings
 from extensions import db
 from models import Job, TeamInvite, TeamMember, User
-from services import tokens
-from services.mail import EmailNotApplicable, UnknownTemplate, build_message, queue_email
-from tasks.dispatch import enqueue
+from services.core import tokens
+from services.jobs.outbox import enqueue
+from services.messaging.mail import EmailNotApplicable, UnknownTemplate, build_message, queue_email
 from tasks.jobs import relay_outbox
 from tests.factories import make_user
 from tests.support import Mailbox, Worker, wait_job

@@ -24,7 +24,7 @@ from config import Settings
 from extensions import db
 from models import Job
 from scripts.devservices import RedisServer, free_port
-from tasks.dispatch import Message, enqueue, publish
+from services.jobs.outbox import Message, enqueue, publish
 from tasks.jobs import reap_orphans, relay_outbox, requeue_unclaimed
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, Worker, fetch_job, make_settings, running_worker, wait_job

@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select
 
 from extensions import celery_app, db
 from models import AnalyticsRollup, Job, Report, User
-from tasks.dispatch import enqueue
+from services.jobs.outbox import enqueue
 from tests.factories import add_member, auth_headers, make_team, make_user
 from tests.support import Mailbox, Worker, wait_for, wait_job
 

@@ -1,0 +1,4 @@
+"""Money: payments, subscriptions, the Stripe webhook mirror and reconciliation.
+
+Imports services.teams.teams and below.
+"""

@@ -1,0 +1,445 @@
+"""Aggregation: fold analytics events and our own tables into `analytics_rollups`.
+
+Two kinds of metric, two strategies:
+
+* **Client events** are append-only and can be huge, so they are folded in
+  *incrementally*: each run reads only the transactions between the watermark and the
+  oldest transaction still running (see `models.analytics`), adds their counts to the hour
+  and day rows in ONE statement, and moves the watermark in the same transaction. A run
+  that crashes moved nothing; a run that committed never rereads. A late event (one that
+  occurred hours or days ago) is simply in a new transaction, so its old window is
+  corrected by the next run.
+* **Built-in metrics** (signups, payments, revenue, active users, jobs) come from rows
+  that change state (a payment succeeds later, a job finishes), so their recent windows
+  are *recomputed*: delete and re-insert the last few hours and the last two days.
+
+`recompute` rebuilds any whole-day window of one team from the raw events: it counts only
+what the watermark has already folded in, so rerunning it gives the same numbers as the
+incremental path and the two never double count.
+
+Two kinds of run. The hourly `run` folds every team and moves the global watermark. An
+admin's on-demand `run_team` folds only their team's new transactions and records how far
+in the team's own watermark (`analytics_team_watermarks`), never the global one: other
+teams' unread events stay below the global watermark for the next hourly run, which in
+turn skips the events team runs already folded and drops the team rows it overtook. For
+any team, "folded" is therefore every transaction below the larger of the two marks.
+Locks: the hourly run takes a transaction-scoped advisory lock exclusively; team runs take
+it shared (teams proceed side by side) plus a lock of their team, so two beats queue up
+behind each other and behind running team runs, never race them.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from flask import current_app
+from sqlalchemy import func, select, text
+
+from extensions import db
+from models import Job, TeamMember, User
+from models.job import RUNNABLE
+from services.core.audit import record_audit
+from services.core.errors import Conflict, TooManyRequests, ValidationFailed
+from services.insights.rollups import BUILTIN_PREFIX, floor
+from services.jobs.outbox import enqueue
+
+AGGREGATE_TASK: Final = "analytics.aggregate"
+EVENTS: Final = "events"  # the watermark's source name
+BUILTIN_LOOKBACK: Final = timedelta(hours=3)  # late-finishing jobs, slow webhooks
+MAX_RECOMPUTE: Final = timedelta(days=92)  # events older than 90 days are refused anyway
+_LOCK_KEY: Final = "analytics.aggregate"
+_REQUEST_LOCK_KEY: Final = "analytics.request"
+PENDING: Final = RUNNABLE | {"running"}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one run did (the job's result)."""
+
+    events: int
+    watermark: int
+    builtin_rows: int
+    recomputed_rows: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "watermark": self.watermark,
+            "builtin_rows": self.builtin_rows,
+            "recomputed_rows": self.recomputed_rows,
+        }
+
+
+def request_run(
+    user: User, membership: TeamMember, start: datetime | None, end: datetime | None
+) -> Job:
+    """An admin's on-demand run of their team: fold the team's new events now and, given
+    a window, rebuild the team's rollups over it (whole UTC days). One transaction: the
+    job and its audit row.
+
+    One pending run per team: while one is queued or running, the same request gets that
+    job back (a different window is 409). After a run finished, the next one waits
+    ANALYTICS_AGGREGATE_COOLDOWN_SECONDS (429 + Retry-After), so a loop of requests costs
+    one small run per cooldown, never a queue of them.
+    """
+    team_id = membership.team_id
+    args: dict[str, Any] = {"team_id": str(team_id)}
+    if (start is None) != (end is None):
+        raise ValidationFailed(
+            "Give both `from` and `to`, or neither.",
+            errors={"from" if start is None else "to": ["Required with the other bound."]},
+        )
+    if start is not None and end is not None:
+        if end <= start:
+            raise ValidationFailed("`to` must be after `from`.", errors={"to": ["Too early."]})
+        if end - start > MAX_RECOMPUTE:
+            raise ValidationFailed(
+                "Rebuild at most 92 days at a time.", errors={"to": ["Window too long."]}
+            )
+        args |= {"from": start.isoformat(), "to": end.isoformat()}
+    # The team's requests one at a time, so two at once cannot both queue a run.
+    db.session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:key), hashtext(:team))"),
+        {"key": _REQUEST_LOCK_KEY, "team": str(team_id)},
+    )
+    pending = db.session.scalar(
+        select(Job)
+        .where(Job.type == AGGREGATE_TASK, Job.status.in_(PENDING), Job.team_id == team_id)
+        .order_by(Job.created_at)
+        .limit(1)
+    )
+    if pending is not None:
+        db.session.commit()  # nothing written; releases the lock
+        if pending.args != args:
+            raise Conflict(
+                "A run for this team is already queued or running (job "
+                f"{pending.id}); ask for this one once it has finished."
+            )
+        return pending
+    _refuse_during_cooldown(team_id)
+    job = enqueue(AGGREGATE_TASK, args=args, user_id=user.id, team_id=team_id)
+    record_audit("analytics.aggregate_requested", actor_id=user.id, team_id=team_id,
+                 subject_type="job", subject_id=job.id, data=args)  # fmt: skip
+    db.session.commit()
+    return job
+
+
+def _refuse_during_cooldown(team_id: uuid.UUID) -> None:
+    """429 until ANALYTICS_AGGREGATE_COOLDOWN_SECONDS after the team's last run finished."""
+    settings = current_app.config["SETTINGS"]
+    cooldown = timedelta(seconds=settings.analytics_aggregate_cooldown_seconds)
+    if not cooldown:
+        return
+    seconds_left = db.session.scalar(
+        select(func.extract("epoch", func.max(Job.finished_at) + cooldown - func.now())).where(
+            Job.team_id == team_id, Job.type == AGGREGATE_TASK,
+            Job.finished_at > func.now() - cooldown,
+        )
+    )  # fmt: skip
+    if seconds_left is not None and seconds_left > 0:
+        raise TooManyRequests(
+            "This team's analytics were aggregated moments ago; ask again after Retry-After"
+            " seconds (the hourly run aggregates every team anyway).",
+            retry_after=math.ceil(float(seconds_left)),
+        )
+
+
+def start_scheduled_run() -> Job | None:
+    """Beat's hourly trigger of the all-teams run: one queued at a time (a backlog of ticks
+    adds nothing). Teams' on-demand runs do not count: they cannot hold it back."""
+    waiting = db.session.scalar(
+        select(Job.id)
+        .where(Job.type == AGGREGATE_TASK, Job.status.in_(PENDING), Job.team_id.is_(None))
+        .limit(1)
+    )
+    if waiting is not None:
+        return None
+    job = enqueue(AGGREGATE_TASK, args={})
+    db.session.commit()
+    return job
+
+
+def run(now: datetime | None = None) -> Summary:
+    """The hourly pass over every team, in the caller's transaction: new events and the
+    recent built-in windows."""
+    _lock()
+    events, watermark = _fold_new_events()
+    now = now or datetime.now(UTC)
+    builtin_rows = _recompute_builtins(floor(now - BUILTIN_LOOKBACK, "hour"), now, "hour")
+    builtin_rows += _recompute_builtins(floor(now - timedelta(days=1), "day"), now, "day")
+    return Summary(events, watermark, builtin_rows)
+
+
+def run_team(
+    team_id: uuid.UUID,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    now: datetime | None = None,
+) -> Summary:
+    """An on-demand pass over one team, in the caller's transaction: its new events, its
+    recent built-in windows and, given a window, a full recompute of that window. No other
+    team's rollups or watermark are touched."""
+    _lock_team(team_id)
+    events, watermark = _fold_team_events(team_id)
+    now = now or datetime.now(UTC)
+    rows = _recompute_builtins(floor(now - BUILTIN_LOOKBACK, "hour"), now, "hour", team_id)
+    rows += _recompute_builtins(floor(now - timedelta(days=1), "day"), now, "day", team_id)
+    recomputed = 0
+    if start is not None and end is not None:
+        recomputed = recompute(team_id, start, end, locked=True)
+    return Summary(events, watermark, rows, recomputed)
+
+
+def recompute(team_id: uuid.UUID, start: datetime, end: datetime, *, locked: bool = False) -> int:
+    """Rebuild the team's rollups for the whole UTC days covering [start, end); returns
+    the number of rollup rows written."""
+    if not locked:
+        _lock_team(team_id)
+    first, last = day_window(start, end)
+    watermark = _team_watermark(team_id)
+    params = {"team": team_id, "start": first, "end": last, "watermark": str(watermark)}
+    db.session.execute(
+        text("""
+            DELETE FROM analytics_rollups
+            WHERE team_id = :team AND bucket >= :start AND bucket < :end
+              AND name NOT LIKE 'builtin.%'
+        """),
+        params,
+    )
+    written = _insert_event_rollups(
+        "team_id = :team AND occurred_at >= :start AND occurred_at < :end"
+        " AND ingest_xid < CAST(CAST(:watermark AS text) AS xid8)",
+        params,
+    )
+    for interval in ("hour", "day"):
+        written += _recompute_builtins(first, last, interval, team_id=team_id)
+    return written
+
+
+def day_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """[start, end) widened to whole UTC days (day rollups are only ever whole)."""
+    first = floor(start, "day")
+    last = floor(end, "day")
+    if last < end:
+        last += timedelta(days=1)
+    return first, last
+
+
+def _lock() -> None:
+    """The all-teams run: alone (waits for team runs, and they for it)."""
+    db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": _LOCK_KEY})
+
+
+def _lock_team(team_id: uuid.UUID) -> None:
+    """A team run: beside other teams' runs, alone in its team, never beside the all-teams
+    run (which must not move the global watermark under it)."""
+    db.session.execute(
+        text("SELECT pg_advisory_xact_lock_shared(hashtext(:key))"), {"key": _LOCK_KEY}
+    )
+    db.session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:key), hashtext(:team))"),
+        {"key": _LOCK_KEY, "team": str(team_id)},
+    )
+
+
+def _watermark() -> int:
+    value = db.session.execute(
+        text("SELECT xid FROM analytics_watermarks WHERE source = :source"), {"source": EVENTS}
+    ).scalar()
+    return int(value or 0)
+
+
+def _team_watermark(team_id: uuid.UUID) -> int:
+    """Every transaction of the team below this is folded in (global or team mark)."""
+    value = db.session.execute(
+        text("SELECT xid FROM analytics_team_watermarks WHERE team_id = :team"), {"team": team_id}
+    ).scalar()
+    return max(_watermark(), int(value or 0))
+
+
+def _horizon() -> int:
+    """The oldest transaction still running: everything below it has committed or never
+    will. Read before this transaction writes, so our own id cannot hold it back."""
+    return int(
+        db.session.execute(
+            text("SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint)")
+        ).scalar_one()
+    )
+
+
+# Events a team run has already folded (below its team's watermark) are not the hourly
+# run's to add again.
+_NOT_FOLDED_BY_TEAM_RUN: Final = """
+    NOT EXISTS (
+        SELECT 1 FROM analytics_team_watermarks tw
+        WHERE tw.team_id = analytics_events.team_id
+          AND analytics_events.ingest_xid < CAST(CAST(tw.xid AS text) AS xid8)
+    )"""
+
+
+def _fold_new_events() -> tuple[int, int]:
+    """Add the events of every finished transaction since the watermark (but those team
+    runs folded); return (events read, new watermark). Must run under the lock and before
+    this transaction writes."""
+    horizon = _horizon()
+    lower = _watermark()
+    if horizon <= lower:
+        return 0, lower
+    params = {"lower": str(lower), "upper": str(horizon)}
+    events = _insert_event_rollups(
+        "ingest_xid >= CAST(CAST(:lower AS text) AS xid8)"
+        " AND ingest_xid < CAST(CAST(:upper AS text) AS xid8)"
+        f" AND {_NOT_FOLDED_BY_TEAM_RUN}",
+        params,
+        additive=True,
+    )
+    db.session.execute(
+        text("""
+            INSERT INTO analytics_watermarks (source, xid) VALUES (:source, :xid)
+            ON CONFLICT (source) DO UPDATE SET xid = excluded.xid, updated_at = now()
+        """),
+        {"source": EVENTS, "xid": horizon},
+    )
+    # Team marks at or below the global one say nothing more.
+    db.session.execute(
+        text("DELETE FROM analytics_team_watermarks WHERE xid <= :xid"), {"xid": horizon}
+    )
+    return events, horizon
+
+
+def _fold_team_events(team_id: uuid.UUID) -> tuple[int, int]:
+    """Add the team's events of every finished transaction since its watermark; return
+    (events read, the team's new watermark). Under the team's lock, before any write."""
+    horizon = _horizon()
+    lower = _team_watermark(team_id)
+    if horizon <= lower:
+        return 0, lower
+    params = {"team": team_id, "lower": str(lower), "upper": str(horizon)}
+    events = _insert_event_rollups(
+        "team_id = :team AND ingest_xid >= CAST(CAST(:lower AS text) AS xid8)"
+        " AND ingest_xid < CAST(CAST(:upper AS text) AS xid8)",
+        params,
+        additive=True,
+    )
+    db.session.execute(
+        text("""
+            INSERT INTO analytics_team_watermarks (team_id, xid) VALUES (:team, :xid)
+            ON CONFLICT (team_id) DO UPDATE SET xid = excluded.xid, updated_at = now()
+        """),
+        {"team": team_id, "xid": horizon},
+    )
+    return events, horizon
+
+
+def _insert_event_rollups(where: str, params: dict[str, Any], *, additive: bool = False) -> int:
+    """Group the matching events by team, name and hour in one scan and write the hour and
+    day rows; `additive` adds to what is stored (incremental), else inserts fresh rows
+    into a window the caller emptied. Returns the number of events read (additive) or of
+    rollup rows written."""
+    on_conflict = (
+        'ON CONFLICT (team_id, name, "interval", bucket) DO UPDATE'
+        " SET value = analytics_rollups.value + excluded.value, updated_at = now()"
+        if additive
+        else ""
+    )
+    statement = f"""
+        WITH fresh AS MATERIALIZED (
+            SELECT team_id, name, date_trunc('hour', occurred_at, 'UTC') AS hour,
+                   count(*) AS n
+            FROM analytics_events WHERE {where}
+            GROUP BY 1, 2, 3
+        ),
+        hours AS (
+            INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
+            SELECT team_id, name, 'hour', hour, n FROM fresh
+            {on_conflict}
+            RETURNING 1
+        ),
+        days AS (
+            INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
+            SELECT team_id, name, 'day', date_trunc('day', hour, 'UTC'), sum(n) FROM fresh
+            GROUP BY 1, 2, 4
+            {on_conflict}
+            RETURNING 1
+        )
+        SELECT (SELECT coalesce(sum(n), 0) FROM fresh),
+               (SELECT count(*) FROM hours) + (SELECT count(*) FROM days)
+    """  # noqa: S608 - `where` and `on_conflict` are fixed fragments from this module
+    read, written = db.session.execute(text(statement), params).one()
+    return int(read) if additive else int(written)
+
+
+# A dead job an operator discarded (services.jobs.dead_letters) still failed for good.
+_DISCARDED: Final = "(status = 'cancelled' AND result ->> 'discarded' IS NOT NULL)"
+# Each built-in metric as (name expression, value expression, source, time column, filter).
+_BUILTINS: Final = (
+    ("'builtin.signups'", "count(*)", "team_members", "created_at", "TRUE"),
+    ("'builtin.payments.count'", "count(*)", "payments", "succeeded_at", "TRUE"),
+    (
+        "'builtin.payments.revenue.' || lower(currency)",
+        "sum(amount)",
+        "payments",
+        "succeeded_at",
+        "TRUE",
+    ),
+    (
+        "'builtin.active_users'",
+        "count(DISTINCT actor_user_id)",
+        "audit_logs",
+        "created_at",
+        "team_id IS NOT NULL AND actor_user_id IS NOT NULL",
+    ),
+    (
+        "'builtin.jobs.run'",
+        "count(*)",
+        "jobs",
+        "finished_at",
+        f"team_id IS NOT NULL AND (status IN ('succeeded', 'dead') OR {_DISCARDED})",
+    ),
+    (
+        "'builtin.jobs.failed'",
+        "count(*)",
+        "jobs",
+        "finished_at",
+        f"team_id IS NOT NULL AND (status = 'dead' OR {_DISCARDED})",
+    ),
+)
+
+
+def _recompute_builtins(
+    start: datetime, end: datetime, interval: str, team_id: uuid.UUID | None = None
+) -> int:
+    """Replace the built-in rollups of [start, end) (aligned to `interval`) for every team,
+    or one; returns the rows written. Distinct counts are computed per bucket from the
+    source, never summed from smaller buckets."""
+    if interval not in ("hour", "day"):
+        raise ValueError(interval)
+    team_filter = "AND team_id = :team" if team_id is not None else ""
+    params = {"start": start, "end": end, "interval": interval, "team": team_id}
+    db.session.execute(
+        text(f"""
+            DELETE FROM analytics_rollups
+            WHERE "interval" = :interval AND bucket >= :start AND bucket < :end
+              AND name LIKE '{BUILTIN_PREFIX}%' {team_filter}
+        """),  # noqa: S608 - fixed fragments only
+        params,
+    )
+    selects = [
+        f"""SELECT team_id, {name} AS name, date_trunc(:interval, {column}, 'UTC') AS bucket,
+                   {value} AS value
+            FROM {table}
+            WHERE {column} >= :start AND {column} < :end AND {where} {team_filter}
+            GROUP BY 1, 2, 3"""  # noqa: S608 - fixed fragments only
+        for name, value, table, column, where in _BUILTINS
+    ]
+    union = " UNION ALL ".join(selects)
+    statement = f"""
+        INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
+        SELECT team_id, name, :interval, bucket, value FROM ({union}) AS metrics
+    """  # noqa: S608 - fixed fragments only
+    result = db.session.execute(text(statement), params)
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,4 @@
+"""Stock: items and their adjustment ledger.
+
+Imports services.teams.teams and below.
+"""

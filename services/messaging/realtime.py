@@ -1,0 +1,400 @@
+"""Realtime events for users, through Redis so any web process can serve any user.
+
+Each user has one Redis Stream, `events:user:{user_id}`. Publishing is an XADD (capped,
+and trimmed to the retention window); the SSE endpoint XREADs it with BLOCK. A stream
+rather than pub/sub because its entries outlive the moment they were sent: the entry id
+is the SSE `id:`, so a client reconnecting with `Last-Event-ID` gets exactly what it
+missed during the retention window, from whichever web process it lands on.
+
+Realtime is best-effort: the database stays the truth, `publish` never raises, and a
+client told `reset` (events it may have missed are gone) refetches what it shows.
+
+Stream tokens: EventSource cannot send headers, so a signed-in client asks for a short-
+lived token (`POST /api/v1/events/token`) and connects with `?token=`. It is signed for
+this purpose only (not a JWT: no other route can accept it), expires within a minute,
+and is bound to the access token it came from (its id, session and issue time), so
+whatever revokes that token (a logout, a password reset) revokes it too.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis as redis_lib
+from flask import current_app
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from pydantic_core import to_jsonable_python
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from config import Settings
+from extensions import redis
+from logs import get_logger
+from models import Job, User
+from models.job import FINISHED
+from services.core.errors import ServiceError, Unauthorized
+from services.identity.sessions import is_token_revoked
+
+log = get_logger(__name__)
+
+# Event types clients subscribe to (data formats: see the publishers and blueprints/events).
+JOB_PROGRESS = "job.progress"
+JOB_FINISHED = "job.finished"
+NOTIFICATION_CREATED = "notification.created"
+# Control events the stream endpoint writes itself (never stored): the first event of
+# every connection is one of these, carrying the position the stream starts from.
+READY = "ready"
+RESET = "reset"
+
+KEY_PREFIX = "events:user:"
+# Cap per user whatever the retention: a burst (a bulk import's notifications) cannot
+# grow one stream without bound. `~` lets Redis trim whole nodes, which is cheaper.
+MAX_EVENTS_PER_USER = 1000
+# Idle streams are only trimmed on the next publish, so the key itself expires. Long
+# enough that an idle user's reconnect never finds it gone (which would mean `reset`).
+_MIN_KEY_TTL_SECONDS = 86_400
+_MAX_SEQ = 2**64 - 1  # the largest sequence part of a stream id
+_STREAM_TOKEN_SALT = "maycole.events-stream"
+_ID_PART_DIGITS = 20  # a stream id is "<ms>-<seq>", both unsigned 64-bit integers
+
+
+class StreamCapacityExceeded(ServiceError):
+    """This process already serves as many streams as it may (the client reconnects)."""
+
+    status, title, type_slug = 503, "Service Unavailable", "stream-capacity"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stored event: its stream id (the SSE `id:`), type and JSON data."""
+
+    id: str
+    event: str
+    data: dict[str, Any]
+
+    def to_sse(self) -> str:
+        """The event as a Server-Sent Events block (compact JSON has no raw newlines)."""
+        return f"id: {self.id}\nevent: {self.event}\ndata: {_dumps(self.data)}\n\n"
+
+
+@dataclass(frozen=True)
+class StartPosition:
+    """Where a connection starts reading, and whether the client must refetch first."""
+
+    position: str
+    reset: bool
+
+
+@dataclass(frozen=True)
+class StreamCredential:
+    """Who a stream serves and what must stay valid while it runs (checked on heartbeats)."""
+
+    user_id: uuid.UUID
+    jti: str | None
+    session_id: str | None
+    expires_at: float  # epoch seconds: the access token's expiry
+    issued_at: float  # epoch seconds: the access token's `iat` (a reset revokes older ones)
+
+    def is_valid(self) -> bool:
+        """Still unexpired and not revoked (raises DependencyUnavailable if Redis is down)."""
+        if time.time() >= self.expires_at:
+            return False
+        return not is_token_revoked(self.claims())
+
+    def claims(self) -> dict[str, Any]:
+        """The access token's claims that revocation looks at."""
+        return {"jti": self.jti, "sid": self.session_id, "sub": str(self.user_id),
+                "iat": self.issued_at}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StreamToken:
+    token: str
+    expires_in: int
+
+
+def stream_key(user_id: uuid.UUID) -> str:
+    return f"{KEY_PREFIX}{user_id}"
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["SETTINGS"]
+    return settings
+
+
+def _dumps(data: Any) -> str:
+    # pydantic's encoder: UUIDs, ISO-8601 datetimes and models, as the REST API renders them.
+    return json.dumps(to_jsonable_python(data), separators=(",", ":"), ensure_ascii=False)
+
+
+def publish(user_ids: Iterable[uuid.UUID | None], event: str, data: dict[str, Any]) -> None:
+    """Append `event` to each user's stream in one round trip; never raises.
+
+    Call it after the commit that made the event true. A Redis failure is logged and
+    the event dropped: clients reconcile from the database (on `reset` or reload).
+    """
+    try:
+        targets = list(dict.fromkeys(u for u in user_ids if u is not None))
+        if not targets:
+            return
+        settings = _settings()
+        fields = {"event": event, "data": _dumps(data)}
+        # Retention by this host's clock: a skew of seconds against Redis's only moves the
+        # trim point by as much (resuming checks what Redis actually kept, not this).
+        oldest_kept = int((time.time() - settings.events_retention_seconds) * 1000)
+        ttl = max(_MIN_KEY_TTL_SECONDS, 2 * settings.events_retention_seconds)
+        pipe = redis.client.pipeline(transaction=False)
+        for user_id in targets:
+            key = stream_key(user_id)
+            pipe.xadd(key, fields, maxlen=MAX_EVENTS_PER_USER, approximate=True)  # type: ignore[arg-type]
+            pipe.xtrim(key, minid=oldest_kept, approximate=False)
+            pipe.expire(key, ttl)
+        pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - best-effort by design; the database is the truth
+        log.warning("realtime_publish_failed", event_type=event, error=type(exc).__name__)
+
+
+def publish_job(job: Job) -> None:
+    """Tell the job's owner its current state: `job.finished` once final, else `job.progress`.
+
+    `job.finished` is {job_id, type, status, error?, result_url?}; never raises.
+    """
+    if job.status not in FINISHED:
+        publish_job_progress(job.user_id, job.id, job.type, job.progress, job.status)
+        return
+    data: dict[str, Any] = {"job_id": job.id, "type": job.type, "status": job.status}
+    if job.error and job.status != "succeeded":
+        data["error"] = job.error
+    result = job.result if isinstance(job.result, dict) else {}
+    if job.status == "succeeded" and result.get("url"):
+        data["result_url"] = result["url"]  # as the REST API's `links.result`
+    publish([job.user_id], JOB_FINISHED, data)
+
+
+def publish_job_progress(
+    user_id: uuid.UUID | None, job_id: uuid.UUID, job_type: str, progress: int, status: str
+) -> None:
+    """`job.progress` {job_id, type, progress, status} to the job's owner (if it has one)."""
+    data = {"job_id": job_id, "type": job_type, "progress": progress, "status": status}
+    publish([user_id], JOB_PROGRESS, data)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+_reader_clients: dict[tuple[str, float], redis_lib.Redis] = {}
+_reader_lock = threading.Lock()
+
+
+def _reader_client(settings: Settings) -> redis_lib.Redis:
+    """A pool for reading streams: its socket timeout must outlast an XREAD BLOCK.
+
+    The shared client's 2 s timeout would cut every heartbeat-long wait, so streams
+    borrow connections from this pool instead (one per open stream while it waits).
+    """
+    timeout = settings.events_heartbeat_seconds + 5
+    key = (settings.redis_url, timeout)
+    with _reader_lock:
+        client = _reader_clients.get(key)
+        if client is None:
+            client = redis_lib.Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_timeout=timeout,
+                socket_connect_timeout=2,
+                health_check_interval=30,
+                retry=Retry(NoBackoff(), 1),  # a read is safe to repeat once
+            )
+            _reader_clients[key] = client
+        return client
+
+
+def read(
+    user_id: uuid.UUID, last_id: str | None, block_ms: int, *, count: int = 100
+) -> list[Event]:
+    """Events after `last_id` (None: only those published from now on), oldest first.
+
+    Waits up to `block_ms` for the first one (0: does not wait). Loop with the id of the
+    last event received: passing None again would miss what arrived in between.
+    """
+    client = _reader_client(_settings())
+    reply: list[Any] = client.xread(  # type: ignore[assignment]  # sync client, not awaitable
+        {stream_key(user_id): last_id or "$"}, count=count, block=block_ms if block_ms > 0 else None
+    )
+    events: list[Event] = []
+    for _key, entries in reply or []:
+        for entry_id, fields in entries:
+            try:
+                events.append(Event(entry_id, fields["event"], json.loads(fields["data"])))
+            except (KeyError, ValueError):
+                log.warning("realtime_bad_entry", user_id=str(user_id), entry_id=entry_id)
+    return events
+
+
+def _parse_id(value: str | None) -> tuple[int, int] | None:
+    """A stream id as (ms, seq), or None if `value` is not one (ids come from clients)."""
+    if not value:
+        return None
+    ms, sep, seq = value.strip().partition("-")
+    if not (sep and ms.isdigit() and seq.isdigit()):
+        return None
+    if len(ms) > _ID_PART_DIGITS or len(seq) > _ID_PART_DIGITS:
+        return None
+    return int(ms), int(seq)
+
+
+def _format_id(parts: tuple[int, int]) -> str:
+    return f"{parts[0]}-{parts[1]}"
+
+
+def _just_before(parts: tuple[int, int]) -> tuple[int, int]:
+    """The greatest id below `parts`: reading after it returns the entry `parts` itself."""
+    ms, seq = parts
+    if seq > 0:
+        return ms, seq - 1
+    return (ms - 1, _MAX_SEQ) if ms > 0 else (0, 0)
+
+
+def start_position(user_id: uuid.UUID, last_event_id: str | None) -> StartPosition:
+    """Where a new connection reads from, given the client's `Last-Event-ID` (if any).
+
+    Without one: from now on. With one whose successors are all still stored: right
+    after it. Otherwise (some were trimmed or expired, or the id is not one of ours):
+    from the oldest stored event, with `reset` so the client refetches its state.
+    Raises Redis errors (the endpoint answers 503 before streaming starts).
+    """
+    settings = _settings()
+    pipe = _reader_client(settings).pipeline(transaction=False)
+    pipe.xinfo_stream(stream_key(user_id))
+    pipe.time()
+    info, (seconds, micros) = pipe.execute(raise_on_error=False)
+    if isinstance(info, redis_lib.ResponseError):  # no such key: nothing stored for this user
+        info = None
+    elif isinstance(info, Exception):
+        raise info
+    now = (int(seconds) * 1000 + int(micros) // 1000, 0)  # Redis's clock, which makes the ids
+    # The newest id so far; with no stream yet, one just before anything added from now.
+    current = _parse_id(_text(info["last-generated-id"])) if info else _just_before(now)
+    assert current is not None
+    if last_event_id is None:
+        return StartPosition(_format_id(current), reset=False)
+
+    last = _parse_id(last_event_id)
+    first = _parse_id(_text(info["first-entry"][0])) if info and info.get("first-entry") else None
+    if last is not None and not _may_have_lost(last, current, now, info, first, settings):
+        return StartPosition(_format_id(last), reset=False)
+    oldest = _just_before(first) if first else current
+    return StartPosition(_format_id(oldest), reset=True)
+
+
+def _may_have_lost(
+    last: tuple[int, int],
+    current: tuple[int, int],
+    now: tuple[int, int],
+    info: dict[str, Any] | None,
+    first: tuple[int, int] | None,
+    settings: Settings,
+) -> bool:
+    """Whether any event after `last` may be gone from the user's stream."""
+    if last > current:
+        return True  # an id we never issued: the stream was lost (Redis flushed) meanwhile
+    key_ttl_ms = max(_MIN_KEY_TTL_SECONDS, 2 * settings.events_retention_seconds) * 1000
+    if last[0] < now[0] - key_ttl_ms:
+        return True  # the key may have expired (with events in it) and been recreated
+    if info is None:
+        return False  # no key, and any event after `last` would have kept it alive
+    deleted = _parse_id(_text(info.get("max-deleted-entry-id")))  # Redis 7+: XDEL, not trims
+    if deleted is not None and last < deleted:
+        return True
+    added = info.get("entries-added")  # Redis 7+
+    if added is not None and int(added) == int(info["length"]):
+        return False  # nothing was ever trimmed from this stream
+    if first is None:
+        return last < current  # everything was trimmed, including what came after `last`
+    # Trims take the oldest entries: if an id fits between `last` and the oldest kept, an
+    # entry with it may have been trimmed, so the client must refetch. (Without one, the
+    # client's own last event is what was trimmed: it was gone longer than the retention.)
+    return last < _just_before(first)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- stream tokens -----------------------------------------------------------------------
+
+
+def _token_serializer() -> URLSafeTimedSerializer:
+    # Its own salt: no other token kind (emails' links, JWTs) can pass for this one.
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=_STREAM_TOKEN_SALT)
+
+
+def mint_stream_token(
+    user_id: uuid.UUID,
+    *,
+    session_id: str | None,
+    access_jti: str,
+    access_expires_at: int,
+    access_issued_at: float,
+) -> StreamToken:
+    """A `?token=` for the stream endpoint only, valid for `events_token_seconds` at most.
+
+    Bound to the access token it is minted with: it never outlives it, and revoking that
+    token, its session (logout) or every token of its user (a password reset) refuses it
+    too.
+    """
+    now = time.time()
+    expires_at = min(now + _settings().events_token_seconds, float(access_expires_at))
+    payload = {
+        "uid": str(user_id),
+        "sid": session_id,
+        "jti": access_jti,
+        "exp": round(expires_at, 3),
+        "aexp": access_expires_at,
+        "aiat": access_issued_at,
+    }
+    return StreamToken(_token_serializer().dumps(payload), max(0, int(expires_at - now)))
+
+
+def stream_token_user(token: str) -> str | None:
+    """The user id a correctly signed token names, expired or not (for rate-limit keys)."""
+    try:
+        payload = _token_serializer().loads(token)
+    except BadSignature:
+        return None
+    return str(payload.get("uid")) if isinstance(payload, dict) else None
+
+
+def authenticate_stream_token(token: str) -> tuple[User, StreamCredential]:
+    """The active user a stream token names, or 401 (bad, expired, revoked, user gone)."""
+    serializer = _token_serializer()
+    try:
+        # max_age: a ceiling set by the verifying side too, whatever `exp` says.
+        payload = serializer.loads(token, max_age=_settings().events_token_seconds + 1)
+    except BadSignature:  # includes SignatureExpired
+        raise Unauthorized("The stream token is invalid or has expired.") from None
+    if not isinstance(payload, dict) or time.time() >= float(payload.get("exp", 0)):
+        raise Unauthorized("The stream token is invalid or has expired.")
+    credential = StreamCredential(
+        user_id=uuid.UUID(str(payload["uid"])),
+        jti=payload.get("jti"),
+        session_id=payload.get("sid"),
+        expires_at=float(payload.get("aexp", 0)),
+        issued_at=float(payload.get("aiat", 0)),
+    )
+    if is_token_revoked(credential.claims()):
+        raise Unauthorized("The stream token was revoked.")
+    # Imported here: accounts -> mail -> ... -> the job runner -> this module is a cycle.
+    from services.identity.accounts import load_active_user
+
+    user = load_active_user(str(credential.user_id))
+    if user is None:
+        raise Unauthorized("The account behind this token is not active.")
+    return user, credential

@@ -1,0 +1,4 @@
+"""Teams, memberships, roles and invites.
+
+Imports services.insights and below.
+"""
