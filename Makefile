@@ -48,9 +48,10 @@ bench: $(STAMP)  ## B1-B9 against same-run baselines (bench/README.md); BENCH="h
 migrate: $(STAMP)  ## apply migrations to the configured (or local) database
 	@APP_ENV=$${APP_ENV:-development} $(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and the import contract (edge -> domains -> job kernel -> core)
 	ruff check --no-cache .
 	ruff format --no-cache --check .
+	PYTHONPATH=. lint-imports --no-cache
 
 format: $(STAMP)
 	ruff check --fix .

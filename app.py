@@ -9,6 +9,7 @@ from celery import Task
 
 import celeryconfig
 import cli
+import tasks  # noqa: F401 - importing it registers every task with celery_app
 from blueprints import (
     analytics,
     auth,
@@ -36,6 +37,10 @@ from blueprints.common.security import register_security
 from config import Settings, load_settings
 from extensions import celery_app, db, jwt, limiter, redis
 from logs import configure_logging
+from services.insights import dashboard as dashboard_service
+from services.jobs import signals as job_signals
+from services.messaging import notifications as notification_service
+from services.messaging import realtime
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
@@ -59,8 +64,20 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
     register_blueprints(app)
     register_openapi(app)
     init_celery(app, settings)
+    connect_job_signals()
     cli.register(app)
     return app
+
+
+def connect_job_signals() -> None:
+    """Who reacts when a job moves: the kernel announces, the domains listen.
+
+    Connecting twice is harmless (blinker keeps one connection per receiver).
+    """
+    job_signals.status_changed.connect(realtime.publish_job)
+    job_signals.progressed.connect(realtime.on_job_progress)
+    job_signals.row_changed.connect(dashboard_service.on_job_row_changed)
+    job_signals.failed_for_good.connect(notification_service.notify_job_failed)
 
 
 def register_extensions(app: APIFlask) -> None:
@@ -98,9 +115,6 @@ def init_celery(app: APIFlask, settings: Settings) -> None:
     celery_app.Task = AppContextTask
     celery_app.set_default()
     app.extensions["celery"] = celery_app
-    import tasks
-
-    tasks.register_all()
 
 
 def _drop_broker_connections() -> None:

@@ -11,6 +11,7 @@ from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
 from config import Settings
+from services.jobs import names
 
 # Queues, one per kind of work, so a slow export can never delay a payment and each
 # pool can be sized on its own (`celery worker -Q payments`).
@@ -130,14 +131,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # down at commit time) or whose retry backoff has elapsed. Bounds the delay of
         # recovered work to this interval.
         "jobs-relay": {
-            "task": "jobs.relay",
+            "task": names.JOBS_RELAY,
             "schedule": settings.relay_interval_seconds,
             "options": {"expires": settings.relay_interval_seconds * 2},
         },
         # Every 10 s: re-enqueue jobs whose worker died (stale heartbeat), so recovery
         # never waits on the broker's visibility timeout and nothing stays `running`.
         "jobs-reap": {
-            "task": "jobs.reap",
+            "task": names.JOBS_REAP,
             "schedule": 10.0,
             "options": {"expires": 20},
         },
@@ -146,20 +147,20 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # last hours of built-in metrics. A run already waiting makes the tick a no-op, and
         # the expiry drops ticks a stopped worker missed (the next run catches up anyway).
         "analytics-aggregate": {
-            "task": "analytics.start_aggregate",
+            "task": names.ANALYTICS_START_AGGREGATE,
             "schedule": crontab(minute=2),
             "options": {"expires": 1800},
         },
         # Hourly: delete Idempotency-Key records past their 24 h replay window.
         "idempotency-cleanup": {
-            "task": "maintenance.cleanup_idempotency_keys",
+            "task": names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS,
             "schedule": 3600.0,
             "options": {"expires": 1800},
         },
         # Hourly: uploads whose browser never called `complete` within PENDING_UPLOAD_HOURS
         # are deleted with their objects, so abandoned bytes do not accumulate in storage.
         "uploads-cleanup-pending": {
-            "task": "uploads.cleanup_pending",
+            "task": names.UPLOADS_CLEANUP_PENDING,
             "schedule": 3600.0,
             "options": {"expires": 1800},
         },
@@ -167,7 +168,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # re-reads every live subscription from the gateway (catching webhooks that were
         # lost or rejected) and sends past-due teams their daily dunning email.
         "subscriptions-reconcile": {
-            "task": "subscriptions.start_reconcile",
+            "task": names.SUBSCRIPTIONS_START_RECONCILE,
             "schedule": crontab(hour=3, minute=15),
             "options": {"expires": 3600},
         },
@@ -176,7 +177,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # and reporting mismatches to operators. Money discrepancies must surface within
         # a day, not at the month-end close.
         "payments-reconcile": {
-            "task": "payments.start_reconcile",
+            "task": names.PAYMENTS_START_RECONCILE,
             "schedule": crontab(hour=3, minute=45),
             "options": {"expires": 3600},
         },
@@ -184,7 +185,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # mark their rows expired (downloads already answer 410 after `expires_at`; this
         # frees the storage). The rows stay as history.
         "exports-cleanup": {
-            "task": "exports.cleanup",
+            "task": names.EXPORTS_CLEANUP,
             "schedule": crontab(hour=4, minute=30),
             "options": {"expires": 3600},
         },
@@ -195,14 +196,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # 6 h: a backlog (workers down all day) drops stale ticks instead of running one
         # after midnight, which would report the day just ended before it settled.
         "reports-daily": {
-            "task": "reports.start_daily",
+            "task": names.REPORTS_START_DAILY,
             "schedule": crontab(hour=6, minute=0),
             "options": {"expires": 6 * 3600},
         },
         # Mondays at 06:30 UTC, after the daily one: last week's (Monday to Monday) usage
         # summary, once per team and week like the daily report; expires the same way.
         "reports-weekly": {
-            "task": "reports.start_weekly",
+            "task": names.REPORTS_START_WEEKLY,
             "schedule": crontab(hour=6, minute=30, day_of_week="mon"),
             "options": {"expires": 6 * 3600},
         },
@@ -210,7 +211,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # chose a digest over immediate email (guarded by a per-day Redis key: two beats
         # still send one digest).
         "notification-digests": {
-            "task": "notifications.start_digests",
+            "task": names.NOTIFICATIONS_START_DIGESTS,
             "schedule": crontab(hour=7, minute=0),
             "options": {"expires": 3600},
         },

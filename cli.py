@@ -12,6 +12,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import create_engine, text
 
+from cli_audit import audit_cli
+from cli_jobs import jobs_cli
+from services.core.errors import ServiceError
+from services.identity.accounts import create_user as create
+
 ROOT = Path(__file__).resolve().parent
 db_cli = AppGroup("db", help="Database migrations (Alembic).")
 users_cli = AppGroup("users", help="Manage user accounts.")
@@ -72,8 +77,6 @@ def current() -> None:
 @click.option("--admin", is_flag=True, help="Make the user an operator (is_admin).")
 def create_user(email: str, name: str, password: str, admin: bool) -> None:
     """Create a user (with a personal team); --admin for operators."""
-    from services.core.errors import ServiceError
-    from services.identity.accounts import create_user as create
 
     try:
         user = create(email, password, name, is_admin=admin)
@@ -83,8 +86,6 @@ def create_user(email: str, name: str, password: str, admin: bool) -> None:
 
 
 def register(app: Flask) -> None:
-    from cli_audit import audit_cli  # these import the services: only once the app is built
-    from cli_jobs import jobs_cli
 
     app.cli.add_command(db_cli)
     app.cli.add_command(users_cli)

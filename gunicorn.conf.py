@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.glogging import Logger
+from prometheus_client import multiprocess
 
 from config import load_settings
 from logs import RedactSecrets
@@ -145,6 +146,4 @@ def post_worker_init(worker: object) -> None:
 
 def child_exit(server: object, worker: object) -> None:
     """Drop a dead worker's live gauges; its counters stay summed."""
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]

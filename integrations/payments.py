@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.jobs.runner import PermanentError
-
 # Stripe's PaymentIntent states, as the gateway reports them.
 PI_SUCCEEDED = "succeeded"
 PI_PROCESSING = "processing"
@@ -29,8 +27,11 @@ class GatewayUnavailable(Exception):
     """Network failure, timeout, 5xx, rate limit or an open breaker: retry later."""
 
 
-class GatewayRejected(PermanentError):
-    """The gateway refused the request as invalid: retrying the same call cannot help."""
+class GatewayRejected(Exception):
+    """The gateway refused the request as invalid: retrying the same call cannot help.
+
+    A job that meets it fails at once: the tasks that call the gateway declare it
+    permanent (`job_task(..., permanent=(GatewayRejected,))`)."""
 
 
 class InvalidWebhook(Exception):

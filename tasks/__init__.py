@@ -1,31 +1,44 @@
-"""Celery tasks per domain. Tasks are thin: they take a job id and call services.
+"""Celery tasks per domain: thin shells that take ids and call a service.
 
-Declare them with `services.jobs.runner.job_task`. Add each task module to TASK_MODULES; they are
-imported by `register_all()` (from create_app), not here, so that services may import
-`services.jobs.outbox` without an import cycle through the task modules.
+Declare them with `services.jobs.runner.job_task`; the task names live in
+services/jobs/names.py. Importing this package imports every task module, which
+registers each task with the shared `celery_app` (app.py does it); nothing below the
+edge imports tasks. The worker and beat runtime (scheduler, drain, heartbeat) is in
+tasks/runtime/.
 """
 
-import importlib
+from __future__ import annotations
 
-TASK_MODULES = (
-    "tasks.accounts",
-    "tasks.analytics",
-    "tasks.email",
-    "tasks.exports",
-    "tasks.jobs",
-    "tasks.maintenance",
-    "tasks.notifications",
-    "tasks.payments",
-    "tasks.reconciliation",
-    "tasks.reports",
-    "tasks.subscriptions",
-    "tasks.teams",
-    "tasks.uploads",
-    "tasks.webhooks",
+from tasks import (
+    accounts,
+    analytics,
+    email,
+    exports,
+    jobs,
+    maintenance,
+    notifications,
+    payments,
+    reconciliation,
+    reports,
+    subscriptions,
+    teams,
+    uploads,
+    webhooks,
 )
 
-
-def register_all() -> None:
-    """Import every task module so each task is registered with `celery_app`."""
-    for module in TASK_MODULES:
-        importlib.import_module(module)
+__all__ = [
+    "accounts",
+    "analytics",
+    "email",
+    "exports",
+    "jobs",
+    "maintenance",
+    "notifications",
+    "payments",
+    "reconciliation",
+    "reports",
+    "subscriptions",
+    "teams",
+    "uploads",
+    "webhooks",
+]

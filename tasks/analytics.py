@@ -7,17 +7,19 @@ from datetime import datetime
 from typing import Any
 
 from services.insights import aggregation
-from services.jobs.runner import JobContext, job_task, periodic_task
+from services.jobs import names
+from services.jobs.context import JobContext
+from services.jobs.runner import job_task, periodic_task
 
 
-@periodic_task("analytics.start_aggregate")
+@periodic_task(names.ANALYTICS_START_AGGREGATE)
 def start_aggregate() -> str | None:
     """Beat, hourly: queue an `analytics.aggregate` run unless one is already waiting."""
     job = aggregation.start_scheduled_run()
     return str(job.id) if job else None
 
 
-@job_task("analytics.aggregate")
+@job_task(names.ANALYTICS_AGGREGATE)
 def aggregate(ctx: JobContext) -> dict[str, Any]:
     """Fold new events and recent built-in windows into rollups: every team's (beat), or
     only the team in args team_id (an admin's request), rebuilding the window in args from

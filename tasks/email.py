@@ -6,18 +6,16 @@ from typing import Any
 
 from integrations.mail import PermanentMailError, get_mailer
 from logs import get_logger
-from services.jobs.runner import (
-    JobContext,
-    PermanentError,
-    job_task,
-    record_external_effect,
-)
+from services.jobs import names
+from services.jobs.context import JobContext, record_external_effect
+from services.jobs.errors import PermanentError
+from services.jobs.runner import job_task
 from services.messaging.mail import EmailNotApplicable, UnknownTemplate, build_message
 
 log = get_logger(__name__)
 
 
-@job_task("email.send")
+@job_task(names.EMAIL_SEND)
 def send_email(ctx: JobContext) -> dict[str, Any]:
     """Send the email named by args `template` + `user_id`/`invite_id`, once.
 

@@ -10,10 +10,13 @@ from extensions import db
 from integrations.storage_backends import get_storage
 from models import Job
 from services.files import exports
-from services.jobs.runner import JobContext, PermanentError, job_task, periodic_task
+from services.jobs import names
+from services.jobs.context import JobContext
+from services.jobs.errors import PermanentError
+from services.jobs.runner import job_task, periodic_task
 
 
-@job_task("exports.build")
+@job_task(names.EXPORTS_BUILD)
 def build(ctx: JobContext) -> dict[str, Any] | None:
     """Stream an export (args: export_id) into storage; its row is marked ready only when
     the whole object is stored, in the job's final commit."""
@@ -37,7 +40,7 @@ def build(ctx: JobContext) -> dict[str, Any] | None:
     return report.as_result() if report is not None else None
 
 
-@periodic_task("exports.cleanup")
+@periodic_task(names.EXPORTS_CLEANUP)
 def cleanup() -> int:
     """Beat, daily: delete expired exports' objects (the rows stay, for history)."""
     return exports.cleanup_expired(get_storage())

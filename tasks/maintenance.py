@@ -11,14 +11,16 @@ from sqlalchemy import delete
 from extensions import db
 from models import IdempotencyKey
 from services.core.audit import record_audit
-from services.jobs.runner import JobContext, job_task, periodic_task
+from services.jobs import names
+from services.jobs.context import JobContext
+from services.jobs.runner import job_task, periodic_task
 
 
 class TransientPingError(Exception):
     """A deliberate, retryable failure (to exercise the retry path)."""
 
 
-@job_task("maintenance.ping")
+@job_task(names.MAINTENANCE_PING)
 def ping(ctx: JobContext) -> dict[str, Any]:
     """Prove the pipeline end to end; idempotent (its audit row commits with `succeeded`).
 
@@ -43,7 +45,7 @@ def ping(ctx: JobContext) -> dict[str, Any]:
     return {"pong": True, "attempt": ctx.attempt}
 
 
-@periodic_task("maintenance.cleanup_idempotency_keys")
+@periodic_task(names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS)
 def cleanup_idempotency_keys() -> int:
     """Beat, hourly: delete Idempotency-Key records past their replay window."""
     result = db.session.execute(

@@ -12,15 +12,17 @@ from extensions import db, redis
 from integrations.mail import PermanentMailError, get_mailer
 from logs import get_logger
 from models import Notification
+from services.jobs import names
+from services.jobs.context import JobContext
 from services.jobs.outbox import enqueue
-from services.jobs.runner import JobContext, job_task, periodic_task
+from services.jobs.runner import job_task, periodic_task
 from services.messaging import notifications
 from services.messaging.mail import EmailNotApplicable, build_message
 
 log = get_logger(__name__)
 
 
-@job_task("notifications.fan_out")
+@job_task(names.NOTIFICATIONS_FAN_OUT)
 def fan_out(ctx: JobContext) -> dict[str, Any]:
     """Notify a whole audience (args: audience, team_id?, template, data, event_key) in
     chunks; idempotent: rows are unique per (user, event_key) and each chunk commits."""
@@ -42,7 +44,7 @@ def fan_out(ctx: JobContext) -> dict[str, Any]:
     return {"notified": written, "chunks": chunks}
 
 
-@job_task("notifications.send_emails")
+@job_task(names.NOTIFICATIONS_SEND_EMAILS)
 def send_emails(ctx: JobContext) -> dict[str, Any]:
     """Email a chunk of notifications (args: notification_ids); each is marked as it is
     sent, so a retry after a failure never mails one twice."""
@@ -67,7 +69,7 @@ def send_emails(ctx: JobContext) -> dict[str, Any]:
     return {"sent": sent, "skipped": skipped}
 
 
-@job_task("notifications.send_digests")
+@job_task(names.NOTIFICATIONS_SEND_DIGESTS)
 def send_digests(ctx: JobContext) -> dict[str, Any]:
     """Email each user (args: user_ids) one summary of their pending notifications."""
     mailer, sent = get_mailer(), 0
@@ -87,7 +89,7 @@ def send_digests(ctx: JobContext) -> dict[str, Any]:
     return {"sent": sent}
 
 
-@periodic_task("notifications.start_digests")
+@periodic_task(names.NOTIFICATIONS_START_DIGESTS)
 def start_digests() -> int:
     """Beat, daily: queue digest jobs for users with pending notifications, CHUNK per job."""
     day = datetime.now(UTC).date().isoformat()
@@ -99,6 +101,6 @@ def start_digests() -> int:
     ))  # fmt: skip
     for start in range(0, len(users), notifications.CHUNK):
         chunk = [str(u) for u in users[start : start + notifications.CHUNK]]
-        enqueue("notifications.send_digests", args={"user_ids": chunk})
+        enqueue(names.NOTIFICATIONS_SEND_DIGESTS, args={"user_ids": chunk})
     db.session.commit()
     return len(users)

@@ -9,24 +9,27 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
+from integrations.payments import GatewayRejected
 from integrations.stripe_gateway import get_gateway
 from services.billing import reconciliation
-from services.jobs.runner import JobContext, job_task, periodic_task
+from services.jobs import names
+from services.jobs.context import JobContext
+from services.jobs.runner import job_task, periodic_task
 
 
-@periodic_task("payments.start_reconcile")
+@periodic_task(names.PAYMENTS_START_RECONCILE)
 def start_payments_reconcile() -> str:
     """Beat, daily: queue today's `payments.reconcile` job (none if it exists)."""
-    return str(reconciliation.start_reconciliation(reconciliation.PAYMENTS_TASK).id)
+    return str(reconciliation.start_reconciliation(names.PAYMENTS_RECONCILE).id)
 
 
-@periodic_task("subscriptions.start_reconcile")
+@periodic_task(names.SUBSCRIPTIONS_START_RECONCILE)
 def start_subscriptions_reconcile() -> str:
     """Beat, daily: queue today's `subscriptions.reconcile` job (none if it exists)."""
-    return str(reconciliation.start_reconciliation(reconciliation.SUBSCRIPTIONS_TASK).id)
+    return str(reconciliation.start_reconciliation(names.SUBSCRIPTIONS_RECONCILE).id)
 
 
-@job_task(reconciliation.PAYMENTS_TASK)
+@job_task(names.PAYMENTS_RECONCILE, permanent=(GatewayRejected,))
 def reconcile_payments(ctx: JobContext) -> dict[str, Any]:
     """Compare our payments created in [`since`, `until`) with the gateway's and report the
     mismatches (args: date, since, until); idempotent (reads and reports only)."""
@@ -38,7 +41,7 @@ def reconcile_payments(ctx: JobContext) -> dict[str, Any]:
     )
 
 
-@job_task(reconciliation.SUBSCRIPTIONS_TASK)
+@job_task(names.SUBSCRIPTIONS_RECONCILE, permanent=(GatewayRejected,))
 def reconcile_subscriptions(ctx: JobContext) -> dict[str, Any]:
     """Converge every live subscription with the gateway and dun the past-due ones
     (args: date); idempotent (dunning at most once per subscription and day)."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from integrations.payments import GatewayRejected
 from integrations.stripe_gateway import get_gateway
 from services.billing import subscriptions
-from services.jobs.runner import JobContext, job_task
+from services.jobs import names
+from services.jobs.context import JobContext
+from services.jobs.runner import job_task
 
 
-@job_task(subscriptions.CREATE_TASK)
+@job_task(names.SUBSCRIPTIONS_CREATE, permanent=(GatewayRejected,))
 def create(ctx: JobContext) -> dict[str, Any]:
     """Create subscription `subscription_id` at the gateway with `payment_method`;
     idempotent (a stored provider id is only re-read)."""
@@ -20,7 +23,7 @@ def create(ctx: JobContext) -> dict[str, Any]:
     )  # fmt: skip
 
 
-@job_task(subscriptions.CHANGE_PLAN_TASK)
+@job_task(names.SUBSCRIPTIONS_CHANGE_PLAN, permanent=(GatewayRejected,))
 def change_plan(ctx: JobContext) -> dict[str, Any]:
     """Move subscription `subscription_id` to `plan`; idempotent (skips the call when the
     gateway already has the plan)."""
@@ -30,7 +33,7 @@ def change_plan(ctx: JobContext) -> dict[str, Any]:
     )  # fmt: skip
 
 
-@job_task(subscriptions.CANCEL_TASK)
+@job_task(names.SUBSCRIPTIONS_CANCEL, permanent=(GatewayRejected,))
 def cancel(ctx: JobContext) -> dict[str, Any]:
     """End subscription `subscription_id` at its period end; idempotent."""
     return subscriptions.set_cancel_at_gateway(
@@ -39,7 +42,7 @@ def cancel(ctx: JobContext) -> dict[str, Any]:
     )  # fmt: skip
 
 
-@job_task(subscriptions.RESUME_TASK)
+@job_task(names.SUBSCRIPTIONS_RESUME, permanent=(GatewayRejected,))
 def resume(ctx: JobContext) -> dict[str, Any]:
     """Undo the pending cancellation of subscription `subscription_id`; idempotent."""
     return subscriptions.set_cancel_at_gateway(

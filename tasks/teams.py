@@ -6,11 +6,14 @@ import uuid
 from typing import Any
 
 from services.core.errors import ServiceError
-from services.jobs.runner import JobContext, PermanentError, job_task
+from services.jobs import names
+from services.jobs.context import JobContext
+from services.jobs.errors import PermanentError
+from services.jobs.runner import job_task
 from services.teams import teams
 
 
-@job_task(teams.DELETE_TASK)
+@job_task(names.TEAMS_DELETE)
 def delete_team(ctx: JobContext) -> dict[str, Any]:
     """Soft-delete team `team_id`, dropping memberships and open invites; idempotent."""
     try:

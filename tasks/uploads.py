@@ -7,22 +7,24 @@ from typing import Any
 
 from integrations.storage_backends import get_storage
 from services.files import uploads
-from services.jobs.runner import JobContext, job_task, periodic_task
+from services.jobs import names
+from services.jobs.context import JobContext
+from services.jobs.runner import job_task, periodic_task
 
 
-@job_task("uploads.process")
+@job_task(names.UPLOADS_PROCESS)
 def process(ctx: JobContext) -> dict[str, Any]:
     """Verify an uploaded file (args: file_id): size, hash, real type, thumbnail, text."""
     return uploads.process_upload(uuid.UUID(ctx.args["file_id"]), get_storage())
 
 
-@job_task("uploads.delete_object")
+@job_task(names.UPLOADS_DELETE_OBJECT)
 def delete_object(ctx: JobContext) -> dict[str, Any]:
     """Remove a deleted file's objects (args: keys); idempotent."""
     return uploads.delete_objects([str(k) for k in ctx.args["keys"]], get_storage())
 
 
-@periodic_task("uploads.cleanup_pending")
+@periodic_task(names.UPLOADS_CLEANUP_PENDING)
 def cleanup_pending() -> int:
     """Beat, hourly: delete uploads never completed within PENDING_UPLOAD_HOURS."""
     return uploads.cleanup_pending()

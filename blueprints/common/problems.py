@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import redis.exceptions
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
@@ -11,6 +12,7 @@ from flask import Response, g, json
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from logs import get_logger
 from services.core.errors import ServiceError
@@ -33,8 +35,6 @@ def problem(
     extra: dict[str, Any] | None = None,
 ) -> Response:
     """Build a problem+json response carrying the request id."""
-    from werkzeug.http import HTTP_STATUS_CODES
-
     title = title or _TITLES.get(status) or HTTP_STATUS_CODES.get(status, "Error")
     body: dict[str, Any] = {
         "type": TYPE_BASE + (type_slug or title.lower().replace(" ", "-")),
@@ -136,6 +136,4 @@ def register_error_handlers(app: APIFlask) -> None:
 
 
 def _is_connection_error(error: DBAPIError) -> bool:
-    import psycopg
-
     return isinstance(error.orig, psycopg.OperationalError)

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, Request, Response, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from blueprints.common import http_metrics, json_body
@@ -153,6 +153,4 @@ def _require_json_body() -> Response | None:
 
 
 def _view_function() -> Callable[..., Any] | None:
-    from flask import current_app
-
     return current_app.view_functions.get(request.endpoint or "")

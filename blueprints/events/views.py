@@ -25,6 +25,7 @@ from config import Settings
 from extensions import db, limiter
 from logs import get_logger
 from services.core.errors import ServiceError
+from services.identity import stream_tokens
 from services.messaging import realtime, stream_leases
 
 bp = APIBlueprint("events", __name__, url_prefix="/api/v1/events", tag="events")
@@ -74,7 +75,7 @@ def _stream_rate_key() -> str:
     """Count stream (re)connects per user, also when the user comes with `?token=`."""
     token = request.args.get("token")
     if token and "Authorization" not in request.headers:
-        user_id = realtime.stream_token_user(token)
+        user_id = stream_tokens.stream_token_user(token)
         if user_id:
             return f"user:{user_id}"
     return principal_key()
@@ -90,7 +91,7 @@ def create_stream_token() -> StreamTokenOut:
     stream endpoint only, and stops working with the access token it was minted with.
     """
     claims = get_jwt()
-    minted = realtime.mint_stream_token(
+    minted = stream_tokens.mint_stream_token(
         me().id,
         session_id=claims.get("sid"),
         access_jti=claims["jti"],
@@ -148,15 +149,15 @@ def _give_back(lease: stream_leases.StreamLease) -> None:
     lease.release()
 
 
-def _authenticate_stream(token: str | None) -> realtime.StreamCredential:
+def _authenticate_stream(token: str | None) -> stream_tokens.StreamCredential:
     """The caller's credential: an access token in the header, else a stream token."""
     if token and "Authorization" not in request.headers:
-        _user, credential = realtime.authenticate_stream_token(token)
+        _user, credential = stream_tokens.authenticate_stream_token(token)
         return credential
     # API keys are for scripts calling the REST API, not for browsers' streams.
     user = authenticate(api_keys=False)
     claims = get_jwt()
-    return realtime.StreamCredential(
+    return stream_tokens.StreamCredential(
         user_id=user.id,
         jti=claims.get("jti"),
         session_id=claims.get("sid"),
@@ -166,7 +167,7 @@ def _authenticate_stream(token: str | None) -> realtime.StreamCredential:
 
 
 def _event_stream(
-    credential: realtime.StreamCredential,
+    credential: stream_tokens.StreamCredential,
     lease: stream_leases.StreamLease,
     start: realtime.StartPosition,
     settings: Settings,

@@ -37,6 +37,7 @@ from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound, TooManyRequests, ValidationFailed
 from services.core.pagination import Page, paginate
 from services.insights import search
+from services.jobs import names
 from services.jobs.outbox import enqueue
 from services.messaging.mail import format_money, queue_email
 from services.messaging.notifications import notify
@@ -81,7 +82,7 @@ def create_payment(
     except IntegrityError:
         db.session.rollback()
         return _same_payment_again(payment)
-    job = enqueue("payments.charge", args={"payment_id": str(payment.id)}, user_id=user.id,
+    job = enqueue(names.PAYMENTS_CHARGE, args={"payment_id": str(payment.id)}, user_id=user.id,
                   team_id=team_id, max_attempts=_max_attempts())  # fmt: skip
     record_audit("payment.created", actor_id=user.id, team_id=team_id, subject_type="payment",
                  subject_id=payment.id, data={"amount": amount, "currency": currency})  # fmt: skip
@@ -111,7 +112,7 @@ def _same_payment_again(asked: Payment) -> tuple[Payment, Job]:
     ):
         raise Conflict("A payment with this Idempotency-Key already exists.")
     job = db.session.scalar(
-        select(Job).where(Job.type == "payments.charge",
+        select(Job).where(Job.type == names.PAYMENTS_CHARGE,
                           Job.args["payment_id"].astext == str(existing.id))
         .order_by(Job.created_at).limit(1)
     )  # fmt: skip
@@ -344,7 +345,7 @@ def create_refund(
     except IntegrityError:
         db.session.rollback()
         raise Conflict("A refund with this Idempotency-Key already exists.") from None
-    job = enqueue("payments.refund", args={"refund_id": str(refund.id)}, user_id=user.id,
+    job = enqueue(names.PAYMENTS_REFUND, args={"refund_id": str(refund.id)}, user_id=user.id,
                   team_id=team_id, max_attempts=_max_attempts())  # fmt: skip
     record_audit("refund.created", actor_id=user.id, team_id=team_id, subject_type="refund",
                  subject_id=refund.id,

@@ -40,13 +40,12 @@ from models import Job, Notification, Payment, Subscription, TeamMember, User
 from services.billing.subscriptions import sync_from_gateway
 from services.core import permissions
 from services.core.audit import record_audit
+from services.jobs import names
 from services.jobs.outbox import enqueue
 from services.messaging import mail
 
 log = get_logger(__name__)
 
-PAYMENTS_TASK = "payments.reconcile"
-SUBSCRIPTIONS_TASK = "subscriptions.reconcile"
 # Payments younger than this may still be in flight (charge job, webhook): tomorrow's run
 # compares them once they have settled.
 PAYMENTS_GRACE = timedelta(minutes=15)
@@ -71,11 +70,11 @@ def start_reconciliation(task_name: str, *, now: datetime | None = None) -> Job:
     """Queue the day's `payments.reconcile` or `subscriptions.reconcile` job, or return the
     one already queued for that day (idempotent). One transaction."""
     now = now or datetime.now(UTC)
-    if task_name == PAYMENTS_TASK:
+    if task_name == names.PAYMENTS_RECONCILE:
         until = now - PAYMENTS_GRACE
         args = {"date": until.date().isoformat(), "since": (until - PAYMENTS_WINDOW).isoformat(),
                 "until": until.isoformat()}  # fmt: skip
-    elif task_name == SUBSCRIPTIONS_TASK:
+    elif task_name == names.SUBSCRIPTIONS_RECONCILE:
         args = {"date": now.date().isoformat()}
     else:
         raise ValueError(f"not a reconciliation task: {task_name!r}")

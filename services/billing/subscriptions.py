@@ -26,17 +26,20 @@ from services.core import plans
 from services.core.audit import record_audit
 from services.core.errors import Conflict, NotFound
 from services.core.plans import Plan
+from services.jobs import names
+from services.jobs.errors import PermanentError
 from services.jobs.outbox import enqueue
-from services.jobs.runner import PermanentError
+from services.messaging.notifications import notify
 from services.teams.teams import load_membership
 
 log = get_logger(__name__)
 
-CREATE_TASK = "subscriptions.create"
-CHANGE_PLAN_TASK = "subscriptions.change_plan"
-CANCEL_TASK = "subscriptions.cancel"
-RESUME_TASK = "subscriptions.resume"
-_TASKS = (CREATE_TASK, CHANGE_PLAN_TASK, CANCEL_TASK, RESUME_TASK)
+_TASKS = (
+    names.SUBSCRIPTIONS_CREATE,
+    names.SUBSCRIPTIONS_CHANGE_PLAN,
+    names.SUBSCRIPTIONS_CANCEL,
+    names.SUBSCRIPTIONS_RESUME,
+)
 _PENDING_JOB = ("queued", "retrying", "running")
 # Gateway states outside our vocabulary: an abandoned first payment ends the subscription.
 _STATUS_ALIASES = {"incomplete_expired": "canceled"}
@@ -93,7 +96,7 @@ def subscribe(user: User, team_id: uuid.UUID, *, plan_name: str, payment_method:
     db.session.add(subscription)
     db.session.flush()
     job = enqueue(
-        CREATE_TASK,
+        names.SUBSCRIPTIONS_CREATE,
         args={"subscription_id": str(subscription.id), "payment_method": payment_method},
         user_id=user.id,
         team_id=team_id,
@@ -126,7 +129,7 @@ def request_plan_change(user: User, team_id: uuid.UUID, plan_name: str) -> Job:
             extra={"plan": plan.name, "seats": plan.limits.seats},
         )
     job = enqueue(
-        CHANGE_PLAN_TASK,
+        names.SUBSCRIPTIONS_CHANGE_PLAN,
         args={"subscription_id": str(subscription.id), "plan": plan.name},
         user_id=user.id,
         team_id=team_id,
@@ -164,7 +167,7 @@ def _request_cancel_flag(user: User, team_id: uuid.UUID, *, cancel: bool) -> Job
             else "The subscription is not set to end; there is nothing to resume."
         )
     job = enqueue(
-        CANCEL_TASK if cancel else RESUME_TASK,
+        names.SUBSCRIPTIONS_CANCEL if cancel else names.SUBSCRIPTIONS_RESUME,
         args={"subscription_id": str(subscription.id)},
         user_id=user.id,
         team_id=team_id,
@@ -411,7 +414,6 @@ def sync_from_gateway(
 
 def _notify_past_due(subscription: Subscription, plan_name: str) -> None:
     """Tell whoever manages billing, in the app (the dunning email covers the inbox)."""
-    from services.messaging.notifications import notify
 
     managers = db.session.scalars(
         select(TeamMember.user_id).where(

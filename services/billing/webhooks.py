@@ -21,6 +21,8 @@ from integrations.payments import PaymentGateway
 from logs import get_logger
 from models import GatewayEvent, Payment, Refund
 from services.billing.payments import apply_payment_state, apply_refund_state
+from services.billing.subscriptions import sync_from_gateway
+from services.jobs import names
 from services.jobs.outbox import enqueue
 
 log = get_logger(__name__)
@@ -37,7 +39,7 @@ def record_event(event: GatewayEventData) -> bool:
     if inserted is None:
         db.session.rollback()
         return False
-    enqueue("webhooks.process", args={"event_id": event.id})
+    enqueue(names.WEBHOOKS_PROCESS, args={"event_id": event.id})
     db.session.commit()
     return True
 
@@ -58,8 +60,6 @@ def process_event(event_id: str, gateway: PaymentGateway) -> dict[str, Any]:
         intent_id = data.get("payment_intent")
         outcome = _converge_refunds(str(intent_id), gateway) if intent_id else "ignored"
     elif object_type == "subscription":
-        from services.billing.subscriptions import sync_from_gateway
-
         found = sync_from_gateway(gateway.get_subscription(str(data["id"])))
         outcome = "converged" if found is not None else "unknown subscription"
     event.processed_at = datetime.now(UTC)

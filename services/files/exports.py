@@ -55,6 +55,7 @@ from services.core import permissions
 from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound, ServiceError, ValidationFailed
 from services.core.pagination import Page, paginate
+from services.jobs import names
 from services.jobs.outbox import enqueue
 from services.messaging.notifications import notify
 
@@ -151,7 +152,7 @@ def create_export(
     db.session.add(export)
     db.session.flush()
     job = enqueue(
-        "exports.build", args={"export_id": str(export.id)}, user_id=user.id,
+        names.EXPORTS_BUILD, args={"export_id": str(export.id)}, user_id=user.id,
         team_id=membership.team_id,
     )  # fmt: skip
     db.session.flush()  # the job row first: exports.job_id references it

@@ -51,6 +51,7 @@ from services.core.errors import (
 )
 from services.core.pagination import Page, paginate
 from services.insights import search
+from services.jobs import names
 from services.jobs.outbox import enqueue
 
 TEXT_TYPES = frozenset({"text/csv", "text/plain"})
@@ -197,7 +198,7 @@ def complete_upload(user: User, team_id: uuid.UUID, file_id: uuid.UUID) -> tuple
     if row.state != "pending":
         raise Conflict(f"This upload is already {row.state}.")
     row.state = "processing"
-    job = enqueue("uploads.process", args={"file_id": str(file_id)}, user_id=user.id,
+    job = enqueue(names.UPLOADS_PROCESS, args={"file_id": str(file_id)}, user_id=user.id,
                   team_id=team_id)  # fmt: skip
     record_audit("upload.completed", actor_id=user.id, team_id=team_id, subject_type="file",
                  subject_id=file_id, data={"job_id": str(job.id)})  # fmt: skip
@@ -229,7 +230,7 @@ def _mark_deleted(row: UserFile, *, actor_id: uuid.UUID | None, action: str) -> 
     candidates = [row.storage_key, object_key(row.team_id, row.id), row.thumbnail_key]
     keys = list(dict.fromkeys(key for key in candidates if key))
     job = enqueue(
-        "uploads.delete_object", args={"keys": keys}, user_id=actor_id, team_id=row.team_id
+        names.UPLOADS_DELETE_OBJECT, args={"keys": keys}, user_id=actor_id, team_id=row.team_id
     )
     record_audit(action, actor_id=actor_id, team_id=row.team_id, subject_type="file",
                  subject_id=row.id, data={"previous_state": previous})  # fmt: skip
@@ -278,7 +279,7 @@ def process_upload(file_id: uuid.UUID, storage: ObjectStorage) -> dict[str, Any]
     row.storage_key, row.thumbnail_key = result.storage_key, result.thumbnail_key
     if uploaded != row.storage_key:
         # Not deleted here: if this transaction failed to commit, the rerun reads it again.
-        enqueue("uploads.delete_object", args={"keys": [uploaded]}, team_id=row.team_id)
+        enqueue(names.UPLOADS_DELETE_OBJECT, args={"keys": [uploaded]}, team_id=row.team_id)
     if result.text is not None:
         _index_text(row, result.text)
     data = {"sha256": result.sha256, "thumbnail": bool(result.thumbnail_key)}

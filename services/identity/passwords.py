@@ -34,7 +34,8 @@ def needs_rehash(password_hash: str) -> bool:
 
 @lru_cache(maxsize=1)
 def _common_passwords() -> frozenset[str]:
-    # zxcvbn ships the 30,000 most common passwords from real breaches.
+    # zxcvbn ships the 30,000 most common passwords from real breaches. Imported lazily:
+    # the list is large, and only a password being set needs it.
     from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
     return frozenset(FREQUENCY_LISTS["passwords"])

@@ -26,6 +26,7 @@ from services.core.audit import record_audit
 from services.core.errors import Conflict, ValidationFailed
 from services.identity import sessions
 from services.insights import dashboard, search
+from services.jobs import names
 from services.jobs.outbox import enqueue
 
 MAX_SETTINGS = 100
@@ -119,7 +120,7 @@ def request_account_deletion(user: User) -> Job:
         )
         if others:
             raise Conflict(f"Transfer the ownership of '{team.name}' before deleting your account.")
-    job = enqueue("accounts.delete", args={"user_id": str(user.id)}, user_id=user.id)
+    job = enqueue(names.ACCOUNTS_DELETE, args={"user_id": str(user.id)}, user_id=user.id)
     user.is_active = False  # signs the account out everywhere at once; the job does the rest
     sessions.mark_refresh_sessions_revoked(user.id)
     record_audit(

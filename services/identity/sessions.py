@@ -31,6 +31,7 @@ from logs import get_logger
 from models import User, UserSession
 from services.core.audit import record_audit
 from services.core.errors import DependencyUnavailable, NotFound, Unauthorized
+from services.messaging.notifications import notify
 
 log = get_logger(__name__)
 _BLOCKED_JTI = "auth:revoked:jti:"
@@ -110,10 +111,6 @@ def rotate_refresh_token(
             subject_id=session.id,
             ip=ip,
         )
-        from services.messaging.notifications import (
-            notify,  # here, not at the top: avoids an import cycle
-        )
-
         notify([user.id], "token_reuse", {}, event_key=f"token_reuse:{session.id}")
         db.session.commit()
         log.warning("refresh_token_reused", session_id=str(session.id), user_id=str(user.id))

@@ -45,9 +45,9 @@ from models.job import RUNNABLE
 from services.core.audit import record_audit
 from services.core.errors import Conflict, TooManyRequests, ValidationFailed
 from services.insights.rollups import BUILTIN_PREFIX, floor
+from services.jobs import names
 from services.jobs.outbox import enqueue
 
-AGGREGATE_TASK: Final = "analytics.aggregate"
 EVENTS: Final = "events"  # the watermark's source name
 BUILTIN_LOOKBACK: Final = timedelta(hours=3)  # late-finishing jobs, slow webhooks
 MAX_RECOMPUTE: Final = timedelta(days=92)  # events older than 90 days are refused anyway
@@ -108,7 +108,9 @@ def request_run(
     )
     pending = db.session.scalar(
         select(Job)
-        .where(Job.type == AGGREGATE_TASK, Job.status.in_(PENDING), Job.team_id == team_id)
+        .where(
+            Job.type == names.ANALYTICS_AGGREGATE, Job.status.in_(PENDING), Job.team_id == team_id
+        )
         .order_by(Job.created_at)
         .limit(1)
     )
@@ -121,7 +123,7 @@ def request_run(
             )
         return pending
     _refuse_during_cooldown(team_id)
-    job = enqueue(AGGREGATE_TASK, args=args, user_id=user.id, team_id=team_id)
+    job = enqueue(names.ANALYTICS_AGGREGATE, args=args, user_id=user.id, team_id=team_id)
     record_audit("analytics.aggregate_requested", actor_id=user.id, team_id=team_id,
                  subject_type="job", subject_id=job.id, data=args)  # fmt: skip
     db.session.commit()
@@ -136,7 +138,7 @@ def _refuse_during_cooldown(team_id: uuid.UUID) -> None:
         return
     seconds_left = db.session.scalar(
         select(func.extract("epoch", func.max(Job.finished_at) + cooldown - func.now())).where(
-            Job.team_id == team_id, Job.type == AGGREGATE_TASK,
+            Job.team_id == team_id, Job.type == names.ANALYTICS_AGGREGATE,
             Job.finished_at > func.now() - cooldown,
         )
     )  # fmt: skip
@@ -153,12 +155,14 @@ def start_scheduled_run() -> Job | None:
     adds nothing). Teams' on-demand runs do not count: they cannot hold it back."""
     waiting = db.session.scalar(
         select(Job.id)
-        .where(Job.type == AGGREGATE_TASK, Job.status.in_(PENDING), Job.team_id.is_(None))
+        .where(
+            Job.type == names.ANALYTICS_AGGREGATE, Job.status.in_(PENDING), Job.team_id.is_(None)
+        )
         .limit(1)
     )
     if waiting is not None:
         return None
-    job = enqueue(AGGREGATE_TASK, args={})
+    job = enqueue(names.ANALYTICS_AGGREGATE, args={})
     db.session.commit()
     return job
 

@@ -108,6 +108,13 @@ def invalidate(team_id: uuid.UUID, session: Session | None = None) -> None:
     after_commit(partial(_bump, team_id), key=("dashboard", team_id), session=session)
 
 
+def on_job_row_changed(job: Job) -> None:
+    """Receiver of the kernel's `row_changed` signal: a team's dashboard lists its jobs,
+    and the flush listener cannot see a job changed by an UPDATE statement."""
+    if job.team_id is not None:
+        invalidate(job.team_id)
+
+
 # --- cache -------------------------------------------------------------------------------
 
 

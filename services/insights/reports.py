@@ -27,6 +27,7 @@ from integrations.mail import Mailer, PermanentMailError
 from logs import get_logger
 from models import NotificationPreference, Report, Team, TeamMember, User
 from services.insights import report_figures
+from services.jobs import names
 from services.jobs.outbox import enqueue
 from services.messaging.catalog import CATEGORIES
 from services.messaging.mail import Attachment, compose_message, unsubscribe_links
@@ -34,7 +35,6 @@ from services.messaging.mail import Attachment, compose_message, unsubscribe_lin
 log = get_logger(__name__)
 
 CATEGORY: Final = "reports"
-SEND_TASK: Final = "reports.send"
 ROLES: Final = ("owner", "admin")  # who may receive a team's reports
 DAILY: Final = "daily"
 WEEKLY: Final = "weekly"
@@ -135,8 +135,10 @@ def schedule_reports(period: Period) -> int:
         .on_conflict_do_nothing(index_elements=["team_id", "kind", "period_start"])
         .returning(Report.id, Report.team_id)
     ).all()  # fmt: skip
-    jobs = {row.id: enqueue(SEND_TASK, args={"report_id": str(row.id)}, team_id=row.team_id)
-            for row in created}  # fmt: skip
+    jobs = {
+        row.id: enqueue(names.REPORTS_SEND, args={"report_id": str(row.id)}, team_id=row.team_id)
+        for row in created
+    }
     if jobs:
         db.session.flush()  # the job rows first: reports.job_id references them
         db.session.execute(update(Report), [{"id": r, "job_id": j.id} for r, j in jobs.items()])

@@ -22,8 +22,8 @@ from models import Job
 from services.core.audit import record_audit
 from services.core.commit_hooks import after_commit
 from services.core.errors import Conflict, NotFound, ValidationFailed
+from services.jobs import signals
 from services.jobs.outbox import send_after_commit
-from services.messaging import realtime
 
 Via = Literal["api", "cli"]
 ReplayableStatus = Literal["dead", "failed"]
@@ -71,7 +71,7 @@ def retry_job(job_id: uuid.UUID, *, actor_id: uuid.UUID | None, via: Via) -> Job
         subject_id=job.id,
         data={**history, "via": via},
     )
-    after_commit(lambda: realtime.publish_job(job))
+    after_commit(lambda: signals.status_changed.send(job))
     db.session.commit()
     return job
 
@@ -150,7 +150,7 @@ def discard_job(
         subject_id=job.id,
         data={**history, "via": via, "reason": reason},
     )
-    after_commit(lambda: realtime.publish_job(job))
+    after_commit(lambda: signals.status_changed.send(job))
     db.session.commit()
     return job
 

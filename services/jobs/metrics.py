@@ -21,6 +21,9 @@ RUNTIME_KEY: Final = "metrics:task_runtime"  # hash: "<task>|<le>", "<task>|sum"
 OUTCOMES: Final = ("started", "succeeded", "failed", "retried", "dead")
 # Seconds; each run counts in the first bucket it fits ("+Inf" last), summed at scrape.
 BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+# When the leading beat last ticked (epoch seconds): written by the beat scheduler
+# (tasks/runtime/), read by the beat-staleness metric (services/ops/).
+BEAT_LAST_TICK_KEY: Final = "beat:last_tick"
 
 
 def bucket_for(seconds: float) -> str:

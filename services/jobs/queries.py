@@ -21,15 +21,15 @@ from services.core.audit import record_audit
 from services.core.commit_hooks import after_commit
 from services.core.errors import Conflict, NotFound
 from services.core.pagination import Page, paginate
+from services.jobs import names, signals
 from services.jobs.outbox import enqueue
-from services.messaging import realtime
 
 # Job types a user may cancel: work they asked for whose cancellation only means "not
 # needed any more" (an export fails as cancelled, a team's aggregation waits for the next
 # run, an operator's probe stops). Everything else, above all the emails, payments,
 # refunds, subscription changes, uploads and account or team deletions that a user's
 # requests set off, must run to the end: half of it would leave a lie behind.
-CANCELLABLE = frozenset({"exports.build", "analytics.aggregate", "maintenance.ping"})
+CANCELLABLE = frozenset({names.EXPORTS_BUILD, names.ANALYTICS_AGGREGATE, names.MAINTENANCE_PING})
 
 
 def get_job(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Job:
@@ -76,7 +76,7 @@ def cancel_job(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Job:
         subject_type="job",
         subject_id=job.id,
     )
-    after_commit(lambda: realtime.publish_job(job))
+    after_commit(lambda: signals.status_changed.send(job))
     db.session.commit()
     return job
 
@@ -84,7 +84,7 @@ def cancel_job(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Job:
 def start_ping(admin: User, *, sleep_seconds: float, fail_attempts: int) -> Job:
     """Enqueue the `maintenance.ping` probe (admins). One transaction."""
     job = enqueue(
-        "maintenance.ping",
+        names.MAINTENANCE_PING,
         args={"sleep_seconds": sleep_seconds, "fail_attempts": fail_attempts},
         user_id=admin.id,
     )

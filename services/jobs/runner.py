@@ -15,12 +15,9 @@ from __future__ import annotations
 import os
 import random
 import socket
-import threading
-import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,108 +31,31 @@ from logs import bind_request_id, get_logger
 from models import Job
 from models.job import RUNNABLE
 from services.jobs import metrics as task_metrics
+from services.jobs import signals
+from services.jobs.context import JobContext, TaskBody
+from services.jobs.errors import DatabaseUnavailable, JobCancelled, PermanentError
+from services.jobs.heartbeat import Heartbeat
 from services.jobs.outbox import send_after_commit
-from services.messaging import realtime
 
 log = get_logger(__name__)
-# Realtime `job.progress` events: at most one per job this often (the last report always
-# goes out). Progress is still written to the database on every call.
-PROGRESS_EVENT_INTERVAL = 0.5
 
 
-class PermanentError(Exception):
-    """Retrying cannot help (bad input, a declined card): the job fails at once."""
+def job_task(
+    name: str, *, permanent: tuple[type[Exception], ...] = ()
+) -> Callable[[TaskBody], Task]:
+    """Register `body` as the Celery task `name`, run through `run_job`.
 
-
-class DatabaseUnavailable(Exception):
-    """PostgreSQL could not be reached to claim a job (restart, failover, network)."""
-
-
-class JobCancelled(Exception):
-    """Raised from `JobContext.progress` when a user asked to cancel the job."""
-
-
-@dataclass
-class JobContext:
-    """What a task body gets: its job's id, arguments and a progress reporter."""
-
-    job_id: uuid.UUID
-    args: dict[str, Any]
-    attempt: int
-    user_id: uuid.UUID | None
-    team_id: uuid.UUID | None
-    worker: str
-    request_id: str | None = None
-    job_type: str = ""
-    # The job row's `result` when this attempt claimed it: what an earlier attempt
-    # recorded with `record_external_effect`, if anything.
-    earlier_result: dict[str, Any] | None = None
-    _progress_announced_at: float = field(default=float("-inf"), init=False, repr=False)
-    stopwatch: task_metrics.Stopwatch = field(
-        default_factory=task_metrics.Stopwatch, init=False, repr=False
-    )
-
-    def progress(self, percent: int) -> None:
-        """Record progress (visible at once) and stop if cancellation was requested."""
-        stored = max(0, min(99, percent))
-        with db.engine.begin() as conn:
-            row = conn.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.worker == self.worker)
-                .values(progress=stored, heartbeat_at=datetime.now(UTC))
-                .returning(Job.cancel_requested_at)
-            ).first()
-        # No row: another worker owns the job now (same as before: no cancel, no event).
-        cancel_requested = row.cancel_requested_at if row is not None else None
-        if cancel_requested is not None:
-            raise JobCancelled()
-        if row is not None:
-            self._announce_progress(stored, final=percent >= 100)  # after the commit above
-
-    def _announce_progress(self, stored: int, *, final: bool) -> None:
-        """Realtime `job.progress` to the owner, throttled (best-effort, never raises)."""
-        now = time.monotonic()
-        if self.user_id is None or (
-            not final and now - self._progress_announced_at < PROGRESS_EVENT_INTERVAL
-        ):
-            return
-        self._progress_announced_at = now
-        realtime.publish_job_progress(self.user_id, self.job_id, self.job_type, stored, "running")
-
-
-def record_external_effect(
-    ctx: JobContext, result: dict[str, Any], give_up_after: float = 60
-) -> None:
-    """Persist at once that this job's outside effect (an email handed to SMTP) happened.
-
-    The job's own commit comes later and may fail (PostgreSQL restarting): the job would
-    then run again and repeat an effect that cannot be rolled back. This commits `result`
-    on the job row by itself, retrying while the database is unreachable, so a rerun
-    finds it (`ctx.earlier_result`) and does not repeat it. Only a worker killed in the
-    moment between the effect and this commit can still repeat it.
+    `permanent`: exceptions that fail the job at once, like `PermanentError`. It is how a
+    task maps a lower layer's "retrying cannot help" (a gateway refusing the request as
+    invalid) without that layer knowing about jobs.
     """
-    deadline = time.monotonic() + give_up_after
-    while True:
-        try:
-            with db.engine.begin() as conn:
-                conn.execute(update(Job).where(Job.id == ctx.job_id).values(result=result))
-            return
-        except DBAPIError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-TaskBody = Callable[[JobContext], dict[str, Any] | None]
-
-
-def job_task(name: str) -> Callable[[TaskBody], Task]:
-    """Register `body` as the Celery task `name`, run through `run_job`."""
+    permanent_errors = (PermanentError, *permanent)
 
     def decorator(body: TaskBody) -> Task:
         def run(self: Task, job_id: str) -> None:
+            request_id = (self.request.headers or {}).get("request_id")
             try:
-                run_job(body, job_id, request_id=(self.request.headers or {}).get("request_id"))
+                run_job(body, job_id, request_id=request_id, permanent=permanent_errors)
             except DatabaseUnavailable as exc:
                 # The job row could not even be read: acking this delivery (what Celery
                 # does with a task that raised) would leave the job `queued` with no
@@ -158,7 +78,13 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_job(body: TaskBody, job_id: str, *, request_id: str | None = None) -> None:
+def run_job(
+    body: TaskBody,
+    job_id: str,
+    *,
+    request_id: str | None = None,
+    permanent: tuple[type[Exception], ...] = (PermanentError,),
+) -> None:
     """Claim, run and settle one job; safe to call any number of times for the same id."""
     me = worker_id()
     try:
@@ -173,7 +99,7 @@ def run_job(body: TaskBody, job_id: str, *, request_id: str | None = None) -> No
     bind_request_id(request_id or ctx.request_id)
     log.info("job_started", job_id=job_id, attempt=ctx.attempt)
     task_metrics.record(ctx.job_type, "started")
-    beat = _Heartbeat(ctx.job_id, me, current_app.config["SETTINGS"].job_heartbeat_seconds)
+    beat = Heartbeat(ctx.job_id, me, current_app.config["SETTINGS"].job_heartbeat_seconds)
     beat.start()
     try:
         result = body(ctx)
@@ -182,7 +108,7 @@ def run_job(body: TaskBody, job_id: str, *, request_id: str | None = None) -> No
         # under this worker, and the redelivery or the reaper takes it over.)
         beat.stop()
         db.session.rollback()
-        _settle_failure(ctx, me, exc)
+        _settle_failure(ctx, me, exc, permanent)
         return
     finally:
         beat.stop()
@@ -223,13 +149,13 @@ def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
     now = datetime.now(UTC)
     job = session.scalar(_CLAIM, {"job_id": job_id, "me": me, "now": now})
     if job is not None:
-        _invalidate_dashboard(job)
+        signals.row_changed.send(job)
     else:
         job = _claim_unusual(job_id, me, now)
         if job is None:
             return None
     session.commit()
-    realtime.publish_job(job)  # realtime `job.progress` (running), after the commit
+    signals.status_changed.send(job)  # realtime `job.progress` (running), after the commit
     return JobContext(
         job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id,
         job.type, earlier_result=job.result,
@@ -255,7 +181,7 @@ def _claim_unusual(job_id: uuid.UUID, me: str, now: datetime) -> Job | None:
         job.error = job.error or "Gave up: the worker died on every attempt."
         session.commit()
         log.error("job_dead", job_id=str(job_id), attempts=job.attempts)
-        realtime.publish_job(job)  # realtime `job.finished` (dead), after the commit
+        signals.status_changed.send(job)  # realtime `job.finished` (dead), after the commit
         return None
     job.status = "running"
     job.attempts += 1
@@ -263,15 +189,6 @@ def _claim_unusual(job_id: uuid.UUID, me: str, now: datetime) -> Job | None:
     job.heartbeat_at = now
     job.started_at = job.started_at or now
     return job
-
-
-def _invalidate_dashboard(job: Job) -> None:
-    """A team's dashboard lists its jobs; the flush listener that bumps it on a change
-    cannot see a job changed by an UPDATE statement, so bump it after the commit here."""
-    if job.team_id is not None:
-        from services.insights import dashboard  # services import this module's siblings
-
-        dashboard.invalidate(job.team_id)
 
 
 def _owner_is_gone(job: Job) -> bool:
@@ -307,14 +224,16 @@ def _settle_success(ctx: JobContext, me: str, result: dict[str, Any] | None) -> 
         log.warning("job_lost_ownership", job_id=str(ctx.job_id))
         db.session.rollback()  # someone else owns it now: drop our effects, theirs count
         return
-    _invalidate_dashboard(job)
+    signals.row_changed.send(job)
     db.session.commit()  # the work's effects and `succeeded`, atomically
     log.info("job_succeeded", job_id=str(ctx.job_id), attempt=ctx.attempt)
     task_metrics.record(ctx.job_type, "succeeded", ctx.stopwatch.seconds())
-    realtime.publish_job(job)  # realtime `job.finished`, after the commit
+    signals.status_changed.send(job)  # realtime `job.finished`, after the commit
 
 
-def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
+def _settle_failure(
+    ctx: JobContext, me: str, exc: Exception, permanent: tuple[type[Exception], ...]
+) -> None:
     job = _locked_own_job(ctx, me)
     if job is None:
         db.session.rollback()
@@ -324,7 +243,7 @@ def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
     job.traceback = "".join(traceback.format_exception(exc))[-8000:]
     if isinstance(exc, JobCancelled):
         job.status, job.finished_at, job.error = "cancelled", now, None
-    elif isinstance(exc, PermanentError):
+    elif isinstance(exc, permanent):
         job.status, job.finished_at = "failed", now
     elif job.attempts >= job.max_attempts:
         job.status, job.finished_at = "dead", now  # the dead-letter list; admins can replay
@@ -334,7 +253,7 @@ def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
         job.run_after, job.published_at = now + timedelta(seconds=delay), None
         send_after_commit(db.session(), job, countdown=delay)
     if job.status in ("failed", "dead"):
-        notify_failed_for_good(job)
+        signals.failed_for_good.send(job)
     db.session.commit()
     log.warning("job_failed", job_id=str(ctx.job_id), status=job.status, error=job.error)
     task_metrics.record(ctx.job_type, "failed", ctx.stopwatch.seconds())
@@ -342,23 +261,7 @@ def _settle_failure(ctx: JobContext, me: str, exc: Exception) -> None:
         task_metrics.record(ctx.job_type, "retried" if job.status == "retrying" else "dead")
     # Realtime, after the commit: `job.finished` (failed/dead/cancelled) or, when it will
     # be retried, `job.progress` with status `retrying`.
-    realtime.publish_job(job)
-
-
-# Failures of the notification machinery itself are not notified (that could loop).
-_SILENT_FAILURES = ("notifications.", "email.")
-
-
-def notify_failed_for_good(job: Job) -> None:
-    """Tell the job's owner it failed for good (in the caller's transaction)."""
-    if job.user_id is None or job.type.startswith(_SILENT_FAILURES):
-        return
-    from services.messaging.notifications import notify  # services import this module's siblings
-
-    data = {"job_type": job.type, "attempts": job.attempts, "error": job.error or job.status,
-            "job_id": str(job.id)}  # fmt: skip
-    notify([job.user_id], "job_failed", data, event_key=f"job_failed:{job.id}:{job.attempts}",
-           team_id=job.team_id)  # fmt: skip
+    signals.status_changed.send(job)
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -366,33 +269,6 @@ def backoff_seconds(attempt: int) -> float:
     settings = current_app.config["SETTINGS"]
     ceiling = min(settings.retry_backoff_max, settings.retry_backoff_base * 2 ** (attempt - 1))
     return round(random.uniform(ceiling / 2, ceiling), 3)
-
-
-class _Heartbeat:
-    """A daemon thread that touches `heartbeat_at` while the job runs."""
-
-    def __init__(self, job_id: uuid.UUID, me: str, interval: float) -> None:
-        self._job_id, self._me, self._interval = job_id, me, interval
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="job-heartbeat")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _loop(self) -> None:
-        while not self._stopped.wait(self._interval):
-            try:
-                with db.engine.begin() as conn:
-                    conn.execute(
-                        update(Job)
-                        .where(Job.id == self._job_id, Job.worker == self._me)
-                        .values(heartbeat_at=datetime.now(UTC))
-                    )
-            except Exception as exc:  # noqa: BLE001 - a missed beat only risks a takeover
-                log.warning("heartbeat_failed", job_id=str(self._job_id), error=type(exc).__name__)
 
 
 def periodic_task(name: str) -> Callable[[Callable[[], Any]], Task]:

@@ -27,10 +27,12 @@ from extensions import db
 from integrations.mail import sender_domain
 from models import Job, Notification, Payment, Team, TeamInvite, TeamMember, User
 from services.core import permissions, plans, tokens
+from services.jobs import names
 from services.jobs.outbox import enqueue
+from services.messaging.notifications import unsubscribe_token
 
 PRODUCT = "Maycole"
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates"
 # Each email and what its job argument names: `<kind>_id` (a user, an invite, a payment).
 TEMPLATES: dict[str, str] = {
     "verify_email": "user",
@@ -68,7 +70,7 @@ def queue_email(template: str, **ids: uuid.UUID) -> Job:
     args = {"template": template, key: str(ids[key])}
     settings = current_app.config["SETTINGS"]
     return enqueue(
-        "email.send",
+        names.EMAIL_SEND,
         args=args,
         user_id=ids.get("user_id"),
         max_attempts=settings.email_max_attempts,
@@ -309,7 +311,6 @@ def unsubscribe_links(user_id: uuid.UUID, category: str, settings: Settings) -> 
     """The `unsubscribe` page link and one-click `unsubscribe_api` URL for a category's
     email (both None for security notices); `compose_message` turns the latter into
     the List-Unsubscribe headers."""
-    from services.messaging.notifications import unsubscribe_token
 
     token = unsubscribe_token(user_id, category)
     if token is None:  # security notices cannot be switched off

@@ -26,6 +26,7 @@ from services.core import tokens
 from services.core.audit import record_audit
 from services.core.commit_hooks import after_commit
 from services.core.errors import NotFound, ValidationFailed
+from services.jobs import names
 from services.messaging import realtime
 from services.messaging.catalog import CATEGORIES, TEMPLATES, render
 
@@ -115,6 +116,21 @@ def _set_preference(
 # --- writing -----------------------------------------------------------------------------
 
 
+# Failures of the notification machinery itself are not notified (that could loop).
+_SILENT_FAILURES = ("notifications.", "email.")
+
+
+def notify_job_failed(job: Job) -> None:
+    """Receiver of the kernel's `failed_for_good` signal: tell the job's owner it failed
+    for good, in the caller's transaction (the notification commits with the verdict)."""
+    if job.user_id is None or job.type.startswith(_SILENT_FAILURES):
+        return
+    data = {"job_type": job.type, "attempts": job.attempts, "error": job.error or job.status,
+            "job_id": str(job.id)}  # fmt: skip
+    notify([job.user_id], "job_failed", data, event_key=f"job_failed:{job.id}:{job.attempts}",
+           team_id=job.team_id)  # fmt: skip
+
+
 def notify(
     recipients: Iterable[uuid.UUID],
     template: str,
@@ -159,7 +175,7 @@ def _fan_out(
     if template not in TEMPLATES:
         raise ValueError(f"unknown notification template {template!r}")
     return enqueue(
-        "notifications.fan_out",
+        names.NOTIFICATIONS_FAN_OUT,
         args={**audience, "template": template, "data": data, "event_key": event_key},
         team_id=team_id,
     )
@@ -212,8 +228,8 @@ def write_chunk(
     new_ids = [row.id for row in inserted]
     emailed = [row.id for row in inserted if email and prefs[row.user_id][1] == "now"]
     if emailed:
-        enqueue("notifications.send_emails", args={"notification_ids": [str(i) for i in emailed]},
-                team_id=team_id)  # fmt: skip
+        ids = [str(i) for i in emailed]
+        enqueue(names.NOTIFICATIONS_SEND_EMAILS, args={"notification_ids": ids}, team_id=team_id)
     live = [row.user_id for row in inserted if prefs[row.user_id][0]]
     if live:
         event = {"category": category, "title": title, "body": body, "link": link}

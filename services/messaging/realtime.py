@@ -28,7 +28,6 @@ from typing import Any
 
 import redis as redis_lib
 from flask import current_app
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic_core import to_jsonable_python
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -36,10 +35,9 @@ from redis.retry import Retry
 from config import Settings
 from extensions import redis
 from logs import get_logger
-from models import Job, User
+from models import Job
 from models.job import FINISHED
-from services.core.errors import ServiceError, Unauthorized
-from services.identity.sessions import is_token_revoked
+from services.core.errors import ServiceError
 
 log = get_logger(__name__)
 
@@ -60,7 +58,6 @@ MAX_EVENTS_PER_USER = 1000
 # enough that an idle user's reconnect never finds it gone (which would mean `reset`).
 _MIN_KEY_TTL_SECONDS = 86_400
 _MAX_SEQ = 2**64 - 1  # the largest sequence part of a stream id
-_STREAM_TOKEN_SALT = "maycole.events-stream"
 _ID_PART_DIGITS = 20  # a stream id is "<ms>-<seq>", both unsigned 64-bit integers
 
 
@@ -89,34 +86,6 @@ class StartPosition:
 
     position: str
     reset: bool
-
-
-@dataclass(frozen=True)
-class StreamCredential:
-    """Who a stream serves and what must stay valid while it runs (checked on heartbeats)."""
-
-    user_id: uuid.UUID
-    jti: str | None
-    session_id: str | None
-    expires_at: float  # epoch seconds: the access token's expiry
-    issued_at: float  # epoch seconds: the access token's `iat` (a reset revokes older ones)
-
-    def is_valid(self) -> bool:
-        """Still unexpired and not revoked (raises DependencyUnavailable if Redis is down)."""
-        if time.time() >= self.expires_at:
-            return False
-        return not is_token_revoked(self.claims())
-
-    def claims(self) -> dict[str, Any]:
-        """The access token's claims that revocation looks at."""
-        return {"jti": self.jti, "sid": self.session_id, "sub": str(self.user_id),
-                "iat": self.issued_at}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class StreamToken:
-    token: str
-    expires_in: int
 
 
 def stream_key(user_id: uuid.UUID) -> str:
@@ -183,6 +152,13 @@ def publish_job_progress(
     """`job.progress` {job_id, type, progress, status} to the job's owner (if it has one)."""
     data = {"job_id": job_id, "type": job_type, "progress": progress, "status": status}
     publish([user_id], JOB_PROGRESS, data)
+
+
+def on_job_progress(
+    job_id: uuid.UUID, *, user_id: uuid.UUID | None, job_type: str, progress: int, status: str
+) -> None:
+    """Receiver of the kernel's `progressed` signal (connected in create_app)."""
+    publish_job_progress(user_id, job_id, job_type, progress, status)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -326,75 +302,3 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# --- stream tokens -----------------------------------------------------------------------
-
-
-def _token_serializer() -> URLSafeTimedSerializer:
-    # Its own salt: no other token kind (emails' links, JWTs) can pass for this one.
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=_STREAM_TOKEN_SALT)
-
-
-def mint_stream_token(
-    user_id: uuid.UUID,
-    *,
-    session_id: str | None,
-    access_jti: str,
-    access_expires_at: int,
-    access_issued_at: float,
-) -> StreamToken:
-    """A `?token=` for the stream endpoint only, valid for `events_token_seconds` at most.
-
-    Bound to the access token it is minted with: it never outlives it, and revoking that
-    token, its session (logout) or every token of its user (a password reset) refuses it
-    too.
-    """
-    now = time.time()
-    expires_at = min(now + _settings().events_token_seconds, float(access_expires_at))
-    payload = {
-        "uid": str(user_id),
-        "sid": session_id,
-        "jti": access_jti,
-        "exp": round(expires_at, 3),
-        "aexp": access_expires_at,
-        "aiat": access_issued_at,
-    }
-    return StreamToken(_token_serializer().dumps(payload), max(0, int(expires_at - now)))
-
-
-def stream_token_user(token: str) -> str | None:
-    """The user id a correctly signed token names, expired or not (for rate-limit keys)."""
-    try:
-        payload = _token_serializer().loads(token)
-    except BadSignature:
-        return None
-    return str(payload.get("uid")) if isinstance(payload, dict) else None
-
-
-def authenticate_stream_token(token: str) -> tuple[User, StreamCredential]:
-    """The active user a stream token names, or 401 (bad, expired, revoked, user gone)."""
-    serializer = _token_serializer()
-    try:
-        # max_age: a ceiling set by the verifying side too, whatever `exp` says.
-        payload = serializer.loads(token, max_age=_settings().events_token_seconds + 1)
-    except BadSignature:  # includes SignatureExpired
-        raise Unauthorized("The stream token is invalid or has expired.") from None
-    if not isinstance(payload, dict) or time.time() >= float(payload.get("exp", 0)):
-        raise Unauthorized("The stream token is invalid or has expired.")
-    credential = StreamCredential(
-        user_id=uuid.UUID(str(payload["uid"])),
-        jti=payload.get("jti"),
-        session_id=payload.get("sid"),
-        expires_at=float(payload.get("aexp", 0)),
-        issued_at=float(payload.get("aiat", 0)),
-    )
-    if is_token_revoked(credential.claims()):
-        raise Unauthorized("The stream token was revoked.")
-    # Imported here: accounts -> mail -> ... -> the job runner -> this module is a cycle.
-    from services.identity.accounts import load_active_user
-
-    user = load_active_user(str(credential.user_id))
-    if user is None:
-        raise Unauthorized("The account behind this token is not active.")
-    return user, credential

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from extensions import celery_app, db, redis
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 @lru_cache(maxsize=1)

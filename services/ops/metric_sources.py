@@ -24,7 +24,7 @@ from celeryconfig import QUEUES
 from extensions import db, redis
 from integrations.broker import broker_redis
 from services.jobs import metrics as task_metrics
-from tasks.runtime.beat_scheduler import LAST_TICK_KEY
+from services.jobs.metrics import BEAT_LAST_TICK_KEY
 
 BREAKERS: Final = ("smtp", "stripe", "s3")
 BREAKER_STATES: Final = {"closed": 0, "half-open": 1, "open": 2}
@@ -141,7 +141,7 @@ def breakers() -> Iterator[Metric]:
 
 def beat() -> Iterator[Metric]:
     """When the leading beat last ticked (absent until a beat has run)."""
-    raw = cast(bytes | None, redis.client.get(LAST_TICK_KEY))
+    raw = cast(bytes | None, redis.client.get(BEAT_LAST_TICK_KEY))
     if raw is not None:
         last = float(_text(raw))
         yield GaugeMetricFamily(

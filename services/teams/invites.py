@@ -27,6 +27,7 @@ from services.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from services.core.pagination import Page, paginate
 from services.insights import search
 from services.messaging import mail
+from services.messaging.notifications import notify
 from services.teams.teams import load_membership
 
 MAIL_TEMPLATE = "team_invite"
@@ -253,7 +254,6 @@ def _expiry() -> datetime:
 
 def _notify_invitee(invite: TeamInvite, inviter: User) -> None:
     """An invitee who already has an account also sees the invitation in the app."""
-    from services.messaging.notifications import notify
 
     invitee = db.session.scalar(select(User).where(func.lower(User.email) == invite.email.lower()))
     team = db.session.get(Team, invite.team_id)

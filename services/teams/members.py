@@ -17,6 +17,7 @@ from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from services.core.pagination import Page, paginate
 from services.insights import search
+from services.messaging.notifications import notify
 from services.teams.teams import load_membership
 
 OWNER, ADMIN = permissions.OWNER, permissions.ADMIN
@@ -170,7 +171,6 @@ def _keep_an_owner(team_id: uuid.UUID, detail: str) -> None:
 
 
 def _notify_role_change(member: TeamMember, before: str, after: str) -> None:
-    from services.messaging.notifications import notify
 
     team = db.session.get(Team, member.team_id)
     notify([member.user_id], "role_changed",

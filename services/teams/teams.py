@@ -24,9 +24,9 @@ from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound
 from services.core.pagination import Page, paginate
 from services.insights import dashboard, search
+from services.jobs import names
 from services.jobs.outbox import enqueue
 
-DELETE_TASK = "teams.delete"
 _PENDING_JOB = ("queued", "retrying", "running")
 
 
@@ -151,13 +151,15 @@ def request_team_deletion(user: User, team_id: uuid.UUID) -> Job:
         raise Conflict("A personal team cannot be deleted; it goes away with its account.")
     pending = db.session.scalar(
         select(Job).where(
-            Job.type == DELETE_TASK, Job.team_id == team_id, Job.status.in_(_PENDING_JOB)
+            Job.type == names.TEAMS_DELETE, Job.team_id == team_id, Job.status.in_(_PENDING_JOB)
         )
     )
     if pending is not None:
         db.session.rollback()  # nothing changed; release the lock
         return pending
-    job = enqueue(DELETE_TASK, args={"team_id": str(team_id)}, user_id=user.id, team_id=team_id)
+    job = enqueue(
+        names.TEAMS_DELETE, args={"team_id": str(team_id)}, user_id=user.id, team_id=team_id
+    )
     record_audit(
         "team.deletion_requested",
         actor_id=user.id,
@@ -210,8 +212,6 @@ def soft_delete_team(team_id: uuid.UUID, *, actor_id: uuid.UUID | None) -> dict[
 
 def _stop_billing(team_id: uuid.UUID, actor_id: uuid.UUID | None) -> None:
     """A deleted team must not keep being billed: end its subscription with the period."""
-    from services.billing.subscriptions import CANCEL_TASK  # subscriptions imports this module
-
     live = db.session.scalar(
         select(Subscription).where(
             Subscription.team_id == team_id,
@@ -222,5 +222,6 @@ def _stop_billing(team_id: uuid.UUID, actor_id: uuid.UUID | None) -> None:
     )
     if live is not None:
         settings = current_app.config["SETTINGS"]
-        enqueue(CANCEL_TASK, args={"subscription_id": str(live.id)}, user_id=actor_id,
-                team_id=team_id, max_attempts=settings.payments_max_attempts)  # fmt: skip
+        enqueue(names.SUBSCRIPTIONS_CANCEL, args={"subscription_id": str(live.id)},
+                user_id=actor_id, team_id=team_id,
+                max_attempts=settings.payments_max_attempts)  # fmt: skip

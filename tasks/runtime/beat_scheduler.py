@@ -20,11 +20,11 @@ from celery.beat import PersistentScheduler
 
 from extensions import redis
 from logs import get_logger
+from services.jobs.metrics import BEAT_LAST_TICK_KEY
 
 log = get_logger(__name__)
 
 LEADER_KEY: Final = "beat:leader"
-LAST_TICK_KEY: Final = "beat:last_tick"
 LEASE_SECONDS: Final = 30  # a crashed leader is replaced after at most this long
 STANDBY_RETRY_SECONDS: Final = 2.0
 
@@ -51,7 +51,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if not self._hold_lease():
             return STANDBY_RETRY_SECONDS
-        redis.client.set(LAST_TICK_KEY, f"{time.time():.3f}")
+        redis.client.set(BEAT_LAST_TICK_KEY, f"{time.time():.3f}")
         # Never sleep past a renewal: the lease must outlive the longest sleep.
         return float(min(super().tick(*args, **kwargs), LEASE_SECONDS / 3))
 

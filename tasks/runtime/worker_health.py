@@ -33,11 +33,11 @@ from redis.retry import Retry
 from config import Settings
 from extensions import celery_app
 from logs import get_logger
+from services.jobs import names
 from services.ops.worker_liveness import HeartbeatRecord, health_dir, remove_record, write_record
 
 log = get_logger(__name__)
 _celery_log = logging.getLogger(__name__)
-HEARTBEAT_TASK = "workers.heartbeat"
 
 
 class Heartbeats:
@@ -116,7 +116,9 @@ def heartbeat_strategy(task: Any, app: Celery, consumer: Any, **_kwargs: Any) ->
     return on_heartbeat
 
 
-@celery_app.task(name=HEARTBEAT_TASK, ignore_result=True, Strategy=f"{__name__}:heartbeat_strategy")
+@celery_app.task(
+    name=names.WORKERS_HEARTBEAT, ignore_result=True, Strategy=f"{__name__}:heartbeat_strategy"
+)
 def heartbeat(run_id: str, sequence: int) -> None:
     """A worker's liveness heartbeat (consumed by its main process: this body never runs)."""
 
@@ -145,11 +147,11 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
         def publish(args: list[Any]) -> None:
             message = c.app.amqp.create_task_message(
-                uuid.uuid4().hex, HEARTBEAT_TASK, args, {}, create_sent_event=False
+                uuid.uuid4().hex, names.WORKERS_HEARTBEAT, args, {}, create_sent_event=False
             )
             # Straight to our queue, no retries (the next tick tries again), no declare
             # (the worker declared it when it started consuming).
-            send(producer, HEARTBEAT_TASK, message, queue=queue, retry=False, declare=[])
+            send(producer, names.WORKERS_HEARTBEAT, message, queue=queue, retry=False, declare=[])
 
         def tick() -> None:
             qos = c.qos.value if c.qos is not None else 0

@@ -24,6 +24,7 @@ from werkzeug.test import TestResponse
 
 from extensions import db
 from models import ApiKey, Job, Team, User, UserSession
+from services.jobs import names
 from tests.factories import PASSWORD, auth_headers, make_user
 from tests.support import Mailbox, Worker, bearer, problem_body
 
@@ -318,7 +319,7 @@ def test_signing_up_with_a_taken_address_answers_the_same_and_tells_its_owner(
     db.session.rollback()
     notices = db.session.scalar(
         select(func.count()).select_from(Job).where(
-            Job.type == "email.send", Job.args["template"].astext == "account_exists"
+            Job.type == names.EMAIL_SEND, Job.args["template"].astext == "account_exists"
         )
     )  # fmt: skip
     assert notices == 1

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from config import Settings
 from extensions import db
 from models import InventoryAdjustment, InventoryItem, Notification, User
+from services.jobs import names
 from tests.factories import auth_headers, make_team, team_of_every_role
 from tests.support import ROOT, WebServer, Worker, problem_body, wait_for
 
@@ -202,7 +203,7 @@ def _fan_outs_finished(team_id: uuid.UUID) -> bool:
     db.session.rollback()
     unfinished = db.session.scalar(
         select(func.count()).select_from(Job).where(
-            Job.team_id == team_id, Job.type == "notifications.fan_out",
+            Job.team_id == team_id, Job.type == names.NOTIFICATIONS_FAN_OUT,
             Job.status.not_in(("succeeded",)),
         )
     )  # fmt: skip

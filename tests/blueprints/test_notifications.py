@@ -18,6 +18,7 @@ from config import Settings
 from extensions import db, redis
 from models import Job, Notification, NotificationPreference, User
 from scripts.devservices import RedisServer, free_port
+from services.jobs import names
 from services.messaging import notifications
 from tasks.notifications import start_digests
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
@@ -215,7 +216,7 @@ def test_fan_out_of_ten_thousand_is_a_few_broker_messages_and_idempotent(
         assert rows == 10_000
         messages = _lpush_calls(broker) - publishes_before
         email_jobs = db.session.scalar(
-            select(func.count()).where(Job.type == "notifications.send_emails")
+            select(func.count()).where(Job.type == names.NOTIFICATIONS_SEND_EMAILS)
         )
         # 2 fan-out jobs + one email job for the chunk holding the 50 who want email.
         assert email_jobs == 1

@@ -19,6 +19,7 @@ from integrations.stripe_gateway import get_gateway
 from models import AuditLog, Job, Notification, Payment, Subscription, TeamInvite, User
 from services.billing import reconciliation
 from services.core import plans, tokens
+from services.jobs import names
 from tests.factories import (
     add_member,
     auth_headers,
@@ -349,7 +350,7 @@ def test_reconcile_converges_a_subscription_changed_at_the_gateway(
     )
     assert current(client, team_id, owner)["plan"]["name"] == "pro"
 
-    job = reconciliation.start_reconciliation(reconciliation.SUBSCRIPTIONS_TASK)
+    job = reconciliation.start_reconciliation(names.SUBSCRIPTIONS_RECONCILE)
     assert job.queue == "payments" and job.args == {"date": date.today().isoformat()}
     done = wait_job(job.id, "succeeded")
     assert done.result is not None
@@ -366,7 +367,7 @@ def test_reconcile_converges_a_subscription_changed_at_the_gateway(
     assert synced.data["plan"] == {"from": "pro", "to": "business"}
     assert synced.data["cancel_at_period_end"] == {"from": False, "to": True}
     # Beat firing again the same day finds the day's job instead of queueing another.
-    assert reconciliation.start_reconciliation(reconciliation.SUBSCRIPTIONS_TASK).id == job.id
+    assert reconciliation.start_reconciliation(names.SUBSCRIPTIONS_RECONCILE).id == job.id
 
 
 def test_a_past_due_subscription_gets_one_dunning_email_a_day(
@@ -395,7 +396,7 @@ def test_a_past_due_subscription_gets_one_dunning_email_a_day(
     assert found["effective_plan"] == "pro_yearly"  # a grace period while the gateway retries
     assert mailbox.to("owner@example.com") == []  # dunning is the daily job's business
 
-    job = reconciliation.start_reconciliation(reconciliation.SUBSCRIPTIONS_TASK)
+    job = reconciliation.start_reconciliation(names.SUBSCRIPTIONS_RECONCILE)
     done = wait_job(job.id, "succeeded")
     assert done.result is not None
     assert (done.result["past_due"], done.result["dunned"]) == (1, 1)
@@ -412,7 +413,7 @@ def test_a_past_due_subscription_gets_one_dunning_email_a_day(
     assert (again["past_due"], again["dunned"]) == (1, 0)
     dunning_jobs = db.session.scalar(
         select(func.count()).select_from(Job)
-        .where(Job.type == "email.send", Job.args["template"].astext == "dunning")
+        .where(Job.type == names.EMAIL_SEND, Job.args["template"].astext == "dunning")
     )  # fmt: skip
     assert dunning_jobs == 2  # owner and admin, once each; members cannot fix billing
     assert mailbox.to("member@example.com") == []
@@ -455,7 +456,7 @@ def test_payments_reconcile_reports_what_differs_from_the_gateway(
 
     # Tomorrow's early run, pretending the grace period has passed for all of these.
     job = reconciliation.start_reconciliation(
-        reconciliation.PAYMENTS_TASK,
+        names.PAYMENTS_RECONCILE,
         now=datetime.now(UTC) + reconciliation.PAYMENTS_GRACE + timedelta(minutes=1),
     )
     assert job.queue == "payments"

@@ -17,6 +17,7 @@ from werkzeug.test import TestResponse
 from extensions import db
 from models import AuditLog, Job, Team, TeamInvite, User
 from services.core import tokens
+from services.jobs import names
 from tests.factories import auth_headers, give_plan, make_team, make_user, verify_email
 from tests.support import Mailbox, Worker, problem_body, wait_job
 
@@ -400,7 +401,7 @@ def test_the_emailed_link_lets_the_verified_invitee_join(
     assert found, Mailbox.text_of(email)
     token = unquote(found.group(1))
     # The job that sent it carries ids only, never the link's token.
-    job = db.session.scalar(select(Job).where(Job.type == "email.send"))
+    job = db.session.scalar(select(Job).where(Job.type == names.EMAIL_SEND))
     assert job is not None and token not in str(job.args)
 
     invitee = verify_email(make_user(email="new.person@example.com"))
@@ -446,7 +447,7 @@ def test_resending_kills_the_old_link(client: FlaskClient) -> None:
     url = f"{TEAMS}/{team_id}/invites/{created['id']}/resend"
     resent = ok(client.post(url, headers=auth_headers(owner)))["invite"]
     assert resent["expires_at"] >= created["expires_at"]
-    emails = db.session.scalars(select(Job.args).where(Job.type == "email.send")).all()
+    emails = db.session.scalars(select(Job.args).where(Job.type == names.EMAIL_SEND)).all()
     assert emails == [{"template": "team_invite", "invite_id": created["id"]}] * 2
 
     invitee = verify_email(make_user(email="invitee@example.com"))

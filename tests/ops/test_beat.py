@@ -14,7 +14,8 @@ import redis as redis_lib
 
 from config import Settings
 from scripts.devservices import RedisServer, free_port
-from tasks.runtime.beat_scheduler import LAST_TICK_KEY, LEADER_KEY, LEASE_SECONDS
+from services.jobs.metrics import BEAT_LAST_TICK_KEY
+from tasks.runtime.beat_scheduler import LEADER_KEY, LEASE_SECONDS
 from tests.support import ROOT, make_settings, settings_env, wait_for
 
 
@@ -58,8 +59,8 @@ def test_only_one_beat_leads_and_a_clean_exit_hands_over_at_once(
         second = start_beat(beat_settings, tmp_path, "second")
         standby_log = tmp_path / "second.log"
         wait_for(lambda: b"beat_standby" in standby_log.read_bytes(), 30)
-        ticked = float(wait_for(lambda: get(LAST_TICK_KEY), 10))
-        wait_for(lambda: float(get(LAST_TICK_KEY) or 0) > ticked, 20)
+        ticked = float(wait_for(lambda: get(BEAT_LAST_TICK_KEY), 10))
+        wait_for(lambda: float(get(BEAT_LAST_TICK_KEY) or 0) > ticked, 20)
         assert f":{first.pid}:" in get(LEADER_KEY)  # the second only waits
 
         first.send_signal(signal.SIGTERM)

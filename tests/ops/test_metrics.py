@@ -21,7 +21,7 @@ from app import create_app
 from config import Settings
 from extensions import db, redis
 from models import Payment
-from tasks.runtime.beat_scheduler import LAST_TICK_KEY
+from services.jobs.metrics import BEAT_LAST_TICK_KEY
 from tests.factories import auth_headers, make_team, make_user
 from tests.support import ROOT, WebServer, Worker, make_settings, wait_job
 
@@ -88,7 +88,7 @@ def test_metrics_has_every_family_with_live_values_after_a_job(
     statuses = [limited_client.post("/api/v1/auth/login", json=credentials).status_code
                 for _ in range(2)]  # fmt: skip
     assert statuses[-1] == 429
-    redis.client.set(LAST_TICK_KEY, f"{time.time():.3f}")  # what a leading beat writes
+    redis.client.set(BEAT_LAST_TICK_KEY, f"{time.time():.3f}")  # what a leading beat writes
 
     samples = scrape(client)
     assert REQUIRED <= {s.name for s in samples}

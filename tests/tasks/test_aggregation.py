@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, func, select, text, update
 from extensions import db
 from models import AnalyticsRollup, Job, Payment, User
 from services.insights import aggregation
+from services.jobs import names
 from tasks.analytics import start_aggregate
 from tests.factories import add_member, auth_headers, make_team, make_user
 from tests.support import Worker, problem_body, wait_for, wait_job
@@ -303,7 +304,7 @@ def test_bad_ranges_and_reserved_names_are_refused(client: FlaskClient) -> None:
     )
     assert "to" in problem_body(one_sided, 422)["errors"]
     assert db.session.scalar(
-        select(Job.id).where(Job.team_id == team_id, Job.type == "analytics.aggregate")
+        select(Job.id).where(Job.team_id == team_id, Job.type == names.ANALYTICS_AGGREGATE)
     ) is None  # fmt: skip
 
 

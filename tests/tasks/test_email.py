@@ -17,9 +17,10 @@ from config import Settings
 from extensions import db
 from models import Job, TeamInvite, TeamMember, User
 from services.core import tokens
+from services.jobs import names
 from services.jobs.outbox import enqueue
+from services.jobs.relay import relay_outbox
 from services.messaging.mail import EmailNotApplicable, UnknownTemplate, build_message, queue_email
-from tasks.jobs import relay_outbox
 from tests.factories import make_user
 from tests.support import Mailbox, Worker, wait_job
 
@@ -93,7 +94,7 @@ def test_email_whose_subject_is_gone_or_done_is_skipped(
     already = queue_email("verify_email", user_id=verified.id)
     # E.g. an admin replaying an old job after the account was purged.
     vanished = enqueue(
-        "email.send", args={"template": "verify_email", "user_id": str(uuid.uuid4())}
+        names.EMAIL_SEND, args={"template": "verify_email", "user_id": str(uuid.uuid4())}
     )
     db.session.commit()
 
@@ -134,7 +135,7 @@ def test_unknown_template_is_refused_when_queued_and_fails_a_queued_job(
         queue_email("newsletter", user_id=uuid.uuid4())
     with pytest.raises(ValueError, match="takes invite_id"):
         queue_email("team_invite", user_id=uuid.uuid4())
-    job = enqueue("email.send", args={"template": "newsletter", "user_id": str(uuid.uuid4())})
+    job = enqueue(names.EMAIL_SEND, args={"template": "newsletter", "user_id": str(uuid.uuid4())})
     db.session.commit()
     failed = wait_job(job.id, {"failed", "dead"}, describe=worker.describe)
     assert failed.status == "failed" and failed.attempts == 1

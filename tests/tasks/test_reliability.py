@@ -24,8 +24,10 @@ from config import Settings
 from extensions import db
 from models import Job
 from scripts.devservices import RedisServer, free_port
+from services.jobs import names
 from services.jobs.outbox import Message, enqueue, publish
-from tasks.jobs import reap_orphans, relay_outbox, requeue_unclaimed
+from services.jobs.reaper import reap_orphans
+from services.jobs.relay import relay_outbox, requeue_unclaimed
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, Worker, fetch_job, make_settings, running_worker, wait_job
 from tests.tasks.test_pipeline import pings_recorded, start_ping
@@ -141,7 +143,7 @@ def test_publishing_after_the_commit_never_holds_two_pooled_connections(
     event.listen(db.engine, "checkout", checked_out)
     event.listen(db.engine, "checkin", checked_in)
     try:
-        job = enqueue("maintenance.ping", args={"sleep_seconds": 0})
+        job = enqueue(names.MAINTENANCE_PING, args={"sleep_seconds": 0})
         db.session.commit()
     finally:
         event.remove(db.engine, "checkout", checked_out)

@@ -20,6 +20,7 @@ from sqlalchemy import func, insert, select
 
 from extensions import celery_app, db
 from models import AnalyticsRollup, Job, Report, User
+from services.jobs import names
 from services.jobs.outbox import enqueue
 from tests.factories import add_member, auth_headers, make_team, make_user
 from tests.support import Mailbox, Worker, wait_for, wait_job
@@ -111,7 +112,7 @@ def wait_sent(worker: Worker) -> list[Report]:
 
 def send_jobs() -> int:
     db.session.rollback()
-    return int(db.session.scalar(select(func.count()).where(Job.type == "reports.send")) or 0)
+    return int(db.session.scalar(select(func.count()).where(Job.type == names.REPORTS_SEND)) or 0)
 
 
 def attachments(message: EmailMessage) -> tuple[EmailMessage, EmailMessage]:
@@ -216,7 +217,7 @@ def test_daily_report_reaches_opted_in_admins_once_with_chart_and_csv(
     assert len(mailbox.to(people.admin.email)) == 1
 
     # The send job delivered again (or replayed by an admin): the report is already sent.
-    again = enqueue("reports.send", args={"report_id": str(report.id)}, team_id=people.team_id)
+    again = enqueue(names.REPORTS_SEND, args={"report_id": str(report.id)}, team_id=people.team_id)
     db.session.commit()
     assert wait_job(again.id, "succeeded", describe=worker.describe).result == {
         "skipped": "already sent"
@@ -240,7 +241,7 @@ def test_an_interrupted_send_mails_only_the_recipients_not_reached_yet(
                     delivered_to=[str(owner.id)])  # fmt: skip
     db.session.add(report)
     db.session.flush()
-    redelivered = enqueue("reports.send", args={"report_id": str(report.id)}, team_id=team_id)
+    redelivered = enqueue(names.REPORTS_SEND, args={"report_id": str(report.id)}, team_id=team_id)
     db.session.commit()
 
     done = wait_job(redelivered.id, "succeeded", describe=worker.describe)
