@@ -71,7 +71,7 @@ def retry_job(job_id: uuid.UUID, *, actor_id: uuid.UUID | None, via: Via) -> Job
         subject_id=job.id,
         data={**history, "via": via},
     )
-    after_commit(lambda: signals.status_changed.send(job))
+    after_commit(lambda: signals.announce_status(job))
     db.session.commit()
     return job
 
@@ -150,7 +150,7 @@ def discard_job(
         subject_id=job.id,
         data={**history, "via": via, "reason": reason},
     )
-    after_commit(lambda: signals.status_changed.send(job))
+    after_commit(lambda: signals.announce_status(job))
     db.session.commit()
     return job
 

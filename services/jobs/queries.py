@@ -76,7 +76,7 @@ def cancel_job(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Job:
         subject_type="job",
         subject_id=job.id,
     )
-    after_commit(lambda: signals.status_changed.send(job))
+    after_commit(lambda: signals.announce_status(job))
     db.session.commit()
     return job
 

@@ -49,7 +49,7 @@ def job_task(
     task maps a lower layer's "retrying cannot help" (a gateway refusing the request as
     invalid) without that layer knowing about jobs.
     """
-    permanent_errors = (PermanentError, *permanent)
+    permanent_errors: tuple[type[Exception], ...] = (PermanentError, *permanent)
 
     def decorator(body: TaskBody) -> Task:
         def run(self: Task, job_id: str) -> None:

@@ -6,7 +6,7 @@ the kernel only announces, and `app.connect_job_signals` says who listens. A pro
 that never built the app (a one-off script) simply has no listeners.
 
 Each signal's sender is the `Job` row (or its id for progress), and each says when it
-is sent relative to the transaction, which is what a receiver must know:
+is sent relative to the transaction, which is what a receiver must know.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ failed_for_good = _signals.signal("job-failed-for-good")
 
 
 def announce_status(job: Job) -> None:
+    """`status_changed`, for an after-commit hook (which wants a callable returning None)."""
     status_changed.send(job)
 
 
 def announce_progress(
     user_id: uuid.UUID | None, job_id: uuid.UUID, job_type: str, progress: int, status: str
 ) -> None:
+    """`progressed`, with its arguments spelt out."""
     progressed.send(job_id, user_id=user_id, job_type=job_type, progress=progress, status=status)
