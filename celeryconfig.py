@@ -1,5 +1,8 @@
 """Every Celery setting in one place: broker, queues, routes, reliability and the beat schedule.
 
+The queues and the route of each task name belong to the job kernel
+(services/jobs/queues.py, beside the names); this module turns them into Celery settings.
+
 `build(settings)` returns the dict that `create_app` applies to `extensions.celery_app`.
 """
 
@@ -12,46 +15,17 @@ from kombu.entity import Exchange, Queue
 
 from config import Settings
 from services.jobs import names
+from services.jobs.queues import (
+    DEFAULT,
+    EXPORTS,
+    NOTIFICATIONS,
+    QUEUES,
+    queue_for,
+    route_task,
+)
 
-# Queues, one per kind of work, so a slow export can never delay a payment and each
-# pool can be sized on its own (`celery worker -Q payments`).
-PAYMENTS = "payments"
-EMAIL = "email"
-NOTIFICATIONS = "notifications"
-EXPORTS = "exports"
-UPLOADS = "uploads"
-ANALYTICS = "analytics"
-DEFAULT = "default"
-QUEUES = (PAYMENTS, EMAIL, NOTIFICATIONS, EXPORTS, UPLOADS, ANALYTICS, DEFAULT)
-
-# Task names are `domain.verb`; the domain picks the queue.
-ROUTES_BY_PREFIX = {
-    "payments.": PAYMENTS,
-    "subscriptions.": PAYMENTS,
-    "webhooks.": PAYMENTS,
-    "email.": EMAIL,
-    "notifications.": NOTIFICATIONS,
-    "exports.": EXPORTS,
-    # Reports render a chart and a CSV per team (CPU-bound, all teams at once at 06:00):
-    # with the exports, not on `default`, where they would hold up the relay and reaper.
-    "reports.": EXPORTS,
-    "uploads.": UPLOADS,
-    "analytics.": ANALYTICS,
-}
-
-
-def queue_for(task_name: str) -> str:
-    """The queue a task name routes to (used by the router and the job ledger)."""
-    for prefix, queue in ROUTES_BY_PREFIX.items():
-        if task_name.startswith(prefix):
-            return queue
-    return DEFAULT
-
-
-def route_task(
-    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
-) -> dict[str, str]:
-    return {"queue": queue_for(name)}
+# The queues, re-exported: operators' and tests' one place for "every Celery setting".
+__all__ = ["DEFAULT", "EXPORTS", "NOTIFICATIONS", "QUEUES", "build", "queue_for", "route_task"]
 
 
 def build(settings: Settings) -> dict[str, Any]:

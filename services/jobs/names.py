@@ -1,6 +1,6 @@
 """Every task name, in one place.
 
-A name is `domain.verb`; the domain picks the queue (celeryconfig.ROUTES_BY_PREFIX). The
+A name is `domain.verb`; the domain picks the queue (services/jobs/queues.py). The
 name is the contract between the row in `jobs`, the message on the broker and the task
 that runs it: renaming one strands whatever is queued under the old name, so these are
 only ever added to.

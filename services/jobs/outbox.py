@@ -17,10 +17,10 @@ from flask import current_app
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session, SessionTransaction
 
-from celeryconfig import queue_for
 from extensions import celery_app, db
 from logs import current_request_id, get_logger
 from models import Job
+from services.jobs.queues import queue_for
 
 log = get_logger(__name__)
 _PENDING = "maycole.pending_messages"

@@ -20,11 +20,11 @@ from prometheus_client.metrics_core import (
 )
 from sqlalchemy import text
 
-from celeryconfig import QUEUES
 from extensions import db, redis
 from integrations.broker import broker_redis
 from services.jobs import metrics as task_metrics
 from services.jobs.metrics import BEAT_LAST_TICK_KEY
+from services.jobs.queues import QUEUES
 
 BREAKERS: Final = ("smtp", "stripe", "s3")
 BREAKER_STATES: Final = {"closed": 0, "half-open": 1, "open": 2}
