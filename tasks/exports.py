@@ -9,7 +9,7 @@ from typing import Any
 from extensions import db
 from integrations.storage_backends import get_storage
 from models import Job
-from services.files import exports
+from services.files import export_job
 from services.jobs import names
 from services.jobs.context import JobContext
 from services.jobs.errors import PermanentError
@@ -23,17 +23,17 @@ def build(ctx: JobContext) -> dict[str, Any] | None:
     export_id = uuid.UUID(ctx.args["export_id"])
     storage = get_storage()
     try:
-        report = exports.build(export_id, storage, ctx.progress)
+        report = export_job.build(export_id, storage, ctx.progress)
     except Exception as exc:
-        permanent = isinstance(exc, exports.ExportRefused)
+        permanent = isinstance(exc, export_job.ExportRefused)
         db.session.rollback()
         # Whatever an attempt managed to store is not an export: remove it now.
         # Best effort: a leftover object is never served (no row points at it).
         with contextlib.suppress(Exception):
-            exports.discard_partial(export_id, storage)
+            export_job.discard_partial(export_id, storage)
         job = db.session.get(Job, ctx.job_id)
         if permanent or (job is not None and ctx.attempt >= job.max_attempts):
-            exports.record_failure(export_id, f"{type(exc).__name__}: {exc}")
+            export_job.record_failure(export_id, f"{type(exc).__name__}: {exc}")
         if permanent:
             raise PermanentError(str(exc)) from exc
         raise
@@ -43,4 +43,4 @@ def build(ctx: JobContext) -> dict[str, Any] | None:
 @periodic_task(names.EXPORTS_CLEANUP)
 def cleanup() -> int:
     """Beat, daily: delete expired exports' objects (the rows stay, for history)."""
-    return exports.cleanup_expired(get_storage())
+    return export_job.cleanup_expired(get_storage())
