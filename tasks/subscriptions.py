@@ -7,7 +7,7 @@ from typing import Any
 
 from integrations.payments import GatewayRejected
 from integrations.stripe_gateway import get_gateway
-from services.billing import subscriptions
+from services.billing import subscription_jobs
 from services.jobs import names
 from services.jobs.context import JobContext
 from services.jobs.runner import job_task
@@ -17,7 +17,7 @@ from services.jobs.runner import job_task
 def create(ctx: JobContext) -> dict[str, Any]:
     """Create subscription `subscription_id` at the gateway with `payment_method`;
     idempotent (a stored provider id is only re-read)."""
-    return subscriptions.create_at_gateway(
+    return subscription_jobs.create_at_gateway(
         uuid.UUID(ctx.args["subscription_id"]), str(ctx.args["payment_method"]), get_gateway(),
         actor_id=ctx.user_id,
     )  # fmt: skip
@@ -27,7 +27,7 @@ def create(ctx: JobContext) -> dict[str, Any]:
 def change_plan(ctx: JobContext) -> dict[str, Any]:
     """Move subscription `subscription_id` to `plan`; idempotent (skips the call when the
     gateway already has the plan)."""
-    return subscriptions.change_plan_at_gateway(
+    return subscription_jobs.change_plan_at_gateway(
         uuid.UUID(ctx.args["subscription_id"]), str(ctx.args["plan"]), get_gateway(),
         actor_id=ctx.user_id, job_id=ctx.job_id,
     )  # fmt: skip
@@ -36,7 +36,7 @@ def change_plan(ctx: JobContext) -> dict[str, Any]:
 @job_task(names.SUBSCRIPTIONS_CANCEL, permanent=(GatewayRejected,))
 def cancel(ctx: JobContext) -> dict[str, Any]:
     """End subscription `subscription_id` at its period end; idempotent."""
-    return subscriptions.set_cancel_at_gateway(
+    return subscription_jobs.set_cancel_at_gateway(
         uuid.UUID(ctx.args["subscription_id"]), True, get_gateway(),
         actor_id=ctx.user_id, job_id=ctx.job_id,
     )  # fmt: skip
@@ -45,7 +45,7 @@ def cancel(ctx: JobContext) -> dict[str, Any]:
 @job_task(names.SUBSCRIPTIONS_RESUME, permanent=(GatewayRejected,))
 def resume(ctx: JobContext) -> dict[str, Any]:
     """Undo the pending cancellation of subscription `subscription_id`; idempotent."""
-    return subscriptions.set_cancel_at_gateway(
+    return subscription_jobs.set_cancel_at_gateway(
         uuid.UUID(ctx.args["subscription_id"]), False, get_gateway(),
         actor_id=ctx.user_id, job_id=ctx.job_id,
     )  # fmt: skip
