@@ -7,7 +7,7 @@ from typing import Any
 
 from integrations.payments import GatewayRejected
 from integrations.stripe_gateway import get_gateway
-from services.billing import payments
+from services.billing import payments, refunds
 from services.jobs import names
 from services.jobs.context import JobContext
 from services.jobs.runner import job_task
@@ -22,4 +22,4 @@ def charge(ctx: JobContext) -> dict[str, Any]:
 @job_task(names.PAYMENTS_REFUND, permanent=(GatewayRejected,))
 def refund(ctx: JobContext) -> dict[str, Any]:
     """Refund (part of) a payment (args: refund_id); idempotent via the gateway's tag."""
-    return payments.refund(uuid.UUID(ctx.args["refund_id"]), get_gateway())
+    return refunds.refund(uuid.UUID(ctx.args["refund_id"]), get_gateway())
