@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from integrations.storage_backends import get_storage
-from services.files import uploads
+from services.files import upload_verification, uploads
 from services.jobs import names
 from services.jobs.context import JobContext
 from services.jobs.runner import job_task, periodic_task
@@ -15,7 +15,7 @@ from services.jobs.runner import job_task, periodic_task
 @job_task(names.UPLOADS_PROCESS)
 def process(ctx: JobContext) -> dict[str, Any]:
     """Verify an uploaded file (args: file_id): size, hash, real type, thumbnail, text."""
-    return uploads.process_upload(uuid.UUID(ctx.args["file_id"]), get_storage())
+    return upload_verification.process_upload(uuid.UUID(ctx.args["file_id"]), get_storage())
 
 
 @job_task(names.UPLOADS_DELETE_OBJECT)
