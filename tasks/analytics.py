@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from services.insights import aggregation
+from services.insights import aggregation, aggregation_runs
 from services.jobs import names
 from services.jobs.context import JobContext
 from services.jobs.runner import job_task, periodic_task
@@ -15,7 +15,7 @@ from services.jobs.runner import job_task, periodic_task
 @periodic_task(names.ANALYTICS_START_AGGREGATE)
 def start_aggregate() -> str | None:
     """Beat, hourly: queue an `analytics.aggregate` run unless one is already waiting."""
-    job = aggregation.start_scheduled_run()
+    job = aggregation_runs.start_scheduled_run()
     return str(job.id) if job else None
 
 
