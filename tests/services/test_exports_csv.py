@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 
 from extensions import db
 from integrations.storage import StorageUnavailable, StoredObject
-from integrations.storage_backends import LocalStorage
+from integrations.storage_local import LocalStorage
 from models import AnalyticsEvent, Export
 from services.files import export_formats, export_job
 from tests.factories import make_team, make_user
