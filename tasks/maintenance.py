@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete
-
-from extensions import db
-from models import IdempotencyKey
+from services.core import idempotency
 from services.core.audit import record_audit
 from services.jobs import names
 from services.jobs.context import JobContext
@@ -48,8 +44,4 @@ def ping(ctx: JobContext) -> dict[str, Any]:
 @periodic_task(names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS)
 def cleanup_idempotency_keys() -> int:
     """Beat, hourly: delete Idempotency-Key records past their replay window."""
-    result = db.session.execute(
-        delete(IdempotencyKey).where(IdempotencyKey.expires_at < datetime.now(UTC))
-    )
-    db.session.commit()
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return idempotency.delete_expired()

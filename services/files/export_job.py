@@ -12,6 +12,7 @@ here: the clean-up after a failed attempt and the daily removal of expired files
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from contextlib import closing
@@ -24,7 +25,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from integrations.storage import ObjectStorage
-from models import Export, TeamMember
+from models import Export, Job, TeamMember
 from services.core import permissions
 from services.core.audit import record_audit
 from services.files.export_formats import (
@@ -37,6 +38,7 @@ from services.files.export_formats import (
 )
 from services.files.export_sources import estimated_rows, export_query
 from services.files.exports import RESOURCE_PERMISSION, download_path
+from services.jobs.errors import PermanentError
 from services.messaging.notifications import notify
 
 FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
@@ -130,6 +132,33 @@ def build(
             event_key=f"export:{export.id}:ready", team_id=export.team_id,
         )  # fmt: skip
     return BuildReport(export.id, counter.rows, stored.size, stored.sha256, path)
+
+
+def build_or_clean_up(
+    export_id: uuid.UUID,
+    storage: ObjectStorage,
+    progress: Callable[[int], None],
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+) -> BuildReport | None:
+    """`build`, and after a failed attempt: discard what it stored, audit the failure once
+    no attempt is left, and make a refusal permanent (PermanentError: no retry)."""
+    try:
+        return build(export_id, storage, progress)
+    except Exception as exc:
+        permanent = isinstance(exc, ExportRefused)
+        db.session.rollback()
+        # Whatever an attempt managed to store is not an export: remove it now.
+        # Best effort: a leftover object is never served (no row points at it).
+        with contextlib.suppress(Exception):
+            discard_partial(export_id, storage)
+        job = db.session.get(Job, job_id)
+        if permanent or (job is not None and attempt >= job.max_attempts):
+            record_failure(export_id, f"{type(exc).__name__}: {exc}")
+        if permanent:
+            raise PermanentError(str(exc)) from exc
+        raise
 
 
 def record_failure(export_id: uuid.UUID, error: str) -> None:
