@@ -48,7 +48,7 @@ ROWS = int(os.environ.get("BENCH_EXPORT_ROWS", "1000000"))
 WARM_ROWS = 50
 MAX_RATIO = 1.5  # export time / COPY time
 MAX_RSS_GROWTH_MB = 100.0
-# The export's columns (services.files.exports._query, resource "analytics"), in its order.
+# The export's columns (services/files/export_sources.py, resource "analytics"), in its order.
 COLUMNS = ("id", "name", "occurred_at", "properties", "dedup_id")
 
 

@@ -15,7 +15,8 @@ from apiflask import APIBlueprint
 from flask import current_app, request, send_file
 
 from blueprints.common.request_hooks import accepts_any_content
-from integrations.storage_backends import LocalStorage, TokenExpired, TokenInvalid, get_storage
+from integrations.storage_backends import get_storage
+from integrations.storage_local import LocalStorage, TokenExpired, TokenInvalid
 from services.core.errors import Forbidden, NotFound, ServiceError, ValidationFailed
 from services.files import uploads
 

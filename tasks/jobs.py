@@ -1,11 +1,18 @@
-"""Beat's housekeeping of the job ledger: the outbox relay and the reaper (services/jobs/)."""
+"""The job kernel's own tasks: beat's housekeeping of the job ledger (the outbox relay
+and the reaper, services/jobs/), the pipeline's end-to-end probe, and periodic clean-up."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from services.core import idempotency
+from services.core.audit import record_audit
 from services.jobs import names
+from services.jobs.context import JobContext
 from services.jobs.reaper import reap_orphans
 from services.jobs.relay import relay_outbox, requeue_unclaimed
-from services.jobs.runner import periodic_task
+from services.jobs.runner import job_task, periodic_task
 
 
 @periodic_task(names.JOBS_RELAY)
@@ -19,3 +26,38 @@ def reap() -> int:
     """Beat, every 10 s: recover jobs of dead workers and jobs whose message was lost
     (see `reap_orphans` and `requeue_unclaimed`)."""
     return reap_orphans() + requeue_unclaimed()
+
+
+class TransientPingError(Exception):
+    """A deliberate, retryable failure (to exercise the retry path)."""
+
+
+@job_task(names.MAINTENANCE_PING)
+def ping(ctx: JobContext) -> dict[str, Any]:
+    """Prove the pipeline end to end; idempotent (its audit row commits with `succeeded`).
+
+    Args: `sleep_seconds` (work to simulate, with progress), `fail_attempts` (fail this
+    many attempts first, to exercise retries).
+    """
+    sleep_seconds = float(ctx.args.get("sleep_seconds", 0))
+    steps = max(1, int(sleep_seconds * 4))
+    for step in range(steps):
+        if sleep_seconds:
+            time.sleep(sleep_seconds / steps)
+        ctx.progress(int(100 * (step + 1) / steps))
+    if ctx.attempt <= int(ctx.args.get("fail_attempts", 0)):
+        raise TransientPingError(f"deliberate failure on attempt {ctx.attempt}")
+    record_audit(
+        "maintenance.pinged",
+        actor_id=ctx.user_id,
+        subject_type="job",
+        subject_id=ctx.job_id,
+        data={"attempt": ctx.attempt},
+    )
+    return {"pong": True, "attempt": ctx.attempt}
+
+
+@periodic_task(names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS)
+def cleanup_idempotency_keys() -> int:
+    """Beat, hourly: delete Idempotency-Key records past their replay window."""
+    return idempotency.delete_expired()

@@ -22,7 +22,7 @@ from blueprints.common.auth import me
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.jobs.schemas import JobEnvelope, job_out
 from blueprints.jobs.views import accepted
-from services.insights import aggregation, analytics, rollups
+from services.insights import aggregation_runs, analytics, rollups
 
 bp = APIBlueprint("analytics", __name__, url_prefix="/api/v1/teams", tag="analytics")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,5 +86,5 @@ def aggregate(team_id: uuid.UUID, body: AggregateIn) -> Any:
     """Aggregate this team now instead of at the next hourly run; with `from` and `to`,
     also rebuild the team's rollups over those days from the raw events (e.g. after a
     fix). While a run of the team is pending the same request gets that job back."""
-    job = aggregation.request_run(me(), current_membership(), body.from_, body.to)
+    job = aggregation_runs.request_run(me(), current_membership(), body.from_, body.to)
     return accepted(JobEnvelope(job=job_out(job)), job.id)

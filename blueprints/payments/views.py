@@ -32,7 +32,7 @@ from extensions import limiter
 from integrations.payments import InvalidWebhook
 from integrations.stripe_gateway import get_gateway
 from models import Payment, Refund
-from services.billing import payments, webhooks
+from services.billing import payments, refunds, webhooks
 from services.core.errors import ServiceError
 
 bp = APIBlueprint("payments", __name__, url_prefix="/api/v1/teams", tag="payments")
@@ -85,9 +85,9 @@ def create_payment(team_id: uuid.UUID, body: PaymentIn) -> Any:
 def get_payment(team_id: uuid.UUID, payment_id: uuid.UUID) -> PaymentEnvelope:
     """One payment with its refunds."""
     payment = payments.get_payment(team_id, payment_id)
-    refunds = [refund_out(r) for r in payments.list_refunds(payment)]
+    found = [refund_out(r) for r in refunds.list_refunds(payment)]
     return PaymentEnvelope(
-        payment=PaymentDetail(**payment_out(payment).model_dump(), refunds=refunds)
+        payment=PaymentDetail(**payment_out(payment).model_dump(), refunds=found)
     )
 
 
@@ -99,7 +99,7 @@ def get_payment(team_id: uuid.UUID, payment_id: uuid.UUID) -> PaymentEnvelope:
 @bp.doc(responses={409: "Only a succeeded payment can be refunded"})
 def create_refund(team_id: uuid.UUID, payment_id: uuid.UUID, body: RefundIn) -> Any:
     """Refund all or part of a payment (never more than what was captured)."""
-    refund, job = payments.create_refund(
+    refund, job = refunds.create_refund(
         me(), team_id, payment_id, amount=body.amount, reason=body.reason,
         idempotency_key=request.headers[IDEMPOTENCY_HEADER],
     )  # fmt: skip

@@ -37,7 +37,7 @@ from integrations.payments import (
 )
 from logs import get_logger
 from models import Job, Notification, Payment, Subscription, TeamMember, User
-from services.billing.subscriptions import sync_from_gateway
+from services.billing.subscription_mirror import sync_from_gateway
 from services.core import permissions
 from services.core.audit import record_audit
 from services.jobs import names

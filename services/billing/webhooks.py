@@ -20,8 +20,9 @@ from integrations.payments import GatewayEvent as GatewayEventData
 from integrations.payments import PaymentGateway
 from logs import get_logger
 from models import GatewayEvent, Payment, Refund
-from services.billing.payments import apply_payment_state, apply_refund_state
-from services.billing.subscriptions import sync_from_gateway
+from services.billing.payments import apply_payment_state
+from services.billing.refunds import apply_refund_state
+from services.billing.subscription_mirror import sync_from_gateway
 from services.jobs import names
 from services.jobs.outbox import enqueue
 

@@ -153,3 +153,12 @@ def release_key(principal: str, key: str) -> None:
         )
     )
     db.session.commit()
+
+
+def delete_expired() -> int:
+    """Beat: delete Idempotency-Key records past their replay window; returns how many."""
+    result = db.session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.expires_at < datetime.now(UTC))
+    )
+    db.session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,37 +1,27 @@
-"""Uploads: presign, verify in the background, serve through presigned links, clean up.
+"""Uploads: presign, serve through presigned links, delete, clean up.
 
 Bytes never pass through the web process. A browser asks for a presigned form (the file
 row starts `pending`), posts the file straight to the store, then calls `complete`
-(`processing` + the `uploads.process` job). The job trusts nothing it was told: it checks
-the stored size against the declared one, hashes the bytes, sniffs the real type and, for
-a mismatch, deletes the object and marks the file `rejected`. Good files become `ready`
-(with a thumbnail for images and a search document for text). Object keys are always
-`teams/{team_id}/uploads/{file_id}/...`, never derived from user input.
+(`processing` + the `uploads.process` job, whose verification is in
+upload_verification.py). Object keys are always `teams/{team_id}/uploads/{file_id}/...`,
+never derived from user input.
 
 The form's key (`.../original`) is only ever the browser's upload. A presigned S3 POST
 cannot be revoked, so a second post with the same form (until it expires) would replace
-the bytes after they were checked. The job therefore writes the very bytes it hashed to
-`.../verified` and points `storage_key` there: downloads, thumbnails and the recorded
-SHA-256 all come from that copy, which no form can reach. The local backend's upload
-link goes further and is refused once the file is no longer `pending`.
+the bytes after they were checked: the job serves its own verified copy instead (see
+upload_verification.py). The local backend's upload link goes further and is refused once
+the file is no longer `pending`.
 """
 
 from __future__ import annotations
 
-import codecs
-import hashlib
-import io
-import tempfile
 import unicodedata
 import uuid
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import Any
 
-import filetype
 from flask import current_app
-from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
 from config import Settings
@@ -54,17 +44,6 @@ from services.insights import search
 from services.jobs import names
 from services.jobs.outbox import enqueue
 
-TEXT_TYPES = frozenset({"text/csv", "text/plain"})
-THUMBNAIL_PX = 256
-SEARCH_TEXT_BYTES = 64 * 1024
-# Sniffing needs only the first bytes (filetype reads at most 8 KiB).
-SNIFF_BYTES = 8192
-# Images above this many pixels are refused instead of decoded: a tiny PNG can declare
-# 100k x 100k pixels and exhaust a worker's memory (a "decompression bomb"). Pillow warns
-# above this limit and raises above twice it; the warning is turned into an error below.
-Image.MAX_IMAGE_PIXELS = 40_000_000
-# Up to this size the bytes stay in memory while verified; larger ones spill to disk.
-SPOOL_BYTES = 8 * 1024 * 1024
 SUBJECT_TYPE = "file"
 # A file's objects: what the browser's form posted (it may post again until the form
 # expires) and the copy of the bytes the job verified (what downloads serve).
@@ -186,14 +165,15 @@ def list_uploads(
     return paginate(query, UserFile, limit, cursor)
 
 
-def _locked(file_id: uuid.UUID) -> UserFile | None:
+def locked_upload(file_id: uuid.UUID) -> UserFile | None:
+    """The file row, locked for update."""
     return db.session.scalar(select(UserFile).where(UserFile.id == file_id).with_for_update())
 
 
 def complete_upload(user: User, team_id: uuid.UUID, file_id: uuid.UUID) -> tuple[UserFile, Job]:
     """The browser says the bytes are stored: queue their verification. One transaction."""
     get_upload(team_id, file_id)
-    row = _locked(file_id)
+    row = locked_upload(file_id)
     assert row is not None
     if row.state != "pending":
         raise Conflict(f"This upload is already {row.state}.")
@@ -212,7 +192,7 @@ def delete_upload(
     """Mark a file deleted and queue the removal of its objects. Members may delete their
     own files; deleting anyone's needs `files.delete` (admins)."""
     get_upload(team_id, file_id)
-    row = _locked(file_id)
+    row = locked_upload(file_id)
     assert row is not None
     if row.uploaded_by_id != user.id and not permissions.allows(role, "files.delete"):
         raise Forbidden("Only admins may delete other members' files.")
@@ -245,147 +225,6 @@ def download_url(team_id: uuid.UUID, file_id: uuid.UUID) -> str:
     return _storage().presigned_get(
         row.storage_key, expires_in=_settings().download_url_seconds, filename=row.filename
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Jobs
-
-
-class _Rejected(Exception):
-    """The stored bytes are not what was declared (the reason is shown to the user)."""
-
-
-def process_upload(file_id: uuid.UUID, storage: ObjectStorage) -> dict[str, Any]:
-    """The `uploads.process` job body; idempotent (only a `processing` file is handled).
-
-    StorageUnavailable propagates, so the job retries with backoff.
-    """
-    row = _locked(file_id)
-    if row is None or row.state != "processing":
-        return {"state": row.state if row else "missing"}
-    try:
-        result = _verify(row, storage)
-    except _Rejected as exc:
-        row.state, row.rejection_reason = "rejected", str(exc)
-        # The object goes at once: an unverified file must never be downloadable, and its
-        # owner cannot see it anyway. (If the commit below failed, the redelivery finds no
-        # object and rejects the file again.)
-        storage.delete(row.storage_key)
-        record_audit("upload.rejected", actor_id=row.uploaded_by_id, team_id=row.team_id,
-                     subject_type="file", subject_id=row.id, data={"reason": str(exc)})  # fmt: skip
-        return {"state": "rejected", "reason": str(exc)}
-    uploaded = row.storage_key
-    row.state, row.sha256, row.ready_at = "ready", result.sha256, datetime.now(UTC)
-    row.storage_key, row.thumbnail_key = result.storage_key, result.thumbnail_key
-    if uploaded != row.storage_key:
-        # Not deleted here: if this transaction failed to commit, the rerun reads it again.
-        enqueue(names.UPLOADS_DELETE_OBJECT, args={"keys": [uploaded]}, team_id=row.team_id)
-    if result.text is not None:
-        _index_text(row, result.text)
-    data = {"sha256": result.sha256, "thumbnail": bool(result.thumbnail_key)}
-    record_audit("upload.ready", actor_id=row.uploaded_by_id, team_id=row.team_id,
-                 subject_type="file", subject_id=row.id, data=data)  # fmt: skip
-    return {"state": "ready", "sha256": result.sha256}
-
-
-@dataclass(frozen=True)
-class _Verified:
-    sha256: str
-    storage_key: str  # the verified copy
-    thumbnail_key: str | None
-    text: str | None
-
-
-def _verify(row: UserFile, storage: ObjectStorage) -> _Verified:
-    info = storage.head(row.storage_key)
-    if info is None:
-        raise _Rejected("The file was never uploaded.")
-    if info.size != row.size:
-        raise _Rejected(f"The file has {info.size} bytes, not the declared {row.size}.")
-    digest, size = hashlib.sha256(), 0
-    is_text = row.content_type in TEXT_TYPES
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    text_parts: list[str] = []
-    text_len = 0
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-        try:
-            for chunk in storage.read(row.storage_key):
-                digest.update(chunk)
-                size += len(chunk)
-                spool.write(chunk)
-                if is_text:
-                    if b"\x00" in chunk:
-                        raise _Rejected("A text file must not contain NUL bytes.")
-                    try:
-                        decoded = decoder.decode(chunk)
-                    except UnicodeDecodeError:
-                        raise _Rejected("A text file must be valid UTF-8.") from None
-                    if text_len < SEARCH_TEXT_BYTES:
-                        text_parts.append(decoded[: SEARCH_TEXT_BYTES - text_len])
-                        text_len += len(text_parts[-1])
-            if is_text:
-                try:
-                    decoder.decode(b"", final=True)
-                except UnicodeDecodeError:
-                    raise _Rejected("A text file must be valid UTF-8.") from None
-        except FileNotFoundError:
-            raise _Rejected("The file was never uploaded.") from None
-        if size != row.size:  # replaced between HEAD and GET
-            raise _Rejected(f"The file has {size} bytes, not the declared {row.size}.")
-        spool.seek(0)
-        head = spool.read(SNIFF_BYTES)
-        kind = filetype.guess(head)
-        sniffed = kind.mime if kind else None
-        if is_text:
-            if sniffed is not None:
-                raise _Rejected(f"The file is {sniffed}, not {row.content_type}.")
-        elif sniffed != row.content_type:
-            raise _Rejected(
-                f"The file is {sniffed or 'of an unknown type'}, not {row.content_type}."
-            )
-        thumbnail_key = None
-        if row.content_type.startswith("image/"):
-            spool.seek(0)
-            png = _thumbnail(spool)
-            thumbnail_key = object_key(row.team_id, row.id, "thumbnail.png")
-            storage.write(thumbnail_key, [png], content_type="image/png")
-        # The bytes just checked, not the form's object again (it may have changed since).
-        spool.seek(0)
-        verified_key = object_key(row.team_id, row.id, VERIFIED)
-        stored = storage.write(
-            verified_key, iter(lambda: spool.read(1024 * 1024), b""), content_type=row.content_type
-        )
-        if stored.sha256 != digest.hexdigest():
-            raise StorageUnavailable(f"the verified copy of {row.id} differs; retrying")
-    text = "".join(text_parts) if is_text else None
-    return _Verified(
-        sha256=digest.hexdigest(), storage_key=verified_key, thumbnail_key=thumbnail_key,
-        text=text,
-    )  # fmt: skip
-
-
-def _thumbnail(source: IO[bytes]) -> bytes:
-    """A PNG at most THUMBNAIL_PX on its longer side; refuses decompression bombs."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
-                opened.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-                image: Image.Image = opened
-                if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
-                    image = image.convert("RGBA")  # PNG cannot store e.g. CMYK
-                out = io.BytesIO()
-                image.save(out, format="PNG", optimize=True)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _Rejected("The image has too many pixels to process.") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise _Rejected(f"The image cannot be decoded: {exc}") from None
-    return out.getvalue()
-
-
-def _index_text(row: UserFile, text: str) -> None:
-    """Upsert the file's search document (to_tsvector('simple'): no language guessing)."""
-    search.index_document(row.team_id, SUBJECT_TYPE, row.id, row.filename, text)
 
 
 def delete_objects(keys: list[str], storage: ObjectStorage) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from integrations.storage import ObjectStorage
 from integrations.storage_backends import build_storage
 from models import AuditLog, Export, Notification, Payment, TeamMember
 from scripts.devservices import RedisServer, free_port
-from services.files.exports import cleanup_expired
+from services.files.export_job import cleanup_expired
 from tests.factories import auth_headers, make_team, make_user
 from tests.support import ROOT, fetch_job, make_settings, problem_body, running_worker, wait_job
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
 import blueprints.common.idempotency as idempotency_view
-import tasks.maintenance
+import tasks.jobs
 from extensions import db
 from models import IdempotencyKey, Job, User
 from services.core.idempotency import request_fingerprint, reserve_key
@@ -168,7 +168,7 @@ def test_cleanup_task_deletes_only_expired_keys(app: APIFlask) -> None:
     )
     db.session.commit()
 
-    deleted = tasks.maintenance.cleanup_idempotency_keys.run()
+    deleted = tasks.jobs.cleanup_idempotency_keys.run()
 
     assert deleted == 1
     assert db.session.scalars(select(IdempotencyKey.key)).all() == ["fresh"]

@@ -20,7 +20,7 @@ from models import Job, Notification, NotificationPreference, User
 from scripts.devservices import RedisServer, free_port
 from services.jobs import names
 from services.messaging import notifications
-from tasks.notifications import start_digests
+from tasks.messaging import start_digests
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import (
     ROOT,

@@ -26,7 +26,7 @@ from apiflask import APIFlask
 from app import create_app
 from config import Settings
 from extensions import redis
-from integrations import stripe_gateway
+from integrations import stripe_client
 from integrations.breaker import breaker, build_breaker
 from integrations.payments import (
     PI_REQUIRES_CONFIRMATION,
@@ -168,7 +168,7 @@ def test_list_payments_returns_every_payment_since_a_time_across_pages(
     since = int(time.time())
     recent = {new_payment(gateway).id, paid(gateway).id, new_payment(gateway).id}
 
-    monkeypatch.setattr(stripe_gateway, "_PAGE_SIZE", 2)  # several pages from few objects
+    monkeypatch.setattr(stripe_client, "_PAGE_SIZE", 2)  # several pages from few objects
     listed = list(gateway.list_payments(created_since=since))
     assert {p.id for p in listed} >= recent
     assert before.id not in {p.id for p in listed}

@@ -19,9 +19,9 @@ from sqlalchemy import func, select, text
 
 from extensions import db
 from integrations.storage import StorageUnavailable, StoredObject
-from integrations.storage_backends import LocalStorage
+from integrations.storage_local import LocalStorage
 from models import AnalyticsEvent, Export
-from services.files import exports
+from services.files import export_formats, export_job
 from tests.factories import make_team, make_user
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -48,7 +48,7 @@ def _insert(team_id: uuid.UUID, rows: Iterable[tuple[str, datetime, Any, str | N
 
 
 def guarded(value: str) -> str:
-    return "'" + value if value[:1] in exports.FORMULA_PREFIXES else value
+    return "'" + value if value[:1] in export_formats.FORMULA_PREFIXES else value
 
 
 def _export(team_id: uuid.UUID, user_id: uuid.UUID) -> Export:
@@ -70,13 +70,13 @@ def test_csv_cells_are_formatted_by_postgres_as_the_file_promises(
     timeout = text("SELECT current_setting('statement_timeout')")
     before = db.session.scalar(timeout)
 
-    report = exports.build(export.id, storage, lambda percent: None)
+    report = export_job.build(export.id, storage, lambda percent: None)
     # The COPY ran with the job's statement timeout; the transaction's own is back.
     assert db.session.scalar(timeout) == before
     db.session.commit()
 
     assert report is not None and report.row_count == len(EVENTS)
-    data = b"".join(storage.read(exports.storage_key(export)))
+    data = b"".join(storage.read(export_job.storage_key(export)))
     assert hashlib.sha256(data).hexdigest() == report.sha256 and len(data) == report.size
     ids = db.session.scalars(select(AnalyticsEvent.id).order_by(AnalyticsEvent.id)).all()
     header, *rows = list(csv.reader(io.StringIO(data.decode(), newline="")))
@@ -92,7 +92,7 @@ def test_csv_cells_are_formatted_by_postgres_as_the_file_promises(
         # JSON: jsonb's canonical text of the same document (keys in jsonb's order).
         assert json.loads(row[3]) == properties
         assert row[3] == json.dumps(json.loads(row[3]), ensure_ascii=False)
-        assert not row[3].startswith(exports.FORMULA_PREFIXES)  # "=scalar" stays quoted
+        assert not row[3].startswith(export_formats.FORMULA_PREFIXES)  # "=scalar" stays quoted
     # An empty string and NULL are both an empty, unquoted field; lines end in \n.
     assert data.count(b",\n") == 2 and b'""\n' not in data and b"\r\n" not in data
 
@@ -120,7 +120,7 @@ def test_a_failed_upload_cancels_the_copy_and_the_session_stays_usable(
             raise AssertionError("no chunk")
 
     try:
-        exports.build(export.id, FailingStorage(), lambda percent: None)  # type: ignore[arg-type]
+        export_job.build(export.id, FailingStorage(), lambda percent: None)  # type: ignore[arg-type]
     except StorageUnavailable:
         # As the job does: roll back while the exception, and the frames in its traceback
         # (the upload's, holding the COPY's generator), are still alive. Had the COPY not

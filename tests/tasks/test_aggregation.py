@@ -19,7 +19,7 @@ from extensions import db
 from models import AnalyticsRollup, Job, Payment, User
 from services.insights import aggregation
 from services.jobs import names
-from tasks.analytics import start_aggregate
+from tasks.insights import start_aggregate
 from tests.factories import add_member, auth_headers, make_team, make_user
 from tests.support import Worker, problem_body, wait_for, wait_job
 

@@ -1,4 +1,4 @@
-"""Account lifecycle jobs."""
+"""Identity jobs: deleting (anonymising) an account."""
 
 from __future__ import annotations
 

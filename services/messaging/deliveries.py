@@ -1,32 +1,34 @@
-"""Notification jobs (queue `notifications`; emails they send go out from here too)."""
+"""Delivering notifications, the work of the `notifications.*` jobs: writing a whole
+audience's rows in chunks, emailing notifications one by one, and the daily digests.
+
+Each of them commits as it goes (a chunk, an email, a user) so that a retry after a
+failure starts where the last attempt stopped and never mails anyone twice.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
 
 from extensions import db, redis
-from integrations.mail import PermanentMailError, get_mailer
+from integrations.mail import Mailer, PermanentMailError
 from logs import get_logger
 from models import Notification
 from services.jobs import names
-from services.jobs.context import JobContext
 from services.jobs.outbox import enqueue
-from services.jobs.runner import job_task, periodic_task
 from services.messaging import notifications
 from services.messaging.mail import EmailNotApplicable, build_message
 
 log = get_logger(__name__)
 
 
-@job_task(names.NOTIFICATIONS_FAN_OUT)
-def fan_out(ctx: JobContext) -> dict[str, Any]:
+def fan_out(args: dict[str, Any], progress: Callable[[int], None]) -> dict[str, Any]:
     """Notify a whole audience (args: audience, team_id?, template, data, event_key) in
     chunks; idempotent: rows are unique per (user, event_key) and each chunk commits."""
-    args = ctx.args
     team_id = uuid.UUID(args["team_id"]) if args.get("team_id") else None
     written = chunks = 0
     for user_ids in notifications.audience_chunks(args):
@@ -35,7 +37,7 @@ def fan_out(ctx: JobContext) -> dict[str, Any]:
             # commits with `succeeded` instead, so a one-chunk audience (most of them)
             # costs one transaction, not three (chunk, progress, settle).
             db.session.commit()
-            ctx.progress(min(99, chunks))
+            progress(min(99, chunks))
         written += len(
             notifications.write_chunk(user_ids, args["template"], args["data"],
                                       event_key=args["event_key"], team_id=team_id)
@@ -44,12 +46,11 @@ def fan_out(ctx: JobContext) -> dict[str, Any]:
     return {"notified": written, "chunks": chunks}
 
 
-@job_task(names.NOTIFICATIONS_SEND_EMAILS)
-def send_emails(ctx: JobContext) -> dict[str, Any]:
-    """Email a chunk of notifications (args: notification_ids); each is marked as it is
-    sent, so a retry after a failure never mails one twice."""
-    mailer, sent, skipped = get_mailer(), 0, 0
-    for raw in ctx.args["notification_ids"]:
+def send_emails(notification_ids: Iterable[str], mailer: Mailer) -> dict[str, Any]:
+    """Email a chunk of notifications; each is marked as it is sent, so a retry after a
+    failure never mails one twice."""
+    sent = skipped = 0
+    for raw in notification_ids:
         row = db.session.scalar(
             select(Notification).where(Notification.id == uuid.UUID(raw)).with_for_update()
         )
@@ -69,11 +70,10 @@ def send_emails(ctx: JobContext) -> dict[str, Any]:
     return {"sent": sent, "skipped": skipped}
 
 
-@job_task(names.NOTIFICATIONS_SEND_DIGESTS)
-def send_digests(ctx: JobContext) -> dict[str, Any]:
-    """Email each user (args: user_ids) one summary of their pending notifications."""
-    mailer, sent = get_mailer(), 0
-    for raw in ctx.args["user_ids"]:
+def send_digests(user_ids: Iterable[str], mailer: Mailer) -> dict[str, Any]:
+    """Email each user one summary of their pending notifications."""
+    sent = 0
+    for raw in user_ids:
         user_id = uuid.UUID(raw)
         try:
             mailer.send(build_message("digest", {"user_id": raw}, job_id=uuid.uuid4()))
@@ -89,9 +89,8 @@ def send_digests(ctx: JobContext) -> dict[str, Any]:
     return {"sent": sent}
 
 
-@periodic_task(names.NOTIFICATIONS_START_DIGESTS)
 def start_digests() -> int:
-    """Beat, daily: queue digest jobs for users with pending notifications, CHUNK per job."""
+    """Queue digest jobs for users with pending notifications, CHUNK per job, once a day."""
     day = datetime.now(UTC).date().isoformat()
     # Once per day even if two beats run (each would otherwise queue the same digests).
     if not redis.client.set(f"notifications:digests:{day}", "1", nx=True, ex=2 * 86400):

@@ -1,4 +1,6 @@
-"""Transactional email: render from ids at send time and deliver over SMTP."""
+"""Messaging jobs (queue `notifications`, email on its own queue): transactional email,
+rendered from ids at send time and delivered over SMTP, and the notification deliveries
+(fan-out to an audience, notification emails, daily digests)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from logs import get_logger
 from services.jobs import names
 from services.jobs.context import JobContext, record_external_effect
 from services.jobs.errors import PermanentError
-from services.jobs.runner import job_task
+from services.jobs.runner import job_task, periodic_task
+from services.messaging import deliveries
 from services.messaging.mail import EmailNotApplicable, UnknownTemplate, build_message
 
 log = get_logger(__name__)
@@ -45,3 +48,27 @@ def send_email(ctx: JobContext) -> dict[str, Any]:
     record_external_effect(ctx, result)
     log.info("email_sent", job_id=str(ctx.job_id), template=template)
     return result
+
+
+@job_task(names.NOTIFICATIONS_FAN_OUT)
+def fan_out(ctx: JobContext) -> dict[str, Any]:
+    """Notify a whole audience (args: audience, team_id?, template, data, event_key)."""
+    return deliveries.fan_out(ctx.args, ctx.progress)
+
+
+@job_task(names.NOTIFICATIONS_SEND_EMAILS)
+def send_emails(ctx: JobContext) -> dict[str, Any]:
+    """Email a chunk of notifications (args: notification_ids), each at most once."""
+    return deliveries.send_emails(ctx.args["notification_ids"], get_mailer())
+
+
+@job_task(names.NOTIFICATIONS_SEND_DIGESTS)
+def send_digests(ctx: JobContext) -> dict[str, Any]:
+    """Email each user (args: user_ids) one summary of their pending notifications."""
+    return deliveries.send_digests(ctx.args["user_ids"], get_mailer())
+
+
+@periodic_task(names.NOTIFICATIONS_START_DIGESTS)
+def start_digests() -> int:
+    """Beat, daily: queue digest jobs for users with pending notifications."""
+    return deliveries.start_digests()
