@@ -39,8 +39,6 @@ RESOURCE_PERMISSION: dict[str, str] = {
     "members": "members.read",
 }
 RETRY_AFTER_SECONDS = 5
-# Job states in which the export may still become ready.
-PENDING_JOB_STATES = frozenset({"queued", "running", "retrying"})
 
 
 class Gone(ServiceError):

@@ -131,7 +131,7 @@ def test_update_and_delete_keep_the_index(client: FlaskClient, teams: dict[str, 
 
 
 def test_uploaded_text_is_found_as_a_file(client: FlaskClient, teams: dict[str, Any]) -> None:
-    # The same helper services.files.uploads calls once a text upload is verified.
+    # The same helper services.files.upload_verification calls once a text upload is verified.
     file_id = uuid.uuid4()
     search.index_document(teams["a"], "file", file_id, "notes.txt", "The blue widget manual.")
     db.session.commit()
