@@ -27,10 +27,18 @@ from services.core import tokens
 from services.insights import aggregation
 from services.jobs.queries import CANCELLABLE
 from services.teams import invites
-from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count, personal_team
-from tests.factories import PASSWORD, auth_headers, make_api_key, make_team, make_user, verify_email
+from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count
+from tests.factories import (
+    PASSWORD,
+    auth_headers,
+    make_api_key,
+    make_team,
+    make_user,
+    personal_team,
+    verify_email,
+)
 from tests.support import (
-    ROOT,
+    LOGS,
     Mailbox,
     Worker,
     bearer,
@@ -42,7 +50,6 @@ from tests.support import (
 )
 from tests.tasks.test_aggregation import events_settled
 
-LOGS = ROOT / "var" / "test-logs"
 DECLINING = "pm_card_chargeCustomerFail"  # declined when charged (localstripe as Stripe)
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 

@@ -12,7 +12,7 @@ from werkzeug.test import TestResponse
 from extensions import db
 from models import Team, TeamMember, User, UserSession
 from tests.factories import PASSWORD, auth_headers, make_user
-from tests.support import problem_body
+from tests.support import bearer, problem_body
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
@@ -29,10 +29,6 @@ def users_with_email(email: str) -> int:
 
 def login(client: FlaskClient, email: str, password: str = PASSWORD) -> TestResponse:
     return client.post(LOGIN, json={"email": email, "password": password})
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # register -------------------------------------------------------------------------------

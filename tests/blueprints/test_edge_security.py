@@ -21,7 +21,7 @@ from app import create_app
 from config import DEV_SECRET, Settings
 from logs import redact_secrets
 from tests.factories import auth_headers, make_api_key, make_user
-from tests.support import ROOT, WebServer, make_settings, problem_body, settings_env
+from tests.support import LOGS, ROOT, WebServer, make_settings, problem_body, settings_env
 
 JOBS = "/api/v1/jobs"
 METRICS_TOKEN = "metrics-" + "m" * 32
@@ -167,12 +167,12 @@ def test_production_refuses_to_see_every_client_as_loopback(settings: Settings) 
     would be 127.0.0.1: one rate-limit bucket for the world. gunicorn refuses to start."""
     env = settings_env(production_settings(settings, trusted_proxies=0)) | {
         "BIND": "127.0.0.1:0",
-        "PROMETHEUS_MULTIPROC_DIR": str(ROOT / "var" / "test-logs" / "metrics-refused"),
+        "PROMETHEUS_MULTIPROC_DIR": str(LOGS / "metrics-refused"),
     }
     refused = _gunicorn(env)
     assert refused.returncode != 0
     assert "TRUSTED_PROXIES" in refused.stderr and "ALLOW_DIRECT_LOOPBACK" in refused.stderr
-    unix = _gunicorn(env | {"BIND": f"unix:{ROOT / 'var' / 'test-logs' / 'refused.sock'}"})
+    unix = _gunicorn(env | {"BIND": f"unix:{LOGS / 'refused.sock'}"})
     assert unix.returncode != 0 and "TRUSTED_PROXIES" in unix.stderr
 
 

@@ -24,7 +24,7 @@ from app import create_app
 from extensions import db
 from models import Job, User
 from scripts.devservices import free_port
-from tests.factories import PASSWORD, auth_headers, make_user
+from tests.factories import PASSWORD, auth_headers, make_job, make_user
 from tests.support import make_settings
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
@@ -44,14 +44,6 @@ def problem_body(response: TestResponse, status: int) -> dict[str, Any]:
     assert body["request_id"] == response.headers["X-Request-ID"]
     assert "Traceback" not in text and 'File "' not in text
     return body
-
-
-def make_job(user: User, *, status: str = "queued") -> Job:
-    job = Job(id=uuid.uuid4(), type="maintenance.ping", queue="default", user_id=user.id)
-    job.status = status
-    db.session.add(job)
-    db.session.commit()
-    return job
 
 
 @pytest.fixture

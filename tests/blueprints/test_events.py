@@ -31,10 +31,9 @@ from services.core import tokens
 from services.identity import sessions
 from services.messaging import realtime
 from tests.factories import auth_headers, make_user
-from tests.support import ROOT, WebServer, Worker, bearer, problem_body, wait_for
+from tests.support import WebServer, Worker, bearer, problem_body, wait_for
 
 STREAM = "/api/v1/events/stream"
-LOGS = ROOT / "var" / "test-logs"
 
 
 # --- reading Server-Sent Events ----------------------------------------------------------

@@ -23,13 +23,19 @@ from config import Settings
 from extensions import db
 from integrations.storage import ObjectStorage
 from integrations.storage_backends import build_storage
-from models import AuditLog, Export, Notification, Payment, TeamMember
+from models import AuditLog, Export, Notification, Payment
 from scripts.devservices import RedisServer, free_port
 from services.files.exports import cleanup_expired
-from tests.factories import auth_headers, make_team, make_user
-from tests.support import ROOT, fetch_job, make_settings, problem_body, running_worker, wait_job
+from tests.factories import auth_headers, make_team, make_user, personal_team
+from tests.support import (
+    LOGS,
+    fetch_job,
+    make_settings,
+    problem_body,
+    running_worker,
+    wait_job,
+)
 
-LOGS = ROOT / "var" / "test-logs"
 MEMORY_ROWS = 200_000
 MEMORY_BUDGET_MB = 50
 
@@ -50,12 +56,6 @@ def env(settings: Settings, restore_globals: None, tmp_path: Path) -> Iterator[S
         yield private
     finally:
         broker.stop()
-
-
-def personal_team(user: Any) -> uuid.UUID:
-    team_id = db.session.scalar(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
-    assert team_id is not None
-    return team_id
 
 
 def request_export(client: FlaskClient, team_id: uuid.UUID, headers: Any, **body: Any) -> Any:

@@ -17,7 +17,7 @@ import tasks.maintenance
 from extensions import db
 from models import IdempotencyKey, Job, User
 from services.core.idempotency import request_fingerprint, reserve_key
-from tests.factories import auth_headers, make_user
+from tests.factories import auth_headers, make_job, make_user
 from tests.support import problem_body
 
 PING = "/api/v1/admin/jobs/ping"
@@ -34,15 +34,6 @@ def ping(
     if key is not None:
         headers["Idempotency-Key"] = key
     return client.post(PING, json={} if body is None else body, headers=headers)
-
-
-def make_job(user: User, *, status: str = "queued", created_at: datetime | None = None) -> Job:
-    job = Job(id=uuid.uuid4(), type="maintenance.ping", queue="default", user_id=user.id)
-    job.status = status
-    if created_at is not None:
-        job.created_at = created_at
-    db.session.add(job)
-    return job
 
 
 # Idempotency-Key --------------------------------------------------------------------------

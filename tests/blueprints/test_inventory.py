@@ -19,9 +19,7 @@ from extensions import db
 from models import InventoryAdjustment, InventoryItem, Notification, User
 from services.jobs import names
 from tests.factories import auth_headers, make_team, team_of_every_role
-from tests.support import ROOT, WebServer, Worker, problem_body, wait_for
-
-LOGS = ROOT / "var" / "test-logs"
+from tests.support import WebServer, Worker, problem_body, wait_for
 
 
 def _base(team_id: uuid.UUID) -> str:

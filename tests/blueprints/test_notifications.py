@@ -23,7 +23,7 @@ from services.messaging import notifications
 from tasks.notifications import start_digests
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import (
-    ROOT,
+    LOGS,
     Mailbox,
     Worker,
     make_settings,
@@ -201,7 +201,7 @@ def test_fan_out_of_ten_thousand_is_a_few_broker_messages_and_idempotent(
         )  # fmt: skip
         db.session.commit()
         publishes_before = _lpush_calls(broker)
-        with running_worker(own, ROOT / "var" / "test-logs" / "fanout-worker.log") as worker:
+        with running_worker(own, LOGS / "fanout-worker.log") as worker:
             for _ in range(2):  # the second run must add nothing
                 job = notifications.notify_all_users(
                     "operator_notice", {"title": "Hello all", "body": "Welcome."},

@@ -59,9 +59,8 @@ from services.identity.api_keys import SCOPES
 from services.messaging import notifications
 from services.teams import invites
 from tests.access import MATRIX, Case, TeamWorld, fill
-from tests.conftest import _truncate_all_tables
 from tests.factories import PASSWORD, give_plan, make_api_key, make_team, make_user
-from tests.support import bearer
+from tests.support import bearer, truncate_all_tables
 
 # The number of operations in /openapi.json. A new route changes it: give the route a
 # policy (MATRIX or POLICIES), then update this number.
@@ -432,7 +431,7 @@ def crowd(app: APIFlask) -> Iterator[Crowd]:
         made = make_crowd()
     yield made
     with app.app_context():
-        _truncate_all_tables()
+        truncate_all_tables()
         limiter.reset()
 
 

@@ -26,10 +26,9 @@ from integrations.breaker import breaker
 from integrations.stripe_gateway import get_gateway
 from models import GatewayEvent, IdempotencyKey, Payment
 from scripts.devservices import RedisServer, free_port
-from tests.factories import auth_headers, make_user
-from tests.slow_proxy import SlowProxy
+from tests.factories import auth_headers, make_user, personal_team
 from tests.support import (
-    ROOT,
+    LOGS,
     LocalStripe,
     Mailbox,
     Worker,
@@ -40,8 +39,8 @@ from tests.support import (
     wait_for,
     wait_job,
 )
+from tests.support.proxy import SlowProxy
 
-LOGS = ROOT / "var" / "test-logs"
 VISA = "pm_card_visa"
 
 
@@ -52,14 +51,6 @@ def pay(client: FlaskClient, team_id: Any, headers: Any, key: str, **body: Any) 
         f"/api/v1/teams/{team_id}/payments", json=payload,
         headers={**headers, "Idempotency-Key": key},
     )  # fmt: skip
-
-
-def personal_team(user: Any) -> uuid.UUID:
-    from models import TeamMember
-
-    team_id = db.session.scalar(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
-    assert team_id is not None
-    return team_id
 
 
 def gateway_charges(payment_id: str) -> list[Any]:

@@ -29,9 +29,9 @@ from models.file import UserFile
 from models.search import SearchDocument
 from scripts.devservices import RedisServer, free_port
 from services.files import uploads
-from tests.factories import auth_headers, make_user
+from tests.factories import auth_headers, make_user, personal_team
 from tests.support import (
-    ROOT,
+    LOGS,
     MotoS3,
     Worker,
     make_settings,
@@ -40,7 +40,6 @@ from tests.support import (
     wait_job,
 )
 
-LOGS = ROOT / "var" / "test-logs"
 BUCKET = "uploads-test"
 
 
@@ -91,14 +90,6 @@ def png_bytes(size: tuple[int, int] = (800, 600)) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
-
-
-def personal_team(user: Any) -> uuid.UUID:
-    from models import TeamMember
-
-    team_id = db.session.scalar(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
-    assert team_id is not None
-    return team_id
 
 
 def start_upload(

@@ -24,7 +24,7 @@ from config import Settings
 from scripts.devservices import RedisServer, free_port
 from tests.factories import PASSWORD, auth_headers, make_user
 from tests.support import (
-    ROOT,
+    LOGS,
     WebServer,
     Worker,
     fetch_job,
@@ -36,7 +36,6 @@ from tests.support import (
 from tests.tasks.test_pipeline import pings_recorded, start_ping
 
 pytestmark = pytest.mark.worker
-LOGS = ROOT / "var" / "test-logs"
 BrokerSettings = Callable[..., Settings]
 
 

@@ -29,10 +29,8 @@ from services.jobs.outbox import Message, enqueue, publish
 from services.jobs.reaper import reap_orphans
 from services.jobs.relay import relay_outbox, requeue_unclaimed
 from tests.factories import auth_headers, make_user
-from tests.support import ROOT, Worker, fetch_job, make_settings, running_worker, wait_job
+from tests.support import LOGS, Worker, fetch_job, make_settings, running_worker, wait_job
 from tests.tasks.test_pipeline import pings_recorded, start_ping
-
-LOGS = ROOT / "var" / "test-logs"
 
 
 @pytest.fixture
