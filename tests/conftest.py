@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from apiflask import APIFlask
@@ -23,6 +24,7 @@ from tests.support import (
     LocalStripe,
     Mailbox,
     MotoS3,
+    PrivateStacks,
     Worker,
     make_settings,
     truncate_all_tables,
@@ -109,6 +111,18 @@ def worker(settings: Settings, app: APIFlask) -> Iterator[Worker]:
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def private_stack(settings: Settings, app: APIFlask, tmp_path: Path) -> Iterator[PrivateStacks]:
+    """Build apps on settings of a test's own (`private_stack(**changes)`, see
+    tests/support/stack.py), with a broker of their own if asked; afterwards stop what
+    was started and put the shared extensions back on the session's app."""
+    stacks = PrivateStacks(settings, tmp_path)
+    try:
+        yield stacks
+    finally:
+        stacks.close()
 
 
 @pytest.fixture

@@ -17,12 +17,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from app import create_app
 from config import Settings
 from extensions import celery_app, db
 from models import Job, Payment
 from models.search import SearchDocument
-from scripts.devservices import RedisServer, free_port
+from scripts.devservices import RedisServer
 from services.core import tokens
 from services.insights import aggregation
 from services.jobs.queries import CANCELLABLE
@@ -40,10 +39,11 @@ from tests.factories import (
 from tests.support import (
     LOGS,
     Mailbox,
+    PrivateStacks,
     Worker,
     bearer,
     fetch_job,
-    make_settings,
+    private_redis,
     problem_body,
     running_worker,
     wait_job,
@@ -57,19 +57,13 @@ NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 @pytest.fixture(scope="module")
 def quiet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A broker no worker listens to until a test starts one on it."""
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("abuse-broker"))
-    server.start()
-    yield server
-    server.stop()
+    with private_redis(tmp_path_factory.mktemp("abuse-broker")) as server:
+        yield server
 
 
-def quiet_settings(
-    settings: Settings, broker: RedisServer, db_index: int, **extra: Any
-) -> Settings:
-    keep = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key",
-            "stripe_webhook_secret")  # fmt: skip
-    base = {name: getattr(settings, name) for name in keep}
-    return make_settings(**base, celery_broker_url=broker.url(db_index), **extra)
+# What the quiet stacks keep of the session's settings (the broker is the quiet one).
+KEEP = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key",
+        "stripe_webhook_secret")  # fmt: skip
 
 
 def count_jobs(**where: Any) -> int:
@@ -160,10 +154,12 @@ def _total(client: FlaskClient, team_id: uuid.UUID, user: Any, name: str) -> int
 
 
 def test_a_loop_of_aggregate_requests_makes_one_run_of_the_callers_team_only(
-    settings: Settings, quiet_broker: RedisServer, restore_globals: None
+    quiet_broker: RedisServer, private_stack: PrivateStacks
 ) -> None:
-    cooled = quiet_settings(settings, quiet_broker, 1, analytics_aggregate_cooldown_seconds=600)
-    client = create_app(cooled).test_client()
+    stack = private_stack(
+        keep=KEEP, broker=quiet_broker, broker_db=1, analytics_aggregate_cooldown_seconds=600
+    )
+    cooled, client = stack.settings, stack.client()
     owner, stranger = make_user(), make_user()
     team_id, other_team = make_team(owner), make_team(stranger)
     _events(client, team_id, owner, "page.view", 4)
@@ -221,11 +217,11 @@ def test_an_operators_api_key_does_not_reach_other_users_jobs(client: FlaskClien
 
 
 def test_users_cannot_cancel_the_password_changed_email(
-    settings: Settings, quiet_broker: RedisServer, restore_globals: None, mailbox: Mailbox
+    quiet_broker: RedisServer, private_stack: PrivateStacks, mailbox: Mailbox
 ) -> None:
     assert set(CANCELLABLE) <= set(celery_app.tasks)
-    quiet = quiet_settings(settings, quiet_broker, 2)
-    client = create_app(quiet).test_client()
+    stack = private_stack(keep=KEEP, broker=quiet_broker, broker_db=2)
+    quiet, client = stack.settings, stack.client()
     user = make_user()
     signed_in = client.post("/api/v1/auth/login", json={"email": user.email, "password": PASSWORD})
     assert signed_in.status_code == 200, signed_in.get_data(as_text=True)

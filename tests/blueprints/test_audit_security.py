@@ -23,13 +23,12 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.test import TestResponse
 
 import config
-from app import create_app
 from config import Settings
 from extensions import db
 from models import AuditLog, User
 from services.core.audit import record_audit
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
-from tests.support import Worker, make_settings, problem_body, wait_job
+from tests.support import PrivateStacks, Worker, make_settings, problem_body, wait_job
 
 TEAMS = "/api/v1/teams"
 NEW_KEY = "k2:a-second-audit-key-of-at-least-32-characters"
@@ -221,14 +220,14 @@ def test_the_app_role_cannot_change_or_delete_audit_rows_or_rewind_the_head(
 
 
 def test_after_rotating_the_key_old_rows_verify_and_new_rows_use_the_new_key(
-    client: FlaskClient, settings: Settings, restore_globals: None
+    client: FlaskClient, settings: Settings, private_stack: PrivateStacks
 ) -> None:
     owner, team_id = team_with_history(client, changes=2)
     old_key_id = config.DEV_AUDIT_KEYS.split(":")[0]
 
     # Rotation: the new key first (it signs), the old one kept (it verifies).
     keys = f"{NEW_KEY},{config.DEV_AUDIT_KEYS}"
-    rotated = create_app(make_settings(**{**settings.model_dump(), "audit_keys": keys}))
+    rotated = private_stack(keep="all", audit_keys=keys).app
     member = chain_rows(team_id)[-1]["subject_id"]  # the member whose role changed
     after = rotated.test_client()
     ok(after.patch(f"{TEAMS}/{team_id}/members/{member}", json={"role": "viewer"},
@@ -243,17 +242,15 @@ def test_after_rotating_the_key_old_rows_verify_and_new_rows_use_the_new_key(
     assert (report["intact"], report["complete"], report["rows_checked"]) == (True, True, 4)
 
     # Dropping the old key too early: its rows can no longer be vouched for.
-    forgetful = create_app(make_settings(**{**settings.model_dump(), "audit_keys": NEW_KEY}))
+    forgetful = private_stack(keep="all", audit_keys=NEW_KEY).app
     report = verify(forgetful.test_client(), owner, team_id)
     assert report["intact"] is False and f"key '{old_key_id}'" in report["reason"]
 
 
 @pytest.fixture
-def bounded(settings: Settings, restore_globals: None) -> Iterator[FlaskClient]:
+def bounded(settings: Settings, private_stack: PrivateStacks) -> Iterator[FlaskClient]:
     """An app whose verify checks at most 40 rows per request."""
-    yield create_app(
-        make_settings(**{**settings.model_dump(), "audit_verify_max_rows": 40})
-    ).test_client()
+    yield private_stack(keep="all", audit_verify_max_rows=40).client()
 
 
 def test_verify_checks_a_bounded_page_and_hands_back_a_cursor(
@@ -352,7 +349,7 @@ def test_offline_verify_exits_non_zero_on_a_broken_chain(
 
 
 def test_rotate_key_prints_a_key_the_settings_accept(
-    app: APIFlask, settings: Settings, restore_globals: None
+    app: APIFlask, settings: Settings, private_stack: PrivateStacks
 ) -> None:
     result = app.test_cli_runner().invoke(args=["audit", "rotate-key", "--id", "k2"])
     assert result.exit_code == 0, result.output

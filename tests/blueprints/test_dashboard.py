@@ -5,8 +5,6 @@ per-user unread counts never shared, Redis down) and the /metrics exposition of 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -15,15 +13,14 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
-from app import create_app
 from config import Settings
 from extensions import db, redis
 from models import User
-from scripts.devservices import RedisServer, free_port
+from scripts.devservices import RedisServer
 from services.insights import dashboard
 from services.messaging import notifications
 from tests.factories import PASSWORD, auth_headers, give_plan, team_of_every_role
-from tests.support import Worker, make_settings, problem_body, wait_for, wait_job
+from tests.support import PrivateStacks, Worker, problem_body, wait_for, wait_job
 
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
@@ -239,21 +236,14 @@ def test_unread_counts_are_per_user_and_never_shared_through_the_cache(
 
 
 @pytest.fixture
-def redis_outage(
-    tmp_path: Path, settings: Settings, restore_globals: None
-) -> Iterator[tuple[APIFlask, RedisServer]]:
+def redis_outage(settings: Settings, private_stack: PrivateStacks) -> tuple[APIFlask, RedisServer]:
     """An app whose cache Redis (REDIS_URL) is a throwaway server the test can stop; the
     broker stays on the session's Redis."""
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    app = create_app(
-        make_settings(**{**settings.model_dump(), "redis_url": server.url(0),
-                         "celery_broker_url": settings.broker_url})
-    )  # fmt: skip
-    try:
-        yield app, server
-    finally:
-        server.stop()
+    server = private_stack.redis()
+    app = private_stack(
+        keep="all", redis_url=server.url(0), celery_broker_url=settings.broker_url
+    ).app
+    return app, server
 
 
 def test_with_redis_down_the_dashboard_is_computed_uncached(
@@ -315,8 +305,10 @@ def test_metrics_show_the_dashboard_cache_hit_ratio(
     problem_body(elsewhere, 404)
 
 
-def test_metrics_with_a_token_refuse_a_wrong_one(settings: Settings, restore_globals: None) -> None:
-    app = create_app(make_settings(**{**settings.model_dump(), "metrics_token": METRICS_TOKEN}))
+def test_metrics_with_a_token_refuse_a_wrong_one(
+    settings: Settings, private_stack: PrivateStacks
+) -> None:
+    app = private_stack(keep="all", metrics_token=METRICS_TOKEN).app
     client = app.test_client()
     remote = {"REMOTE_ADDR": "203.0.113.9"}  # the token, not the address, decides now
 

@@ -21,7 +21,15 @@ from app import create_app
 from config import DEV_SECRET, Settings
 from logs import redact_secrets
 from tests.factories import auth_headers, make_api_key, make_user
-from tests.support import LOGS, ROOT, WebServer, make_settings, problem_body, settings_env
+from tests.support import (
+    LOGS,
+    ROOT,
+    PrivateStacks,
+    WebServer,
+    make_settings,
+    problem_body,
+    settings_env,
+)
 
 JOBS = "/api/v1/jobs"
 METRICS_TOKEN = "metrics-" + "m" * 32
@@ -75,9 +83,9 @@ def test_a_bearer_token_with_a_random_api_key_is_refused_and_counted_by_address(
 
 
 def test_junk_with_a_victims_key_prefix_is_limited_by_address_not_the_victims_key(
-    app: APIFlask, restore_globals: None
+    app: APIFlask, private_stack: PrivateStacks
 ) -> None:
-    client = create_app(make_settings(ratelimit_default="5/minute")).test_client()
+    client = private_stack(ratelimit_default="5/minute").client()
     victim = make_user()
     secret = make_api_key(victim, ["read"])
     prefix = secret.split("_")[1]
@@ -115,7 +123,7 @@ def _forged_token(user_id: uuid.UUID) -> str:
 
 
 def test_a_token_forged_with_the_development_secret_opens_nothing(
-    app: APIFlask, restore_globals: None, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    app: APIFlask, private_stack: PrivateStacks, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The repository's DEV_SECRET is public: a deploy that forgot APP_ENV used to sign
     with it, so anyone could mint a token for any user id."""
@@ -128,7 +136,7 @@ def test_a_token_forged_with_the_development_secret_opens_nothing(
             Settings(_env_file=None, database_url=settings.database_url,  # type: ignore[call-arg]
                      redis_url=settings.redis_url)
         )  # fmt: skip
-    production = create_app(production_settings(settings)).test_client()
+    production = private_stack(base=production_settings(settings)).client()
     forged = {"Authorization": f"Bearer {_forged_token(victim.id)}"}
     response = production.get("/api/v1/me", headers=forged)
     problem_body(response, 401)
@@ -138,13 +146,13 @@ def test_a_token_forged_with_the_development_secret_opens_nothing(
 
 
 def test_production_metrics_need_the_token_even_from_loopback(
-    app: APIFlask, restore_globals: None, settings: Settings
+    app: APIFlask, private_stack: PrivateStacks, settings: Settings
 ) -> None:
     """Behind a proxy on the same host every caller is 127.0.0.1: loopback proves nothing."""
     without_token = production_settings(settings).model_dump() | {"metrics_token": ""}
     with pytest.raises(ValidationError, match="METRICS_TOKEN"):
         Settings(_env_file=None, **without_token)  # type: ignore[call-arg]
-    client = create_app(production_settings(settings)).test_client()
+    client = private_stack(base=production_settings(settings)).client()
     loopback = {"REMOTE_ADDR": "127.0.0.1"}
     problem_body(client.get("/metrics", environ_base=loopback), 401)
     wrong = {"Authorization": "Bearer " + "x" * 40}
@@ -235,9 +243,9 @@ def test_tokens_in_urls_are_redacted_in_gunicorn_and_app_logs(proxied_server: We
 
 
 def test_invite_tokens_stay_out_of_the_request_log(
-    app: APIFlask, restore_globals: None, capsys: pytest.CaptureFixture[str]
+    app: APIFlask, private_stack: PrivateStacks, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = create_app(make_settings(log_json=True)).test_client()
+    client = private_stack(log_json=True).client()
     token = secrets.token_urlsafe(32)
     headers = dict(auth_headers(make_user()))
     client.post(f"/api/v1/invites/{token}/accept", json={}, headers=headers)

@@ -20,12 +20,11 @@ from flask.testing import FlaskClient
 from flask_jwt_extended import create_refresh_token
 from werkzeug.test import TestResponse
 
-from app import create_app
 from extensions import db
 from models import Job, User
 from scripts.devservices import free_port
 from tests.factories import PASSWORD, auth_headers, make_job, make_user
-from tests.support import make_settings
+from tests.support import PrivateStacks
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
@@ -131,8 +130,8 @@ def test_wrong_method_is_405_with_allow(
 # 413 / 415 ------------------------------------------------------------------------------
 
 
-def test_body_over_max_content_length_is_413(app: APIFlask, restore_globals: None) -> None:
-    small = create_app(make_settings(max_content_length=1024))
+def test_body_over_max_content_length_is_413(app: APIFlask, private_stack: PrivateStacks) -> None:
+    small = private_stack(max_content_length=1024).app
     payload = {"email": "big@example.com", "password": "p" * 2000, "name": "Big"}
     response = small.test_client().post("/api/v1/auth/register", json=payload)
     problem_body(response, 413)
@@ -179,11 +178,11 @@ def test_limit_above_maximum_is_422(client: FlaskClient, user_headers: Mapping[s
 
 
 def test_third_login_in_a_minute_is_429_with_rate_limit_headers(
-    app: APIFlask, restore_globals: None
+    app: APIFlask, private_stack: PrivateStacks
 ) -> None:
-    limited = create_app(
-        make_settings(ratelimit_login="2/minute", ratelimit_login_failures="2/minute")
-    ).test_client()
+    limited = private_stack(
+        ratelimit_login="2/minute", ratelimit_login_failures="2/minute"
+    ).client()
     credentials = {"email": "nobody@example.com", "password": "wrong password"}
     first, second, third = (limited.post("/api/v1/auth/login", json=credentials) for _ in range(3))
     assert (first.status_code, second.status_code) == (401, 401)
@@ -215,8 +214,10 @@ class _Capture(logging.Handler):
         self.stream.write(self.format(record) + "\n")
 
 
-def test_unexpected_error_is_500_without_details(app: APIFlask, restore_globals: None) -> None:
-    fresh = create_app(make_settings())
+def test_unexpected_error_is_500_without_details(
+    app: APIFlask, private_stack: PrivateStacks
+) -> None:
+    fresh = private_stack().app
 
     @fresh.get("/boom")
     def boom() -> dict[str, str]:
@@ -243,11 +244,11 @@ def test_unexpected_error_is_500_without_details(app: APIFlask, restore_globals:
 # 503 ------------------------------------------------------------------------------------
 
 
-def test_database_down_is_503_with_retry_after(app: APIFlask, restore_globals: None) -> None:
+def test_database_down_is_503_with_retry_after(app: APIFlask, private_stack: PrivateStacks) -> None:
     headers = auth_headers(make_user())
     db.session.remove()  # the next request must open a connection to the dead database
     dead_db = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"
-    down = create_app(make_settings(database_url=dead_db))
+    down = private_stack(database_url=dead_db).app
 
     response = down.test_client().get("/api/v1/jobs", headers=headers)
     body = problem_body(response, 503)
@@ -257,9 +258,9 @@ def test_database_down_is_503_with_retry_after(app: APIFlask, restore_globals: N
     assert "127.0.0.1" not in response.get_data(as_text=True)  # no connection details leak
 
 
-def test_readyz_names_the_failing_dependency(app: APIFlask, restore_globals: None) -> None:
+def test_readyz_names_the_failing_dependency(app: APIFlask, private_stack: PrivateStacks) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    response = create_app(make_settings(redis_url=dead_redis)).test_client().get("/readyz")
+    response = private_stack(redis_url=dead_redis).client().get("/readyz")
     body = problem_body(response, 503)
     assert int(response.headers["Retry-After"]) > 0
     assert "redis" in body["detail"]

@@ -23,7 +23,6 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 from flask_jwt_extended import create_access_token
 
-from app import create_app
 from config import Settings
 from extensions import db, redis
 from scripts.devservices import free_port
@@ -31,7 +30,7 @@ from services.core import tokens
 from services.identity import sessions
 from services.messaging import realtime
 from tests.factories import auth_headers, make_user
-from tests.support import WebServer, Worker, bearer, problem_body, wait_for
+from tests.support import PrivateStacks, WebServer, Worker, bearer, problem_body, wait_for
 
 STREAM = "/api/v1/events/stream"
 
@@ -511,13 +510,13 @@ def test_signing_out_ends_an_open_stream_within_a_heartbeat(
 # --- per-user caps and revocation while streaming ------------------------------------------
 
 
-def app_client(settings: Settings, **changes: Any) -> FlaskClient:
+def app_client(private_stack: PrivateStacks, **changes: Any) -> FlaskClient:
     """A client of an app like the test run's, with some stream settings changed."""
-    return create_app(settings.model_copy(update=changes)).test_client()
+    return private_stack(keep="all", **changes).client()
 
 
-def test_a_user_keeps_only_so_many_streams_open(settings: Settings, restore_globals: None) -> None:
-    client = app_client(settings, events_max_streams_per_user=2)
+def test_a_user_keeps_only_so_many_streams_open(private_stack: PrivateStacks) -> None:
+    client = app_client(private_stack, events_max_streams_per_user=2)
     user, other = make_user(), make_user()
     headers = auth_headers(user)
     with client_stream(client, headers=headers) as one, client_stream(client, headers=headers):
@@ -545,10 +544,10 @@ def test_the_cap_counts_a_users_streams_on_every_web_process(
 
 
 def test_a_stream_left_behind_by_a_dead_process_stops_counting(
-    settings: Settings, restore_globals: None
+    private_stack: PrivateStacks,
 ) -> None:
     client = app_client(
-        settings, events_max_streams_per_user=1, events_credential_check_seconds=0.2
+        private_stack, events_max_streams_per_user=1, events_credential_check_seconds=0.2
     )
     headers = auth_headers(make_user())
     # Opened and then never served again, as when its process is SIGKILLed: nothing renews
@@ -595,10 +594,10 @@ def _until_the_stream_ends(stream: SSEReader, user_id: Any, what: str) -> None:
 
 
 def test_a_busy_stream_ends_soon_after_its_session_is_signed_out(
-    settings: Settings, restore_globals: None
+    private_stack: PrivateStacks,
 ) -> None:
     # Heartbeats as in production (15 s): only the timer re-checks a stream never idle.
-    client = app_client(settings, events_credential_check_seconds=0.3)
+    client = app_client(private_stack, events_credential_check_seconds=0.3)
     user = make_user()
     pair = sessions.open_session(user, ip="127.0.0.1", user_agent="pytest")
     db.session.commit()
@@ -611,9 +610,9 @@ def test_a_busy_stream_ends_soon_after_its_session_is_signed_out(
 
 
 def test_a_password_reset_ends_streams_opened_with_any_token_of_the_account(
-    settings: Settings, restore_globals: None
+    private_stack: PrivateStacks,
 ) -> None:
-    client = app_client(settings, events_credential_check_seconds=0.3)
+    client = app_client(private_stack, events_credential_check_seconds=0.3)
     user = make_user()
     # A stream token from an access token of no session: only the reset's cutoff can end it.
     sessionless = bearer(create_access_token(identity=str(user.id)))

@@ -9,7 +9,6 @@ import json
 import re
 import uuid
 import zipfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,17 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
-from app import create_app
 from config import Settings
 from extensions import db
 from integrations.storage import ObjectStorage
 from integrations.storage_backends import build_storage
 from models import AuditLog, Export, Notification, Payment
-from scripts.devservices import RedisServer, free_port
 from services.files.exports import cleanup_expired
 from tests.factories import auth_headers, make_team, make_user, personal_team
 from tests.support import (
     LOGS,
+    PrivateStacks,
     fetch_job,
-    make_settings,
     problem_body,
     running_worker,
     wait_job,
@@ -41,21 +38,13 @@ MEMORY_BUDGET_MB = 50
 
 
 @pytest.fixture
-def env(settings: Settings, restore_globals: None, tmp_path: Path) -> Iterator[Settings]:
+def env(private_stack: PrivateStacks, tmp_path: Path) -> Settings:
     """Settings with storage under tmp_path and a broker of our own, so only the worker a
     test starts (or none) consumes its export jobs."""
-    broker = RedisServer(free_port(), tmp_path)
-    broker.start()
     keep = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key")
-    private = make_settings(
-        **{name: getattr(settings, name) for name in keep},
-        celery_broker_url=broker.url(0), storage_local_dir=str(tmp_path / "storage"),
-    )  # fmt: skip
-    create_app(private)
-    try:
-        yield private
-    finally:
-        broker.stop()
+    return private_stack(
+        keep=keep, broker=True, storage_local_dir=str(tmp_path / "storage")
+    ).settings
 
 
 def request_export(client: FlaskClient, team_id: uuid.UUID, headers: Any, **body: Any) -> Any:

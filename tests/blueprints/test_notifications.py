@@ -7,17 +7,14 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
 from sqlalchemy import func, insert, select
 
-from app import create_app
-from config import Settings
 from extensions import db, redis
 from models import Job, Notification, NotificationPreference, User
-from scripts.devservices import RedisServer, free_port
+from scripts.devservices import RedisServer
 from services.jobs import names
 from services.messaging import notifications
 from tasks.notifications import start_digests
@@ -25,8 +22,8 @@ from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import (
     LOGS,
     Mailbox,
+    PrivateStacks,
     Worker,
-    make_settings,
     problem_body,
     running_worker,
     wait_for,
@@ -179,13 +176,11 @@ def test_other_areas_notify(client: FlaskClient) -> None:
 
 
 def test_fan_out_of_ten_thousand_is_a_few_broker_messages_and_idempotent(
-    client: FlaskClient, settings: Settings, restore_globals: None, tmp_path: Path
+    client: FlaskClient, private_stack: PrivateStacks
 ) -> None:
-    broker = RedisServer(free_port(), tmp_path)
-    broker.start()
-    own = make_settings(database_url=settings.database_url, redis_url=settings.redis_url,
-                        smtp_url=settings.smtp_url, celery_broker_url=broker.url(0))  # fmt: skip
-    create_app(own)
+    stack = private_stack(keep=("database_url", "redis_url", "smtp_url"), broker=True)
+    own, broker = stack.settings, stack.broker
+    assert broker is not None
     try:
         db.session.execute(
             insert(User),

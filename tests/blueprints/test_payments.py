@@ -12,28 +12,26 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import delete, func, select
 
-from app import create_app
 from config import Settings
 from extensions import db
 from integrations.breaker import breaker
 from integrations.stripe_gateway import get_gateway
 from models import GatewayEvent, IdempotencyKey, Payment
-from scripts.devservices import RedisServer, free_port
+from scripts.devservices import free_port
 from tests.factories import auth_headers, make_user, personal_team
 from tests.support import (
     LOGS,
     LocalStripe,
     Mailbox,
+    PrivateStacks,
     Worker,
     fetch_job,
-    make_settings,
     problem_body,
     running_worker,
     wait_for,
@@ -278,28 +276,19 @@ def test_a_lost_result_converges_from_the_webhook_once(
 
 @pytest.fixture
 def slow_gateway(
-    settings: Settings, restore_globals: None, tmp_path: Path
+    settings: Settings, private_stack: PrivateStacks
 ) -> Iterator[tuple[SlowProxy, Settings]]:
     """The gateway behind a proxy that can hold answers back, and a broker of our own so
     only this test's worker (which uses the proxy) can pick up the charge."""
-    broker = RedisServer(free_port(), tmp_path)
-    broker.start()
     proxy = SlowProxy(settings.stripe_api_base, free_port())
     proxy.start()
-    slow = make_settings(
-        **_test_overrides(settings), stripe_api_base=proxy.url, celery_broker_url=broker.url(0)
-    )
-    create_app(slow)
     try:
-        yield proxy, slow
+        yield proxy, private_stack(keep=KEEP, stripe_api_base=proxy.url, broker=True).settings
     finally:
         proxy.stop()
-        broker.stop()
 
 
-def _test_overrides(settings: Settings) -> dict[str, Any]:
-    keep = ("database_url", "redis_url", "smtp_url", "stripe_secret_key", "stripe_webhook_secret")
-    return {name: getattr(settings, name) for name in keep}
+KEEP = ("database_url", "redis_url", "smtp_url", "stripe_secret_key", "stripe_webhook_secret")
 
 
 def test_worker_killed_during_the_charge_leaves_exactly_one_charge(
@@ -325,20 +314,18 @@ def test_worker_killed_during_the_charge_leaves_exactly_one_charge(
 
 
 def test_gateway_outage_keeps_payments_pending_then_charges_once(
-    client: FlaskClient, settings: Settings, restore_globals: None, tmp_path: Path
+    client: FlaskClient, private_stack: PrivateStacks
 ) -> None:
     # Our own Redis (broker, breaker state) and our own gateway, so the outage and the open
     # breaker stay inside this test.
-    own_redis = RedisServer(free_port(), tmp_path)
-    own_redis.start()
+    own_redis = private_stack.redis()
     gateway_server = LocalStripe(free_port())  # not started: the gateway is down
-    overrides = {**_test_overrides(settings), "redis_url": own_redis.url(0)}
-    outage = make_settings(
-        **overrides, stripe_api_base=gateway_server.url, breaker_fail_max=2,
-        breaker_reset_seconds=2, payments_max_attempts=40, retry_backoff_base=0.2,
-        retry_backoff_max=1,
+    stack = private_stack(
+        keep=KEEP, redis_url=own_redis.url(0), stripe_api_base=gateway_server.url,
+        breaker_fail_max=2, breaker_reset_seconds=2, payments_max_attempts=40,
+        retry_backoff_base=0.2, retry_backoff_max=1,
     )  # fmt: skip
-    outage_app = create_app(outage)
+    outage, outage_app = stack.settings, stack.app
     user = make_user()
     team_id, headers = personal_team(user), auth_headers(user)
     try:

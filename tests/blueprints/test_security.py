@@ -6,20 +6,17 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from app import create_app
 from extensions import db
 from models import AuditLog
 from scripts.devservices import free_port
 from tests.factories import PASSWORD, auth_headers, make_user
-from tests.support import make_settings, problem_body
+from tests.support import PrivateStacks, problem_body
 
 FRONTEND = "https://app.example.com"
 
 
-def test_cors_allows_only_configured_frontends(app: APIFlask, restore_globals: None) -> None:
-    client = create_app(
-        make_settings(cors_origins=f"{FRONTEND}, https://admin.example.com")
-    ).test_client()
+def test_cors_allows_only_configured_frontends(app: APIFlask, private_stack: PrivateStacks) -> None:
+    client = private_stack(cors_origins=f"{FRONTEND}, https://admin.example.com").client()
     preflight = client.options(
         "/api/v1/auth/login",
         headers={"Origin": FRONTEND, "Access-Control-Request-Method": "POST",
@@ -63,25 +60,25 @@ def _login_ip(client: FlaskClient, email: str, forwarded_for: str) -> str:
 
 
 def test_forwarded_for_is_ignored_unless_a_proxy_is_trusted(
-    app: APIFlask, restore_globals: None
+    app: APIFlask, private_stack: PrivateStacks
 ) -> None:
     user = make_user()
-    direct = create_app(make_settings(trusted_proxies=0)).test_client()
+    direct = private_stack(trusted_proxies=0).client()
     assert _login_ip(direct, user.email, "203.0.113.9") == "10.0.0.7"  # spoofing is useless
-    proxied = create_app(make_settings(trusted_proxies=1)).test_client()
+    proxied = private_stack(trusted_proxies=1).client()
     # One trusted hop: the address the proxy saw, not what the client claimed before it.
     assert _login_ip(proxied, user.email, "198.51.100.1, 203.0.113.9") == "203.0.113.9"
 
 
 def test_rate_limits_hold_in_memory_when_redis_is_down(
-    app: APIFlask, restore_globals: None
+    app: APIFlask, private_stack: PrivateStacks
 ) -> None:
     user = make_user()
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    client = create_app(
-        make_settings(redis_url=dead_redis, celery_broker_url=app.config["SETTINGS"].broker_url,
-                      ratelimit_login_failures="2/minute")
-    ).test_client()  # fmt: skip
+    client = private_stack(
+        redis_url=dead_redis, celery_broker_url=app.config["SETTINGS"].broker_url,
+        ratelimit_login_failures="2/minute",
+    ).client()  # fmt: skip
     attempts = [
         client.post("/api/v1/auth/login", json={"email": user.email, "password": "nope"})
         for _ in range(3)
@@ -91,11 +88,11 @@ def test_rate_limits_hold_in_memory_when_redis_is_down(
 
 
 def test_revocation_check_fails_closed_when_redis_is_down(
-    app: APIFlask, restore_globals: None
+    app: APIFlask, private_stack: PrivateStacks
 ) -> None:
     headers = auth_headers(make_user())
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    client = create_app(make_settings(redis_url=dead_redis)).test_client()
+    client = private_stack(redis_url=dead_redis).client()
     response = client.get("/api/v1/me", headers=headers)
     body = problem_body(response, 503)
     assert "revocation" in body["detail"]

@@ -22,19 +22,20 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from app import create_app
 from config import Settings
 from extensions import db
 from models.file import UserFile
 from models.search import SearchDocument
-from scripts.devservices import RedisServer, free_port
+from scripts.devservices import RedisServer
 from services.files import uploads
 from tests.factories import auth_headers, make_user, personal_team
 from tests.support import (
     LOGS,
     MotoS3,
+    PrivateStacks,
     Worker,
     make_settings,
+    private_redis,
     problem_body,
     running_worker,
     wait_job,
@@ -43,20 +44,20 @@ from tests.support import (
 BUCKET = "uploads-test"
 
 
+KEEP = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key",
+        "stripe_webhook_secret")  # fmt: skip
+
+
 def _base(settings: Settings) -> dict[str, Any]:
-    keep = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key",
-            "stripe_webhook_secret")  # fmt: skip
-    return {name: getattr(settings, name) for name in keep}
+    return {name: getattr(settings, name) for name in KEEP}
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A broker of this module's own, so the session worker never takes our jobs (it would
     process them with local storage)."""
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("uploads-broker"))
-    server.start()
-    yield server
-    server.stop()
+    with private_redis(tmp_path_factory.mktemp("uploads-broker")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,8 @@ def s3_worker(s3_settings: Settings, app: APIFlask) -> Iterator[Worker]:
 
 
 @pytest.fixture
-def s3_app(s3_settings: Settings, s3_worker: Worker, restore_globals: None) -> APIFlask:
-    return create_app(s3_settings)
+def s3_app(s3_settings: Settings, s3_worker: Worker, private_stack: PrivateStacks) -> APIFlask:
+    return private_stack(base=s3_settings).app
 
 
 @pytest.fixture
@@ -259,9 +260,9 @@ def test_only_members_download_and_members_delete_their_own_files(
 
 
 def test_presigned_download_link_is_short_lived(
-    s3_settings: Settings, s3_worker: Worker, restore_globals: None
+    s3_settings: Settings, s3_worker: Worker, private_stack: PrivateStacks
 ) -> None:
-    short = create_app(s3_settings.model_copy(update={"download_url_seconds": 1}))
+    short = private_stack(base=s3_settings, download_url_seconds=1).app
     client = short.test_client()
     user = make_user()
     team_id, headers = personal_team(user), auth_headers(user)
@@ -326,14 +327,14 @@ def test_stale_pending_uploads_are_deleted_with_their_objects(
 
 
 def test_local_storage_upload_process_and_expiring_download(
-    settings: Settings, restore_globals: None, broker: RedisServer, tmp_path: Path
+    private_stack: PrivateStacks, broker: RedisServer, tmp_path: Path
 ) -> None:
-    local = make_settings(
-        **_base(settings), storage_backend="local", storage_local_dir=str(tmp_path / "store"),
-        celery_broker_url=broker.url(1), download_url_seconds=1,
+    stack = private_stack(
+        keep=KEEP, storage_backend="local", storage_local_dir=str(tmp_path / "store"),
+        broker=broker, broker_db=1, download_url_seconds=1,
         public_api_url="http://localhost",
     )  # fmt: skip
-    local_app = create_app(local)
+    local, local_app = stack.settings, stack.app
     client = local_app.test_client()
     user = make_user()
     team_id, headers = personal_team(user), auth_headers(user)
@@ -410,13 +411,13 @@ def test_a_second_post_of_the_form_after_verification_never_replaces_the_verifie
 
 
 def test_a_local_upload_link_takes_no_bytes_once_the_file_is_no_longer_pending(
-    settings: Settings, restore_globals: None, broker: RedisServer, tmp_path: Path
+    private_stack: PrivateStacks, broker: RedisServer, tmp_path: Path
 ) -> None:
-    local = make_settings(
-        **_base(settings), storage_backend="local", storage_local_dir=str(tmp_path / "store"),
-        celery_broker_url=broker.url(2), public_api_url="http://localhost",
+    stack = private_stack(
+        keep=KEEP, storage_backend="local", storage_local_dir=str(tmp_path / "store"),
+        broker=broker, broker_db=2, public_api_url="http://localhost",
     )  # fmt: skip
-    client = create_app(local).test_client()
+    local, client = stack.settings, stack.client()
     user = make_user()
     team_id, headers = personal_team(user), auth_headers(user)
     data = png_bytes((40, 40))

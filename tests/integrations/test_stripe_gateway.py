@@ -23,7 +23,6 @@ import redis as redis_lib
 import stripe
 from apiflask import APIFlask
 
-from app import create_app
 from config import Settings
 from extensions import redis
 from integrations import stripe_gateway
@@ -40,7 +39,7 @@ from integrations.payments import (
 )
 from integrations.stripe_gateway import StripeGateway, get_gateway
 from scripts.devservices import free_port
-from tests.support import LocalStripe, make_settings, wait_for
+from tests.support import LocalStripe, PrivateStacks, make_settings, wait_for
 
 DECLINING_CARD = "pm_card_chargeCustomerFail"  # 4000000000000341: attaches, every charge fails
 
@@ -318,22 +317,20 @@ RESET = 4  # seconds
 
 
 def test_outage_opens_the_shared_breaker_which_recovers_after_the_reset_timeout(
-    app: APIFlask, settings: Settings, restore_globals: None, circuit_name: str
+    app: APIFlask, settings: Settings, private_stack: PrivateStacks, circuit_name: str
 ) -> None:
     server = LocalStripe(free_port())
     server.start()
     try:
-        outage_app = create_app(
-            make_settings(
-                breaker_fail_max=2,
-                # Long enough that restarting localstripe on a loaded CI machine cannot
-                # outlast it before the "still open" check below.
-                breaker_reset_seconds=RESET,
-                stripe_api_base=server.url,
-                stripe_secret_key="sk_test_local",
-                stripe_timeout_seconds=2,
-            )
-        )
+        outage_app = private_stack(
+            breaker_fail_max=2,
+            # Long enough that restarting localstripe on a loaded CI machine cannot
+            # outlast it before the "still open" check below.
+            breaker_reset_seconds=RESET,
+            stripe_api_base=server.url,
+            stripe_secret_key="sk_test_local",
+            stripe_timeout_seconds=2,
+        ).app
         with outage_app.app_context():
             config = outage_app.config["SETTINGS"]
             first = StripeGateway(config, circuit=lambda: breaker(circuit_name))

@@ -9,6 +9,7 @@
 - servers, one a module: mailbox (Mailbox, aiosmtpd), stripe (LocalStripe), s3 (MotoS3),
   web (WebServer, gunicorn), redis_server (private_redis), proxy (SlowProxy)
 - ports: free_port, refused
+- stack: PrivateStack(s), what the `private_stack` fixture builds
 """
 
 from tests.support.database import truncate_all_tables
@@ -21,6 +22,7 @@ from tests.support.proxy import SlowProxy
 from tests.support.redis_server import private_redis
 from tests.support.s3 import MotoS3
 from tests.support.settings import TEST_OVERRIDES, make_settings, settings_env
+from tests.support.stack import PrivateStack, PrivateStacks
 from tests.support.stripe import LocalStripe
 from tests.support.web import WebServer
 from tests.support.workers import Worker, running_worker
@@ -32,6 +34,8 @@ __all__ = [
     "LocalStripe",
     "Mailbox",
     "MotoS3",
+    "PrivateStack",
+    "PrivateStacks",
     "SlowProxy",
     "WebServer",
     "Worker",

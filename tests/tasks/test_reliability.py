@@ -10,44 +10,43 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 from sqlalchemy import event, update
 
-from app import create_app
 from config import Settings
 from extensions import db
 from models import Job
-from scripts.devservices import RedisServer, free_port
+from scripts.devservices import RedisServer
 from services.jobs import names
 from services.jobs.outbox import Message, enqueue, publish
 from services.jobs.reaper import reap_orphans
 from services.jobs.relay import relay_outbox, requeue_unclaimed
 from tests.factories import auth_headers, make_user
-from tests.support import LOGS, Worker, fetch_job, make_settings, running_worker, wait_job
+from tests.support import (
+    LOGS,
+    PrivateStacks,
+    Worker,
+    fetch_job,
+    running_worker,
+    wait_job,
+)
 from tests.tasks.test_pipeline import pings_recorded, start_ping
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path, restore_globals: None) -> Iterator[tuple[RedisServer, Settings]]:
+def own_redis(private_stack: PrivateStacks) -> tuple[RedisServer, Settings]:
     """A throwaway Redis as the broker (only), and the app's Celery pointed at it.
 
     The rate-limit and token-revocation store stays on the session's Redis: revocation
     checks fail closed, so an outage of THAT Redis rightly refuses requests (503).
     """
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    settings = make_settings(celery_broker_url=server.url(0))
-    create_app(settings)
-    try:
-        yield server, settings
-    finally:
-        server.stop()
+    stack = private_stack(broker=True)
+    assert stack.broker is not None
+    return stack.broker, stack.settings
 
 
 def test_job_accepted_while_redis_is_down_is_published_by_the_relay_later(
