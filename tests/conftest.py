@@ -29,6 +29,7 @@ from tests.support import (
     make_settings,
     truncate_all_tables,
 )
+from tests.support.workerdb import use_own_services
 
 # The fault-injection suite runs whole stacks of its own for minutes: `make test-faults`.
 collect_ignore = [] if os.environ.get("MAYCOLE_FAULTS") else ["faults"]
@@ -134,4 +135,6 @@ def restore_globals(settings: Settings, app: APIFlask) -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist each worker process gets a database and a Redis db of its own.
+    use_own_services()
     LOGS.mkdir(parents=True, exist_ok=True)
