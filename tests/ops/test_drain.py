@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 
 from config import Settings
 from tests.factories import PASSWORD, auth_headers, make_user
+from tests.services.jobs.test_pipeline import pings_recorded, start_ping
 from tests.support import (
     LOGS,
     PrivateStacks,
@@ -28,7 +29,6 @@ from tests.support import (
     wait_for,
     wait_job,
 )
-from tests.tasks.test_pipeline import pings_recorded, start_ping
 
 pytestmark = pytest.mark.worker
 

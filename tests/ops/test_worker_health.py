@@ -23,8 +23,8 @@ from scripts.devservices import RedisServer, free_port
 from services.ops.worker_liveness import HeartbeatRecord, check, read_record, write_record
 from tasks.runtime.worker_health import broker_eviction_problem
 from tests.factories import auth_headers, make_user
+from tests.services.jobs.test_pipeline import start_ping
 from tests.support import LOGS, ROOT, PrivateStacks, Worker, settings_env, wait_for, wait_job
-from tests.tasks.test_pipeline import start_ping
 
 pytestmark = pytest.mark.worker
 MAX_AGE = 3.0

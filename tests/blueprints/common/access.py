@@ -1,7 +1,7 @@
 """World-building for the access tests: the team-route cases and a team with every role.
 
-`tests/blueprints/test_access_matrix.py` checks each case in a world of its own per
-caller; `tests/blueprints/test_openapi_access.py` checks every operation of the OpenAPI
+`tests/blueprints/common/test_access_matrix.py` checks each case in a world of its own per
+caller; `tests/blueprints/common/test_openapi_access.py` checks every operation of the OpenAPI
 document with every kind of caller, one world per operation. Both take the expected
 answer from `services.core.permissions`, never write it by hand.
 """

@@ -5,7 +5,8 @@ revoked API key; a user signed in whose only team is another one ("outsider"); t
 operator (`is_admin`, member of no team); each team role; API keys with each scope.
 
 What each should hear comes from a policy, never from the app:
-- team routes (`/teams/{team_id}/...`): the route's action (tests/access.py MATRIX) in
+- team routes (`/teams/{team_id}/...`): the route's action (MATRIX, in
+  tests/blueprints/common/access.py) in
   services/core/permissions.py: 2xx if the role allows it, 403 if too weak, 404 for anyone
   outside the team (the operator too), exactly as for a team that does not exist;
 - every other route: POLICIES below: public, a link anyone holding it may use, any
@@ -58,7 +59,7 @@ from services.identity import api_keys, sessions
 from services.identity.api_keys import SCOPES
 from services.messaging import notifications
 from services.teams import invites
-from tests.access import MATRIX, Case, TeamWorld, fill
+from tests.blueprints.common.access import MATRIX, Case, TeamWorld, fill
 from tests.factories import PASSWORD, give_plan, make_api_key, make_team, make_user
 from tests.support import bearer, truncate_all_tables
 

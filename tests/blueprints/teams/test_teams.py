@@ -610,7 +610,7 @@ def test_verify_reports_a_tampered_audit_row(client: FlaskClient) -> None:
 
     [changed] = audit_rows(team_id, "member.role_changed")
     # Someone with database access quietly rewrites history (past the append-only
-    # trigger, as the tables' owner can; tests/blueprints/test_audit_security.py has more)...
+    # trigger, as the tables' owner can; tests/blueprints/common/test_audit_security.py has more)...
     db.session.commit()
     for statement in (
         "ALTER TABLE audit_logs DISABLE TRIGGER audit_logs_append_only",

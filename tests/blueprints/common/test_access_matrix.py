@@ -1,9 +1,10 @@
-"""The team routes' MATRIX (tests/access.py) stays complete and true to the guards.
+"""The team routes' MATRIX (tests/blueprints/common/access.py) stays complete and true to
+the guards.
 
 Every team route must be in MATRIX, guarded by `@team_permission` with the action MATRIX
 names, and every permission must be used; README.md's table must match the module. What
 each caller hears on each of these routes (2xx, 403, 404 "No such team.", 401) is checked
-by tests/blueprints/test_openapi_access.py, which takes MATRIX as its policy for them.
+by tests/blueprints/common/test_openapi_access.py, which takes MATRIX as its policy for them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from apiflask import APIFlask
 
 from services.core import permissions
-from tests.access import MATRIX, TEAM
+from tests.blueprints.common.access import MATRIX, TEAM
 from tests.support import ROOT
 
 

@@ -26,6 +26,7 @@ from services.jobs.outbox import Message, enqueue, publish
 from services.jobs.reaper import reap_orphans
 from services.jobs.relay import relay_outbox, requeue_unclaimed
 from tests.factories import auth_headers, make_user
+from tests.services.jobs.test_pipeline import pings_recorded, start_ping
 from tests.support import (
     LOGS,
     PrivateStacks,
@@ -34,7 +35,6 @@ from tests.support import (
     running_worker,
     wait_job,
 )
-from tests.tasks.test_pipeline import pings_recorded, start_ping
 
 
 @pytest.fixture

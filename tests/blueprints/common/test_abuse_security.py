@@ -26,7 +26,7 @@ from services.core import tokens
 from services.insights import aggregation
 from services.jobs.queries import CANCELLABLE
 from services.teams import invites
-from tests.blueprints.test_payments import VISA, pay, payment_row, payments_count
+from tests.blueprints.payments.test_payments import VISA, pay, payment_row, payments_count
 from tests.factories import (
     PASSWORD,
     auth_headers,
@@ -36,6 +36,7 @@ from tests.factories import (
     personal_team,
     verify_email,
 )
+from tests.services.insights.test_aggregation import events_settled
 from tests.support import (
     LOGS,
     Mailbox,
@@ -48,7 +49,6 @@ from tests.support import (
     running_worker,
     wait_job,
 )
-from tests.tasks.test_aggregation import events_settled
 
 DECLINING = "pm_card_chargeCustomerFail"  # declined when charged (localstripe as Stripe)
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from extensions import db
 from models import AuditLog, Job, User
 from tests.factories import auth_headers, make_user
+from tests.services.jobs.test_pipeline import pings_recorded, start_ping
 from tests.support import Worker, fetch_job, problem_body, wait_job
-from tests.tasks.test_pipeline import pings_recorded, start_ping
 
 ADMIN_JOBS = "/api/v1/admin/jobs"
 PING = "maintenance.ping"
