@@ -1,7 +1,9 @@
 """Fixtures: a freshly migrated PostgreSQL database, the app, isolation, a real worker.
 
 `make test` provides DATABASE_URL (database maycole_test) and REDIS_URL (db 15), found
-or started by scripts/devservices.py. Each test starts from empty tables.
+or started by scripts/devservices.py; under pytest-xdist each worker process gwN moves to
+database maycole_test_gwN and db 15-N (tests/support/workerdb.py). Each test starts from
+empty tables.
 """
 
 from __future__ import annotations
