@@ -14,8 +14,13 @@ PYTEST_ARGS ?=
 DEV := APP_ENV=development
 TESTENV := APP_ENV=test
 # Separate database and Redis db per checkout let several suites run side by side.
+# With pytest-xdist, worker gwN uses database $(TEST_DATABASE)_gwN and Redis db
+# TEST_REDIS_DB - N (tests/support/workerdb.py): the default 15 takes 15 and 14.
 TEST_DATABASE ?= maycole_test
 TEST_REDIS_DB ?= 15
+# Two worker processes, each test file on one of them (each runs its own Celery worker).
+# PYTEST_ARGS comes after and wins: PYTEST_ARGS="-n 0" runs serially.
+TEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean
 
@@ -31,7 +36,7 @@ run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it
 	@$(DEV) $(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
 
 test: $(STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
-	@$(TESTENV) $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(PYTEST_ARGS)
+	@$(TESTENV) $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter
 	@$(TESTENV) MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)

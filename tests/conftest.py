@@ -1,30 +1,37 @@
 """Fixtures: a freshly migrated PostgreSQL database, the app, isolation, a real worker.
 
 `make test` provides DATABASE_URL (database maycole_test) and REDIS_URL (db 15), found
-or started by scripts/devservices.py. Each test starts from empty tables.
+or started by scripts/devservices.py; under pytest-xdist each worker process gwN moves to
+database maycole_test_gwN and db 15-N (tests/support/workerdb.py). Each test starts from
+empty tables.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from apiflask import APIFlask
 from flask.testing import FlaskClient
-from psycopg.errors import DeadlockDetected, LockNotAvailable
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from cli import rebuild_schema
 from config import Settings
 from extensions import db, limiter
-from models import Base
 from scripts.devservices import free_port
-from tests.support import ROOT, LocalStripe, Mailbox, MotoS3, Worker, make_settings
+from tests.support import (
+    LOGS,
+    LocalStripe,
+    Mailbox,
+    MotoS3,
+    PrivateStacks,
+    Worker,
+    make_settings,
+    truncate_all_tables,
+)
+from tests.support.workerdb import use_own_services
 
 # The fault-injection suite runs whole stacks of its own for minutes: `make test-faults`.
 collect_ignore = [] if os.environ.get("MAYCOLE_FAULTS") else ["faults"]
@@ -89,33 +96,10 @@ def _isolated(request: pytest.FixtureRequest) -> Iterator[None]:
     with app.app_context():
         yield
         db.session.remove()
-        _truncate_all_tables()
+        truncate_all_tables()
         limiter.reset()
         if "mailbox" in request.fixturenames:
             request.getfixturevalue("mailbox").messages.clear()
-
-
-def _truncate_all_tables(give_up_after: float = 30.0) -> None:
-    """TRUNCATE every table, backing off while a worker's transaction holds one of them.
-
-    The session's worker may still be running a job the test queued on the side (an
-    invitation email, say). TRUNCATE locks table after table, so it could deadlock with
-    that transaction (and wait PostgreSQL's deadlock_timeout to find out); with a short
-    lock timeout it steps aside instead, lets the job finish, and tries again.
-    """
-    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-    deadline = time.monotonic() + give_up_after
-    while True:
-        try:
-            with db.engine.begin() as conn:
-                conn.execute(text("SET LOCAL lock_timeout = '100ms'"))
-                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-            return
-        except OperationalError as exc:
-            busy = isinstance(exc.orig, (LockNotAvailable, DeadlockDetected))
-            if not busy or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -126,10 +110,22 @@ def client(app: APIFlask) -> FlaskClient:
 @pytest.fixture(scope="session")
 def worker(settings: Settings, app: APIFlask) -> Iterator[Worker]:
     """One real prefork worker for the session, on the test broker and database."""
-    proc = Worker(settings, ROOT / "var" / "test-logs" / "worker.log")
+    proc = Worker(settings, LOGS / "worker.log")
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def private_stack(settings: Settings, app: APIFlask, tmp_path: Path) -> Iterator[PrivateStacks]:
+    """Build apps on settings of a test's own (`private_stack(**changes)`, see
+    tests/support/stack.py), with a broker of their own if asked; afterwards stop what
+    was started and put the shared extensions back on the session's app."""
+    stacks = PrivateStacks(settings, tmp_path)
+    try:
+        yield stacks
+    finally:
+        stacks.close()
 
 
 @pytest.fixture
@@ -141,4 +137,6 @@ def restore_globals(settings: Settings, app: APIFlask) -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    (Path(ROOT) / "var" / "test-logs").mkdir(parents=True, exist_ok=True)
+    # Under pytest-xdist each worker process gets a database and a Redis db of its own.
+    use_own_services()
+    LOGS.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask_jwt_extended import create_access_token
+from sqlalchemy import select
 
 from extensions import db
-from models import Subscription, TeamMember, User
+from models import Job, Subscription, TeamMember, User
 from services.identity import accounts, api_keys
 from services.teams import teams
 
@@ -54,10 +55,28 @@ def make_team(
     return team_id
 
 
+def personal_team(user: User) -> uuid.UUID:
+    """The team sign-up made for `user` (their first membership)."""
+    team_id = db.session.scalar(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
+    assert team_id is not None
+    return team_id
+
+
 def add_member(team_id: uuid.UUID, user: User, role: str) -> None:
     """Put a user in a team directly (joining normally takes an emailed invitation)."""
     db.session.add(TeamMember(team_id=team_id, user_id=user.id, role=role))
     db.session.commit()
+
+
+def make_job(user: User, *, status: str = "queued", created_at: datetime | None = None) -> Job:
+    """A ping job row of `user`'s in `status` (no worker: only the row), committed."""
+    job = Job(id=uuid.uuid4(), type="maintenance.ping", queue="default", user_id=user.id)
+    job.status = status
+    if created_at is not None:
+        job.created_at = created_at
+    db.session.add(job)
+    db.session.commit()
+    return job
 
 
 def give_plan(team_id: uuid.UUID, plan: str = "business") -> Subscription:

@@ -26,7 +26,7 @@ from tests.fuzz import profile
 EXCLUDED = {
     # A successful stream never ends (heartbeats until EVENTS_MAX_STREAM_SECONDS), so a
     # generated request that gets past authentication would hang the run; its errors and
-    # token handling are covered in tests/blueprints/test_events.py.
+    # token handling are covered in tests/blueprints/events/test_events.py.
     ("GET", "/api/v1/events/stream"),
 }
 
@@ -51,7 +51,8 @@ def fuzz_config() -> schemathesis.Config:
                 # Unknown *query* parameters are ignored by design (cache busters, the utm_*
                 # a mail client appends to an unsubscribe link), so a case whose only fault
                 # is an extra one is not an error. This also stops schemathesis adding extra
-                # body fields; that bodies refuse those (422) is tests/blueprints/test_errors.py's.
+                # body fields; that bodies refuse those (422) is
+                # tests/blueprints/common/test_errors.py's.
                 "allow-extra-parameters": False,
             },
             "checks": {

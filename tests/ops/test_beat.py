@@ -6,28 +6,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis as redis_lib
 
 from config import Settings
-from scripts.devservices import RedisServer, free_port
 from services.jobs.metrics import BEAT_LAST_TICK_KEY
 from tasks.runtime.beat_scheduler import LEADER_KEY, LEASE_SECONDS
-from tests.support import ROOT, make_settings, settings_env, wait_for
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """Broker and lease store of their own: these beats must not feed the session worker."""
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.support import ROOT, PrivateStacks, settings_env, wait_for
 
 
 def start_beat(settings: Settings, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
@@ -40,12 +26,13 @@ def start_beat(settings: Settings, tmp_path: Path, name: str) -> subprocess.Pope
 
 
 def test_only_one_beat_leads_and_a_clean_exit_hands_over_at_once(
-    settings: Settings, private_redis: RedisServer, tmp_path: Path
+    private_stack: PrivateStacks, tmp_path: Path
 ) -> None:
-    beat_settings = make_settings(
-        **{**settings.model_dump(), "redis_url": private_redis.url(0),
-           "celery_broker_url": private_redis.url(1)}
-    )  # fmt: skip
+    # Broker and lease store of their own: these beats must not feed the session worker.
+    private_redis = private_stack.redis()
+    beat_settings = private_stack(
+        keep="all", redis_url=private_redis.url(0), celery_broker_url=private_redis.url(1)
+    ).settings
     client = redis_lib.Redis.from_url(private_redis.url(0), decode_responses=True)
 
     def get(key: str) -> str:

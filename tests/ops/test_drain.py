@@ -11,50 +11,26 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 from flask.testing import FlaskClient
 
-from app import create_app
 from config import Settings
-from scripts.devservices import RedisServer, free_port
 from tests.factories import PASSWORD, auth_headers, make_user
+from tests.services.jobs.test_pipeline import pings_recorded, start_ping
 from tests.support import (
-    ROOT,
+    LOGS,
+    PrivateStacks,
     WebServer,
     Worker,
     fetch_job,
-    make_settings,
     running_worker,
     wait_for,
     wait_job,
 )
-from tests.tasks.test_pipeline import pings_recorded, start_ping
 
 pytestmark = pytest.mark.worker
-LOGS = ROOT / "var" / "test-logs"
-BrokerSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path, restore_globals: None) -> Iterator[BrokerSettings]:
-    """Settings factory on a throwaway broker Redis; the app's Celery publishes there."""
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
-
-    def settings_for(**overrides: Any) -> Settings:
-        settings = make_settings(celery_broker_url=server.url(0), **overrides)
-        create_app(settings)
-        return settings
-
-    try:
-        yield settings_for
-    finally:
-        server.stop()
 
 
 def _terminate(worker: Worker, timeout: float) -> tuple[int, float]:
@@ -67,10 +43,10 @@ def _terminate(worker: Worker, timeout: float) -> tuple[int, float]:
 
 
 def test_sigterm_lets_the_running_job_finish_and_exits_within_the_grace_period(
-    client: FlaskClient, private_broker: BrokerSettings
+    client: FlaskClient, private_stack: PrivateStacks
 ) -> None:
     grace = 15.0
-    settings = private_broker(worker_shutdown_grace_seconds=grace)
+    settings = private_stack(broker=True, worker_shutdown_grace_seconds=grace).settings
     headers = auth_headers(make_user(admin=True))
     worker = Worker(settings, LOGS / "drain-worker.log", concurrency=1)
     worker.start()
@@ -90,10 +66,10 @@ def test_sigterm_lets_the_running_job_finish_and_exits_within_the_grace_period(
 
 
 def test_a_job_outliving_the_grace_period_goes_back_to_the_queue_and_runs_once(
-    client: FlaskClient, private_broker: BrokerSettings
+    client: FlaskClient, private_stack: PrivateStacks
 ) -> None:
     grace = 1.0
-    settings = private_broker(worker_shutdown_grace_seconds=grace)
+    settings = private_stack(broker=True, worker_shutdown_grace_seconds=grace).settings
     headers = auth_headers(make_user(admin=True))
     worker = Worker(settings, LOGS / "drain-cut-worker.log", concurrency=1)
     worker.start()

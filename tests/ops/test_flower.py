@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -20,16 +19,10 @@ from flask.testing import FlaskClient
 
 from config import Settings
 from tests.factories import auth_headers, make_user
-from tests.support import ROOT, Worker, settings_env, wait_for, wait_job
+from tests.support import ROOT, Worker, free_port, settings_env, wait_for, wait_job
 
 pytestmark = pytest.mark.worker
 LOGIN = "ops:flower-test-password"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, login: str | None = None) -> tuple[int, Any]:

@@ -6,24 +6,21 @@ import http.client
 import json
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
-from apiflask import APIFlask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from app import create_app
 from config import Settings
 from extensions import db, redis
 from models import Payment
 from services.jobs.metrics import BEAT_LAST_TICK_KEY
 from tests.factories import auth_headers, make_team, make_user
-from tests.support import ROOT, WebServer, Worker, make_settings, wait_job
+from tests.support import ROOT, PrivateStacks, WebServer, Worker, wait_job
 
 pytestmark = pytest.mark.worker
 
@@ -65,11 +62,9 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def limited_client(app: APIFlask, restore_globals: None) -> Iterator[FlaskClient]:
+def limited_client(private_stack: PrivateStacks) -> FlaskClient:
     """A client of an app whose login allows one attempt a minute (to see a 429)."""
-    yield create_app(
-        make_settings(ratelimit_login="1/minute", ratelimit_login_failures="1/minute")
-    ).test_client()
+    return private_stack(ratelimit_login="1/minute", ratelimit_login_failures="1/minute").client()
 
 
 def test_metrics_has_every_family_with_live_values_after_a_job(

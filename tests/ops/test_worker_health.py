@@ -16,7 +16,6 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from app import create_app
 from celeryconfig import QUEUES
 from config import Settings
 from extensions import celery_app
@@ -24,11 +23,10 @@ from scripts.devservices import RedisServer, free_port
 from services.ops.worker_liveness import HeartbeatRecord, check, read_record, write_record
 from tasks.runtime.worker_health import broker_eviction_problem
 from tests.factories import auth_headers, make_user
-from tests.support import ROOT, Worker, make_settings, settings_env, wait_for, wait_job
-from tests.tasks.test_pipeline import start_ping
+from tests.services.jobs.test_pipeline import start_ping
+from tests.support import LOGS, ROOT, PrivateStacks, Worker, settings_env, wait_for, wait_job
 
 pytestmark = pytest.mark.worker
-LOGS = ROOT / "var" / "test-logs"
 MAX_AGE = 3.0
 
 
@@ -41,19 +39,17 @@ def worker_check(settings: Settings) -> subprocess.CompletedProcess[str]:
 
 
 def test_worker_check_passes_while_the_worker_consumes_and_fails_once_it_stops(
-    client: FlaskClient, tmp_path: Path, restore_globals: None
+    client: FlaskClient, tmp_path: Path, private_stack: PrivateStacks
 ) -> None:
-    broker = RedisServer(free_port(), tmp_path)
-    broker.start()
+    broker = private_stack.redis()
     # A broker that may evict keys: the worker must say so when it starts.
     redis.Redis(port=broker.port).config_set("maxmemory-policy", "allkeys-lru")
-    settings = make_settings(
-        celery_broker_url=broker.url(0),
+    settings = private_stack(
+        broker=broker,
         worker_heartbeat_seconds=0.25,
         worker_heartbeat_max_age_seconds=MAX_AGE,
         worker_health_dir=str(tmp_path / "health"),
-    )
-    create_app(settings)
+    ).settings
     headers = auth_headers(make_user(admin=True))
     worker = Worker(settings, LOGS / "health-worker.log", concurrency=1)
     worker.start()
@@ -141,14 +137,12 @@ def test_broker_eviction_policy_check(tmp_path: Path) -> None:
     assert broker_eviction_problem("amqp://guest:guest@127.0.0.1:5672//") is None
 
 
-def test_healthz_does_no_io_and_readyz_names_what_is_down(restore_globals: None) -> None:
+def test_healthz_does_no_io_and_readyz_names_what_is_down(private_stack: PrivateStacks) -> None:
     nowhere = free_port()  # nothing listens there
-    down = create_app(
-        make_settings(
-            database_url=f"postgresql+psycopg://postgres@127.0.0.1:{nowhere}/nothing",
-            redis_url=f"redis://127.0.0.1:{nowhere}/0",
-        )
-    ).test_client()
+    down = private_stack(
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{nowhere}/nothing",
+        redis_url=f"redis://127.0.0.1:{nowhere}/0",
+    ).client()
 
     alive = down.get("/healthz")
     assert alive.status_code == 200 and alive.get_json() == {"status": "ok"}

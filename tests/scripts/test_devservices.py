@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import redis
 
 from scripts import devservices as ds
+from tests.support import refused
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "devservices.py"
 
@@ -31,15 +31,6 @@ with psycopg.connect(db.replace("+psycopg", "")) as conn:
     print("db=" + conn.execute("SELECT current_database()").fetchone()[0])
 print("ping=" + str(redis.Redis.from_url(r).ping()))
 """
-
-
-def refused(port: int) -> bool:
-    """True if nothing accepts connections on 127.0.0.1:port."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def cli_env(**overrides: str) -> dict[str, str]:

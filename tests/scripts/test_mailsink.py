@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from email import message_from_bytes
@@ -12,7 +11,7 @@ from email.policy import default as email_policy
 from pathlib import Path
 
 from scripts import devservices as ds
-from tests.support import Mailbox
+from tests.support import Mailbox, refused
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "devservices.py"
 
@@ -40,14 +39,6 @@ def run_cli(tmp_path: Path, smtp_port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=60
     )
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_run_starts_a_sink_that_saves_mail_as_eml_files_and_stops_it(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import stripe
 
 from scripts import devservices as ds
+from tests.support import refused
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "devservices.py"
 
@@ -30,14 +31,6 @@ print(f"intent={intent.id} {intent.status} {intent.amount}")
 
 ONLY_ENV = "import os; print('KEY=' + os.environ['STRIPE_SECRET_KEY'])"
 ONLY_ENV += "; print('BASE=' + os.environ.get('STRIPE_API_BASE', ''))"
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def run_cli(tmp_path: Path, code: str, **env: str) -> subprocess.CompletedProcess[str]:

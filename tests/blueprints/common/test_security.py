@@ -1,0 +1,99 @@
+"""The HTTP perimeter: CORS allow-list, security headers, trusted proxies, limiter fallback."""
+
+from __future__ import annotations
+
+from apiflask import APIFlask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from extensions import db
+from models import AuditLog
+from scripts.devservices import free_port
+from tests.factories import PASSWORD, auth_headers, make_user
+from tests.support import PrivateStacks, problem_body
+
+FRONTEND = "https://app.example.com"
+
+
+def test_cors_allows_only_configured_frontends(app: APIFlask, private_stack: PrivateStacks) -> None:
+    client = private_stack(cors_origins=f"{FRONTEND}, https://admin.example.com").client()
+    preflight = client.options(
+        "/api/v1/auth/login",
+        headers={"Origin": FRONTEND, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "Content-Type, Idempotency-Key"},
+    )  # fmt: skip
+    assert preflight.headers["Access-Control-Allow-Origin"] == FRONTEND
+    assert "idempotency-key" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    evil = client.get("/api/v1/jobs", headers={"Origin": "https://evil.example.com"})
+    assert "Access-Control-Allow-Origin" not in evil.headers
+    ops = client.get("/healthz", headers={"Origin": FRONTEND})
+    assert "Access-Control-Allow-Origin" not in ops.headers  # only /api/* is for browsers
+    allowed = client.get("/api/v1/jobs", headers={"Origin": FRONTEND})
+    assert "X-Request-ID" in allowed.headers["Access-Control-Expose-Headers"]
+
+
+def test_security_headers_on_api_responses(client: FlaskClient) -> None:
+    response = client.get("/api/v1/me", headers=auth_headers(make_user()))
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"  # personal data is never cached
+    assert "Strict-Transport-Security" not in response.headers  # plain HTTP here
+    secure = client.get("/healthz", base_url="https://api.example.com")
+    assert secure.headers["Strict-Transport-Security"].startswith("max-age=")
+    problem = client.get("/nope")
+    assert problem.headers["X-Content-Type-Options"] == "nosniff"  # errors too
+
+
+def _login_ip(client: FlaskClient, email: str, forwarded_for: str) -> str:
+    client.post(
+        "/api/v1/auth/login", json={"email": email, "password": PASSWORD},
+        headers={"X-Forwarded-For": forwarded_for}, environ_base={"REMOTE_ADDR": "10.0.0.7"},
+    )  # fmt: skip
+    db.session.rollback()
+    ip = db.session.scalar(
+        select(AuditLog.ip)
+        .where(AuditLog.action == "auth.login_succeeded")
+        .order_by(AuditLog.id.desc())
+    )
+    return str(ip)
+
+
+def test_forwarded_for_is_ignored_unless_a_proxy_is_trusted(
+    app: APIFlask, private_stack: PrivateStacks
+) -> None:
+    user = make_user()
+    direct = private_stack(trusted_proxies=0).client()
+    assert _login_ip(direct, user.email, "203.0.113.9") == "10.0.0.7"  # spoofing is useless
+    proxied = private_stack(trusted_proxies=1).client()
+    # One trusted hop: the address the proxy saw, not what the client claimed before it.
+    assert _login_ip(proxied, user.email, "198.51.100.1, 203.0.113.9") == "203.0.113.9"
+
+
+def test_rate_limits_hold_in_memory_when_redis_is_down(
+    app: APIFlask, private_stack: PrivateStacks
+) -> None:
+    user = make_user()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    client = private_stack(
+        redis_url=dead_redis, celery_broker_url=app.config["SETTINGS"].broker_url,
+        ratelimit_login_failures="2/minute",
+    ).client()  # fmt: skip
+    attempts = [
+        client.post("/api/v1/auth/login", json={"email": user.email, "password": "nope"})
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in attempts[:2]] == [401, 401]  # the API keeps serving
+    problem_body(attempts[2], 429)  # and still limits, per process
+
+
+def test_revocation_check_fails_closed_when_redis_is_down(
+    app: APIFlask, private_stack: PrivateStacks
+) -> None:
+    headers = auth_headers(make_user())
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    client = private_stack(redis_url=dead_redis).client()
+    response = client.get("/api/v1/me", headers=headers)
+    body = problem_body(response, 503)
+    assert "revocation" in body["detail"]
+    assert response.headers["Retry-After"] == "5"

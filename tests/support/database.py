@@ -1,0 +1,35 @@
+"""The test database: emptying every table between tests."""
+
+from __future__ import annotations
+
+import time
+
+from psycopg.errors import DeadlockDetected, LockNotAvailable
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from extensions import db
+from models import Base
+
+
+def truncate_all_tables(give_up_after: float = 30.0) -> None:
+    """TRUNCATE every table, backing off while a worker's transaction holds one of them.
+
+    The session's worker may still be running a job the test queued on the side (an
+    invitation email, say). TRUNCATE locks table after table, so it could deadlock with
+    that transaction (and wait PostgreSQL's deadlock_timeout to find out); with a short
+    lock timeout it steps aside instead, lets the job finish, and tries again.
+    """
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '100ms'"))
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            return
+        except OperationalError as exc:
+            busy = isinstance(exc.orig, (LockNotAvailable, DeadlockDetected))
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
