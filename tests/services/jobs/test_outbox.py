@@ -96,8 +96,7 @@ def test_many_sends_are_marked_in_a_few_statements(broker: redis_lib.Redis) -> N
         for _ in range(20):  # twenty requests' worth of commits in quick succession
             jobs.append(enqueue(names.MAINTENANCE_PING, args={"sleep_seconds": 0}))
             db.session.commit()
-        for job in jobs:
-            wait_for(lambda job=job: fetch_job(job.id).published_at, timeout=1)
+        wait_for(lambda: all(fetch_job(job.id).published_at for job in jobs), timeout=1)
     marks = [s for _, s in seen if s.startswith("UPDATE jobs SET published_at")]
     assert 1 <= len(marks) <= 5, marks  # one per 0.2 s interval, not one per commit
     assert broker.llen("default") == 20
