@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     # this interval (services/jobs/outbox.py), not by a second transaction per request.
     # Keep it far below RELAY_MIN_AGE_SECONDS, or the relay re-sends rows not yet marked.
     outbox_mark_interval_seconds: Annotated[float, Field(gt=0, le=1.0)] = 0.2
+    # Celery's "task-sent" event: one more broker message per published job, only so that
+    # Flower lists a task before a worker takes it. Off: it cost about half of kombu's
+    # publish in every request that enqueues; Flower still shows each task from the moment
+    # a worker receives it, and waiting jobs are in the jobs table (GET /api/v1/admin/jobs)
+    # and the queue-age metric. The queue-latency benchmark (B3) turns it on to time
+    # publications.
+    celery_task_sent_events: bool = False
 
     # Deploys. SIGTERM drains a worker: it takes no new tasks and waits this long for the
     # running ones, then cancels the rest, whose messages go back to the queue (acks_late)

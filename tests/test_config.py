@@ -88,6 +88,13 @@ def test_sent_jobs_are_marked_well_within_the_relay_age() -> None:
     assert load_settings().outbox_mark_interval_seconds <= 1
 
 
+def test_publishing_sends_no_task_sent_event_unless_asked() -> None:
+    # One broker message per enqueued job, not two; workers still send Flower's events.
+    assert build(load_settings())["task_send_sent_event"] is False
+    assert build(load_settings())["worker_send_task_events"] is True
+    assert build(load_settings(celery_task_sent_events=True))["task_send_sent_event"] is True
+
+
 def test_celery_is_configured_for_at_least_once_delivery() -> None:
     conf = build(load_settings())
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
