@@ -191,12 +191,20 @@ def revoke_user_tokens(user_id: uuid.UUID) -> None:
     redis.client.set(_REVOKED_BEFORE + str(user_id), f"{time.time():.6f}", ex=ttl)
 
 
-def is_token_revoked(payload: dict[str, Any]) -> bool:
-    """The revocation check for every access and stream token (its jti, its session and its
-    user's cutoff, in one round trip). Fails closed: Redis down means 503."""
+def revocation_keys(payload: dict[str, Any]) -> list[str]:
+    """The Redis keys that revoke a token: its jti's, its user's cutoff, its session's (if
+    any), in this order (the rate limiter's hit reads them too: blueprints.common.ratelimits
+    applies the same rule as is_token_revoked in its script)."""
     keys = [_BLOCKED_JTI + str(payload.get("jti")), _REVOKED_BEFORE + str(payload.get("sub"))]
     if payload.get("sid"):
         keys.append(_BLOCKED_SID + str(payload["sid"]))
+    return keys
+
+
+def is_token_revoked(payload: dict[str, Any]) -> bool:
+    """The revocation check for every access and stream token (its jti, its session and its
+    user's cutoff, in one round trip). Fails closed: Redis down means 503."""
+    keys = revocation_keys(payload)
     try:
         values: list[bytes | None] = redis.client.mget(keys)  # type: ignore[assignment]
         blocked, cutoff, *session_blocked = values
@@ -205,10 +213,10 @@ def is_token_revoked(payload: dict[str, Any]) -> bool:
         raise DependencyUnavailable("Cannot check token revocation right now.") from exc
     if blocked is not None or any(v is not None for v in session_blocked):
         return True
-    return cutoff is not None and _issued_at(payload) <= float(cutoff)
+    return cutoff is not None and issued_at(payload) <= float(cutoff)
 
 
-def _issued_at(payload: dict[str, Any]) -> float:
+def issued_at(payload: dict[str, Any]) -> float:
     """The token's `iat`; a token without one counts as issued at the epoch (revoked by any
     cutoff)."""
     try:
