@@ -40,8 +40,9 @@ from blueprints.common.openapi import SECURITY_MARK
 from extensions import db
 from models import ApiKey, User
 from services.core.errors import Forbidden
+from services.identity.accounts import confirm_cached_user, user_generation_key
 from services.identity.api_keys import authenticate_api_key
-from services.identity.sessions import is_token_revoked, issued_at, revocation_keys
+from services.identity.sessions import check_token, is_token_revoked, issued_at, revocation_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 API_KEY_HEADER = "X-API-Key"
@@ -85,7 +86,10 @@ def identify_caller() -> None:
         if verdict.unchecked_token is not None:
             claims = verdict.unchecked_token[1]
             pending = ratelimits.PendingRevocation(
-                principal, revocation_keys(claims), issued_at(claims)
+                principal,
+                revocation_keys(claims),
+                issued_at(claims),
+                user_generation_key(verdict.user.id),
             )
         ratelimits.count_as(principal, unless_revoked=pending)
     else:
@@ -117,17 +121,25 @@ def _verify_credential() -> Caller | None:
 
 
 def _settle_revocation(caller: Caller) -> Caller:
-    """The caller once its token's revocation is known (the limiter's verdict, else asked
-    now); raises RevokedTokenError (401) or DependencyUnavailable (503, fail closed)."""
+    """The caller once its token's revocation and its user row's generation are known (the
+    limiter's hit read them, else one MGET now); raises RevokedTokenError (401),
+    UserLookupError (401, the account changed and is no longer active) or
+    DependencyUnavailable (503, fail closed)."""
     assert caller.unchecked_token is not None
     header, claims = caller.unchecked_token
     pending = ratelimits.pending_revocation()
-    revoked = pending.revoked if pending is not None else None
-    if revoked is None:
-        revoked = is_token_revoked(claims)
+    if pending is not None and pending.revoked is not None:
+        revoked, generation = pending.revoked, pending.generation
+    else:
+        revoked, generation = check_token(claims, also=user_generation_key(caller.user.id))
     if revoked:
         raise RevokedTokenError(header, claims)
-    return Caller(caller.user, None, caller.session_id)
+    user = confirm_cached_user(caller.user, generation)
+    if user is None:
+        raise UserLookupError("The account is no longer active.", header, claims)
+    if user is not caller.user:  # read again: what flask-jwt-extended's current_user gives too
+        g._jwt_extended_jwt_user = {"loaded_user": user}
+    return Caller(user, None, caller.session_id)
 
 
 def verified_caller() -> Caller:

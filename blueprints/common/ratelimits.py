@@ -31,7 +31,9 @@ class PendingRevocation:
     principal: str  # the bucket if the token stands: "user:<id>"
     keys: list[str]  # services.identity.sessions.revocation_keys: jti, user cutoff, [sid]
     issued_at: float  # the token's iat, compared with the user's cutoff
+    generation_key: str  # the user row's generation (services.identity.accounts), read along
     revoked: bool | None = None
+    generation: bytes | None = None  # its value, once read
 
 
 def client_ip() -> str:
@@ -115,13 +117,14 @@ return {current, redis.call("ttl", KEYS[1])}
     # services.identity.sessions.is_token_revoked folded in (the same rule: its jti or its
     # session blocked, or issued at or before its user's cutoff). A revoked token's hit
     # goes to the client address's counter (KEYS[2]) instead of the user's (KEYS[1]).
-    # KEYS[3..] = jti key, user cutoff key, [session key]; ARGV[3] = the token's iat.
+    # KEYS[3] = the user's generation key (returned, for the user cache); KEYS[4..] = jti
+    # key, user cutoff key, [session key]; ARGV[3] = the token's iat.
     SCRIPT_HIT_UNLESS_REVOKED = b"""
 local revoked = 0
-if redis.call("exists", KEYS[3]) == 1 or (KEYS[5] and redis.call("exists", KEYS[5]) == 1) then
+if redis.call("exists", KEYS[4]) == 1 or (KEYS[6] and redis.call("exists", KEYS[6]) == 1) then
     revoked = 1
 else
-    local cutoff = redis.call("get", KEYS[4])
+    local cutoff = redis.call("get", KEYS[5])
     if cutoff and tonumber(ARGV[3]) <= tonumber(cutoff) then
         revoked = 1
     end
@@ -132,7 +135,7 @@ local current = redis.call("incrby", key, amount)
 if tonumber(current) == amount then
     redis.call("expire", key, ARGV[1])
 end
-return {current, redis.call("ttl", key), revoked}
+return {current, redis.call("ttl", key), revoked, redis.call("get", KEYS[3])}
 """
 
     def __init__(self, uri: str, **options: Any) -> None:
@@ -155,11 +158,17 @@ return {current, redis.call("ttl", key), revoked}
         else:
             # The caller's bucket: key_for() puts key_func()'s value between slashes.
             address = key.replace(segment, f"/{client_ip()}/", 1)
-            count, ttl, revoked = self.lua_hit_unless_revoked(
-                [self.prefixed_key(key), self.prefixed_key(address), *pending.keys],
+            count, ttl, revoked, generation = self.lua_hit_unless_revoked(
+                [
+                    self.prefixed_key(key),
+                    self.prefixed_key(address),
+                    pending.generation_key,
+                    *pending.keys,
+                ],
                 [expiry, amount, repr(pending.issued_at)],
             )
             # A failure above (Redis down) leaves it None: the guard then checks alone.
+            pending.generation = generation
             pending.revoked = bool(int(revoked))
         if has_request_context():
             g.setdefault(_HITS, {})[key] = (int(count), max(int(ttl), 0) + time.time())

@@ -62,6 +62,7 @@ def test_a_forged_token_spends_its_address_budget_not_the_user_it_names(
 def test_a_limited_request_costs_one_redis_round_trip_and_its_headers_stay_exact(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    headers = dict(auth_headers(make_user()))
     storage = limiter.storage
     assert isinstance(storage, RedisWindowStorage)
     commands: list[str] = []
@@ -81,7 +82,6 @@ def test_a_limited_request_costs_one_redis_round_trip_and_its_headers_stay_exact
         return app_execute(*args, **kwargs)
 
     monkeypatch.setattr(app_redis, "execute_command", counting_app)
-    headers = dict(auth_headers(make_user()))
     responses = [client.get("/api/v1/jobs", headers=headers) for _ in range(3)]
 
     # One round trip: the hit with the token's revocation check inside; no MGET beside it,
