@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from flask import current_app
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
@@ -291,6 +291,7 @@ _GENERATION: Final = "auth:user:gen:"
 _GENERATION_SECONDS: Final = 86_400  # far longer than any cache entry lives
 _UNCHECKED: Final = object()  # an entry no request has compared with the generation yet
 _COLUMNS: Final = tuple(attr.key for attr in User.__mapper__.column_attrs)
+_ENTRY: Final = "maycole.user_cache_entry"  # InstanceState.info: the entry a User came from
 
 
 @dataclass
@@ -324,24 +325,27 @@ def load_active_user(user_id: str) -> User | None:
         with _cache_lock:
             entry = _cache.get(uid)
         if entry is not None and entry.until > time.monotonic():
-            return _attach(entry.columns)
+            return _attach(entry)
     user = db.session.get(User, uid)
     if user is None or not user.is_active or user.deleted_at is not None:
         _forget_user(uid)
         return None
-    if seconds > 0:
+    if seconds > 0 and _ENTRY not in inspect(user).info:
         columns = {name: getattr(user, name) for name in _COLUMNS}
+        entry = _Cached(columns, time.monotonic() + seconds, _UNCHECKED)
         with _cache_lock:
-            _cache[uid] = _Cached(columns, time.monotonic() + seconds, _UNCHECKED)
+            _cache[uid] = entry
+        inspect(user).info[_ENTRY] = entry
     return user
 
 
-def _attach(columns: dict[str, Any]) -> User:
+def _attach(entry: _Cached) -> User:
     """A persistent User of the current session built from cached columns, without SQL:
     views and services use it like a loaded row (a change to it flushes as an UPDATE)."""
-    user = User(**columns)
+    user = User(**entry.columns)
     make_transient_to_detached(user)  # no pending changes: "as if just loaded"
     db.session.add(user)
+    inspect(user).info[_ENTRY] = entry
     return user
 
 
@@ -349,14 +353,15 @@ def confirm_cached_user(user: User, generation: bytes | None) -> User | None:
     """The user to trust once this request has read its generation key: `user` itself if
     the cached columns are still current, else the row read again (None if the account is
     no longer active)."""
+    entry: _Cached | None = inspect(user).info.get(_ENTRY)
+    if entry is None:
+        return user  # not cached (off, or the session already held the row)
     with _cache_lock:
-        entry = _cache.get(user.id)
-        if entry is None:
-            return user  # not from the cache (off, or the session already held the row)
         if entry.generation is _UNCHECKED or entry.generation == generation:
-            entry.generation = generation
+            entry.generation = generation  # read after the row: see the race above
             return user
-        del _cache[user.id]
+        if _cache.get(user.id) is entry:
+            del _cache[user.id]
     db.session.expunge(user)
     return load_active_user(str(user.id))
 
