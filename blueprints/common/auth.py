@@ -151,6 +151,7 @@ def verified_caller() -> Caller:
         try:
             verdict = _settle_revocation(verdict)
         except Exception as exc:  # noqa: BLE001 - kept, so every guard of the request agrees
+            db.session.rollback()  # a row read again that failed half-way leaves nothing
             verdict = exc
         setattr(g, _VERDICT, verdict)
     if isinstance(verdict, Exception):
