@@ -46,6 +46,11 @@ class Settings(BaseSettings):
 
     access_token_minutes: int = 15
     refresh_token_days: int = 30
+    # How long a process may reuse a token's user row (is_active, is_admin, ...) without
+    # reading it again; any change to the row is still seen on the next request through
+    # a per-user generation key read with the revocation check (README "Identity").
+    # 0 reads the row on every request.
+    user_cache_seconds: float = 5.0
     max_content_length: int = 1_048_576  # bytes; 413 above it
     ratelimit_default: str = "600/minute"
     ratelimit_enabled: bool = True

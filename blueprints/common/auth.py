@@ -11,6 +11,12 @@ The credential is verified once per request, in a hook that runs before the rate
 did not verify (a made-up key, a victim's key prefix with a wrong secret, a forged or
 expired token, both headers at once) counts against the client address. The guards below
 take that verdict instead of verifying again.
+
+An access token's revocation check (Redis) is not done in that hook but folded into the
+limiter's hit of the caller's bucket: one round trip for both, and a revoked token's hit
+still counts against the client address. When no such hit ran (an exempt route, the
+limiter off or failed over to memory) the guard checks on its own; Redis down is a 503
+either way.
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ from functools import wraps
 from typing import Any, Final, TypeVar, cast, overload
 
 from flask import Flask, g, request
-from flask_jwt_extended import current_user, get_jwt, verify_jwt_in_request
-from flask_jwt_extended.exceptions import NoAuthorizationError
+from flask_jwt_extended import current_user, get_jwt, get_jwt_header, verify_jwt_in_request
+from flask_jwt_extended.exceptions import (
+    NoAuthorizationError,
+    RevokedTokenError,
+    UserLookupError,
+)
 from werkzeug.exceptions import BadRequest
 
 from blueprints.common import ratelimits
@@ -30,7 +40,9 @@ from blueprints.common.openapi import SECURITY_MARK
 from extensions import db
 from models import ApiKey, User
 from services.core.errors import Forbidden
+from services.identity.accounts import confirm_cached_user, user_generation_key
 from services.identity.api_keys import authenticate_api_key
+from services.identity.sessions import check_token, is_token_revoked, issued_at, revocation_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 API_KEY_HEADER = "X-API-Key"
@@ -45,6 +57,8 @@ class Caller:
     user: User
     api_key: ApiKey | None
     session_id: str | None
+    # An access token whose revocation is still to be checked: (its header, its claims).
+    unchecked_token: tuple[dict[str, Any], dict[str, Any]] | None = None
 
 
 def register_authentication(app: Flask) -> None:
@@ -67,7 +81,17 @@ def identify_caller() -> None:
     setattr(g, _VERDICT, verdict)
     if isinstance(verdict, Caller):
         key = verdict.api_key
-        ratelimits.count_as(f"key:{key.id}" if key is not None else f"user:{verdict.user.id}")
+        principal = f"key:{key.id}" if key is not None else f"user:{verdict.user.id}"
+        pending = None
+        if verdict.unchecked_token is not None:
+            claims = verdict.unchecked_token[1]
+            pending = ratelimits.PendingRevocation(
+                principal,
+                revocation_keys(claims),
+                issued_at(claims),
+                user_generation_key(verdict.user.id),
+            )
+        ratelimits.count_as(principal, unless_revoked=pending)
     else:
         ratelimits.count_as(None)  # unverified or anonymous: the client address
 
@@ -82,9 +106,40 @@ def _verify_credential() -> Caller | None:
         user, key = authenticate_api_key(api_key)  # a bad key is 401 everywhere
         return Caller(user, key, None)
     if "Authorization" in request.headers:
-        verify_jwt_in_request()  # signature, expiry, revocation and the user, or it raises
-        return Caller(cast(User, current_user), None, get_jwt().get("sid"))
+        try:
+            # Signature, expiry and the user, or it raises; revocation: see the module doc.
+            verify_jwt_in_request(skip_revocation_check=True)
+        except UserLookupError as exc:
+            # Checked first before, so a revoked token of a gone account still says so.
+            if is_token_revoked(exc.jwt_data):
+                raise RevokedTokenError(exc.jwt_header, exc.jwt_data) from None
+            raise
+        claims = get_jwt()
+        token = (get_jwt_header(), claims)
+        return Caller(cast(User, current_user), None, claims.get("sid"), token)
     return None
+
+
+def _settle_revocation(caller: Caller) -> Caller:
+    """The caller once its token's revocation and its user row's generation are known (the
+    limiter's hit read them, else one MGET now); raises RevokedTokenError (401),
+    UserLookupError (401, the account changed and is no longer active) or
+    DependencyUnavailable (503, fail closed)."""
+    assert caller.unchecked_token is not None
+    header, claims = caller.unchecked_token
+    pending = ratelimits.pending_revocation()
+    if pending is not None and pending.revoked is not None:
+        revoked, generation = pending.revoked, pending.generation
+    else:
+        revoked, generation = check_token(claims, also=user_generation_key(caller.user.id))
+    if revoked:
+        raise RevokedTokenError(header, claims)
+    user = confirm_cached_user(caller.user, generation)
+    if user is None:
+        raise UserLookupError("The account is no longer active.", header, claims)
+    if user is not caller.user:  # read again: what flask-jwt-extended's current_user gives too
+        g._jwt_extended_jwt_user = {"loaded_user": user}
+    return Caller(user, None, caller.session_id)
 
 
 def verified_caller() -> Caller:
@@ -92,6 +147,13 @@ def verified_caller() -> Caller:
     if _VERDICT not in g:  # a request the hook did not see (not one of create_app's apps)
         identify_caller()
     verdict = g.get(_VERDICT)
+    if isinstance(verdict, Caller) and verdict.unchecked_token is not None:
+        try:
+            verdict = _settle_revocation(verdict)
+        except Exception as exc:  # noqa: BLE001 - kept, so every guard of the request agrees
+            db.session.rollback()  # a row read again that failed half-way leaves nothing
+            verdict = exc
+        setattr(g, _VERDICT, verdict)
     if isinstance(verdict, Exception):
         raise verdict
     if verdict is None:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Final
 
-from sqlalchemy import func, select
+from flask import current_app
+from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 
 from extensions import db, redis
 from logs import get_logger
 from models import Team, TeamMember, User, UserProfile
 from services.core import tokens
 from services.core.audit import record_audit
+from services.core.commit_hooks import after_commit
 from services.core.errors import Conflict, Unauthorized, ValidationFailed
 from services.identity import api_keys, sessions
 from services.identity.passwords import (
@@ -267,13 +276,116 @@ def is_known_device(email: str, *, ip: str | None, user_agent: str | None) -> bo
     return user is not None and sessions.seen_before(user, ip=ip, user_agent=user_agent)
 
 
+# The token's user, cached per process -------------------------------------------------
+#
+# Every authenticated request needs its user row (is_active, is_admin, the columns views
+# read). A process keeps the columns of an active user for USER_CACHE_SECONDS and builds a
+# session-bound User from them instead of a SELECT. A change to a user row (any flushed
+# change: deactivation, deletion, password, email, admin flag, sign-in time) sets the user's
+# generation key in Redis after its commit; each request reads that key in the same round
+# trip as its token's revocation check (blueprints.common.auth) and reloads the row if it
+# moved since the columns were cached. So a change is seen by the next request in every
+# process; the one gap is a change committed between a request's read of the row and its
+# Redis check, which a process can serve for at most USER_CACHE_SECONDS.
+_GENERATION: Final = "auth:user:gen:"
+_GENERATION_SECONDS: Final = 86_400  # far longer than any cache entry lives
+_UNCHECKED: Final = object()  # an entry no request has compared with the generation yet
+_COLUMNS: Final = tuple(attr.key for attr in User.__mapper__.column_attrs)
+_ENTRY: Final = "maycole.user_cache_entry"  # InstanceState.info: the entry a User came from
+
+
+@dataclass
+class _Cached:
+    columns: dict[str, Any]
+    until: float  # time.monotonic()
+    generation: object  # bytes | None as read from Redis, or _UNCHECKED
+
+
+_cache: dict[uuid.UUID, _Cached] = {}
+_cache_lock = threading.Lock()
+
+
+def user_generation_key(user_id: uuid.UUID | str) -> str:
+    """The Redis key that changes whenever the user's row does (read with the token check)."""
+    return _GENERATION + str(user_id)
+
+
 def load_active_user(user_id: str) -> User | None:
-    """The user behind a token, or None if gone or disabled (the token then fails)."""
+    """The user behind a token, or None if gone or disabled (the token then fails).
+
+    From this process's cache when it holds the user (see above); the caller then confirms
+    the entry with `confirm_cached_user` once it has read the user's generation key."""
     try:
         uid = uuid.UUID(user_id)
     except ValueError:
         return None
+    seconds = float(current_app.config["SETTINGS"].user_cache_seconds)
+    key = identity_key(User, uid)
+    if seconds > 0 and key not in db.session.identity_map:
+        with _cache_lock:
+            entry = _cache.get(uid)
+        if entry is not None and entry.until > time.monotonic():
+            return _attach(entry)
     user = db.session.get(User, uid)
     if user is None or not user.is_active or user.deleted_at is not None:
+        _forget_user(uid)
         return None
+    if seconds > 0 and _ENTRY not in inspect(user).info:
+        columns = {name: getattr(user, name) for name in _COLUMNS}
+        entry = _Cached(columns, time.monotonic() + seconds, _UNCHECKED)
+        with _cache_lock:
+            _cache[uid] = entry
+        inspect(user).info[_ENTRY] = entry
     return user
+
+
+def _attach(entry: _Cached) -> User:
+    """A persistent User of the current session built from cached columns, without SQL:
+    views and services use it like a loaded row (a change to it flushes as an UPDATE)."""
+    user = User(**entry.columns)
+    make_transient_to_detached(user)  # no pending changes: "as if just loaded"
+    db.session.add(user)
+    inspect(user).info[_ENTRY] = entry
+    return user
+
+
+def confirm_cached_user(user: User, generation: bytes | None) -> User | None:
+    """The user to trust once this request has read its generation key: `user` itself if
+    the cached columns are still current, else the row read again (None if the account is
+    no longer active)."""
+    entry: _Cached | None = inspect(user).info.get(_ENTRY)
+    if entry is None:
+        return user  # not cached (off, or the session already held the row)
+    with _cache_lock:
+        if entry.generation is _UNCHECKED or entry.generation == generation:
+            entry.generation = generation  # read after the row: see the race above
+            return user
+        if _cache.get(user.id) is entry:
+            del _cache[user.id]
+    db.session.expunge(user)
+    return load_active_user(str(user.id))
+
+
+def _forget_user(user_id: uuid.UUID) -> None:
+    with _cache_lock:
+        _cache.pop(user_id, None)
+
+
+def _user_changed(user_id: uuid.UUID) -> None:
+    """After a commit that changed the row: this process forgets it, every other process
+    sees the new generation on its next request for this user."""
+    _forget_user(user_id)
+    try:
+        redis.client.set(user_generation_key(user_id), uuid.uuid4().hex, ex=_GENERATION_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the commit stands; the cache expires anyway
+        log.warning("user_generation_unavailable", error=type(exc).__name__)
+
+
+@event.listens_for(Session, "after_flush")
+def _note_changed_users(session: Session, _context: Any) -> None:
+    # dirty and deleted still list what this flush wrote. A Core UPDATE/DELETE of users
+    # would not show here; none exists (user rows change through the ORM only).
+    for obj in (*session.dirty, *session.deleted):
+        if isinstance(obj, User):
+            callback = functools.partial(_user_changed, obj.id)
+            after_commit(callback, key=("user_changed", obj.id), session=session)

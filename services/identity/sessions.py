@@ -191,24 +191,40 @@ def revoke_user_tokens(user_id: uuid.UUID) -> None:
     redis.client.set(_REVOKED_BEFORE + str(user_id), f"{time.time():.6f}", ex=ttl)
 
 
-def is_token_revoked(payload: dict[str, Any]) -> bool:
-    """The revocation check for every access and stream token (its jti, its session and its
-    user's cutoff, in one round trip). Fails closed: Redis down means 503."""
+def revocation_keys(payload: dict[str, Any]) -> list[str]:
+    """The Redis keys that revoke a token: its jti's, its user's cutoff, its session's (if
+    any), in this order (the rate limiter's hit reads them too: blueprints.common.ratelimits
+    applies the same rule as is_token_revoked in its script)."""
     keys = [_BLOCKED_JTI + str(payload.get("jti")), _REVOKED_BEFORE + str(payload.get("sub"))]
     if payload.get("sid"):
         keys.append(_BLOCKED_SID + str(payload["sid"]))
+    return keys
+
+
+def is_token_revoked(payload: dict[str, Any]) -> bool:
+    """The revocation check for every access and stream token (its jti, its session and its
+    user's cutoff, in one round trip). Fails closed: Redis down means 503."""
+    return check_token(payload)[0]
+
+
+def check_token(payload: dict[str, Any], also: str | None = None) -> tuple[bool, bytes | None]:
+    """is_token_revoked, reading the key `also` in the same round trip: (revoked, its value)."""
+    keys = revocation_keys(payload)
     try:
-        values: list[bytes | None] = redis.client.mget(keys)  # type: ignore[assignment]
-        blocked, cutoff, *session_blocked = values
+        values: list[bytes | None] = redis.client.mget(  # type: ignore[assignment]
+            [also, *keys] if also else keys
+        )
     except Exception as exc:
         log.warning("revocation_check_unavailable", error=type(exc).__name__)
         raise DependencyUnavailable("Cannot check token revocation right now.") from exc
+    extra = values.pop(0) if also else None
+    blocked, cutoff, *session_blocked = values
     if blocked is not None or any(v is not None for v in session_blocked):
-        return True
-    return cutoff is not None and _issued_at(payload) <= float(cutoff)
+        return True, extra
+    return cutoff is not None and issued_at(payload) <= float(cutoff), extra
 
 
-def _issued_at(payload: dict[str, Any]) -> float:
+def issued_at(payload: dict[str, Any]) -> float:
     """The token's `iat`; a token without one counts as issued at the epoch (revoked by any
     cutoff)."""
     try:

@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from blueprints.common.ratelimits import RedisWindowStorage
-from extensions import limiter
+from extensions import limiter, redis
 from services.identity.sessions import is_token_revoked
 from tests.factories import auth_headers, make_user
 
@@ -31,13 +31,15 @@ def test_the_default_limit_counts_per_user_and_verifies_each_token_once(
         return is_token_revoked(payload)
 
     monkeypatch.setattr("blueprints.common.jwt_callbacks.is_token_revoked", counting_check)
+    monkeypatch.setattr("blueprints.common.auth.is_token_revoked", counting_check)
 
     # Alice's budget follows her from address to address; Bob has his own.
     first, second, third = (_remaining(client, alice, f"10.0.0.{i}") for i in (1, 2, 3))
     assert (second, third) == (first - 1, first - 2)
     assert _remaining(client, bob, "10.0.0.1") == first
-    # Verified in full once per request (the limiter and the view share the verdict).
-    assert len(checked) == 4
+    # Verified once per request: the revocation check rode on the limiter's hit, and
+    # neither the guard nor flask-jwt-extended asked Redis again.
+    assert checked == []
 
 
 def test_a_forged_token_spends_its_address_budget_not_the_user_it_names(
@@ -60,6 +62,7 @@ def test_a_forged_token_spends_its_address_budget_not_the_user_it_names(
 def test_a_limited_request_costs_one_redis_round_trip_and_its_headers_stay_exact(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    headers = dict(auth_headers(make_user()))
     storage = limiter.storage
     assert isinstance(storage, RedisWindowStorage)
     commands: list[str] = []
@@ -71,10 +74,19 @@ def test_a_limited_request_costs_one_redis_round_trip_and_its_headers_stay_exact
         return execute(*args, **kwargs)
 
     monkeypatch.setattr(redis_client, "execute_command", counting)
-    headers = dict(auth_headers(make_user()))
+    app_redis: Any = redis.client  # where the revocation check would go on its own
+    app_execute = app_redis.execute_command
+
+    def counting_app(*args: Any, **kwargs: Any) -> Any:
+        commands.append(f"app:{args[0]}")
+        return app_execute(*args, **kwargs)
+
+    monkeypatch.setattr(app_redis, "execute_command", counting_app)
     responses = [client.get("/api/v1/jobs", headers=headers) for _ in range(3)]
 
-    assert commands == ["EVALSHA"] * 3  # no GET, no TTL for the headers
+    # One round trip: the hit with the token's revocation check inside; no MGET beside it,
+    # no GET, no TTL for the headers.
+    assert commands == ["EVALSHA"] * 3
     limit = int(responses[0].headers["RateLimit-Limit"])
     assert [int(r.headers["RateLimit-Remaining"]) for r in responses] == [
         limit - 1,
