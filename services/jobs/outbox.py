@@ -42,7 +42,7 @@ from typing import Any
 
 from celery.signals import worker_process_shutdown
 from flask import current_app
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, event, tuple_, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from extensions import celery_app, db
@@ -51,6 +51,8 @@ from models import Job
 from services.jobs.queues import queue_for
 
 log = get_logger(__name__)
+# (job id, its attempts when its message was made): what the marker marks published.
+Sent = tuple[uuid.UUID, int]
 _PENDING = "maycole.pending_messages"
 _COMMITTED = "maycole.committed_messages"  # to publish once the connection is released
 
@@ -64,6 +66,9 @@ class Message:
     queue: str
     request_id: str | None
     countdown: float = 0.0
+    # The job's attempts when the message was made: its mark applies only to the row as it
+    # was then (see _mark_published).
+    attempts: int = 0
 
 
 def enqueue(
@@ -97,7 +102,8 @@ def enqueue(
 
 def send_after_commit(session: Session, job: Job, countdown: float = 0.0) -> None:
     """Queue the job's message to be published when `session` commits."""
-    message = Message(job.id, job.type, job.queue, job.request_id, countdown)
+    # A new row's attempts is still unset (its default applies at flush): it is 0.
+    message = Message(job.id, job.type, job.queue, job.request_id, countdown, job.attempts or 0)
     session.info.setdefault(_PENDING, []).append(message)
 
 
@@ -125,7 +131,7 @@ def publish(messages: list[Message], *, mark: bool = True) -> list[uuid.UUID]:
         sent.append(message.job_id)
     if sent and mark:
         interval = current_app.config["SETTINGS"].outbox_mark_interval_seconds
-        _marker.add(db.engine, sent, interval)
+        _marker.add(db.engine, [(m.job_id, m.attempts) for m in messages[: len(sent)]], interval)
     return sent
 
 
@@ -148,14 +154,14 @@ class _Marker:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[Engine, list[uuid.UUID]] = {}
+        self._pending: dict[Engine, list[Sent]] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._interval = 0.2
 
-    def add(self, engine: Engine, job_ids: list[uuid.UUID], interval: float) -> None:
+    def add(self, engine: Engine, sent: list[Sent], interval: float) -> None:
         with self._lock:
-            self._pending.setdefault(engine, []).extend(job_ids)
+            self._pending.setdefault(engine, []).extend(sent)
             self._interval = interval
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="outbox-marker", daemon=True)
@@ -174,20 +180,25 @@ class _Marker:
     def flush(self) -> None:
         with self._lock:
             batches, self._pending = self._pending, {}
-        for engine, job_ids in batches.items():
-            _mark_published(engine, job_ids)
+        for engine, sent in batches.items():
+            _mark_published(engine, sent)
 
 
-def _mark_published(engine: Engine, job_ids: list[uuid.UUID]) -> None:
+def _mark_published(engine: Engine, sent: list[Sent]) -> None:
+    """Mark the rows published, each only if it has not moved on since its message was
+    made (same attempts). A mark lands up to an interval late: by then a worker may have
+    run the job and something may have put it back in the outbox on purpose (a job whose
+    final commit was lost, re-queued to run again); marking that row would hide it from
+    the relay. The claim marks what it takes, so skipping a row never loses anything."""
     try:
         with engine.begin() as conn:
             conn.execute(
                 update(Job)
-                .where(Job.id.in_(job_ids), Job.published_at.is_(None))
+                .where(tuple_(Job.id, Job.attempts).in_(sent), Job.published_at.is_(None))
                 .values(published_at=datetime.now(UTC))
             )
     except Exception as exc:  # noqa: BLE001 - the relay re-sends; the claim skips duplicates
-        log.warning("mark_published_failed", count=len(job_ids), error=type(exc).__name__)
+        log.warning("mark_published_failed", count=len(sent), error=type(exc).__name__)
 
 
 _marker = _Marker()
