@@ -78,9 +78,13 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": DEFAULT,
         "task_routes": (route_task,),
         "task_create_missing_queues": False,
-        # Flower needs events; they are cheap with ignore_result.
+        # Flower needs the workers' events (received, started, succeeded...); they are cheap
+        # with ignore_result and paid by workers, not requests.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No "task-sent" event per publish by default: it is a second broker message in
+        # every request that enqueues, only so Flower lists a task before a worker takes
+        # it (Flower shows it from `task-received` on). CELERY_TASK_SENT_EVENTS turns it on.
+        "task_send_sent_event": settings.celery_task_sent_events,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Deploys: SIGTERM is Celery's warm shutdown, bounded by WORKER_SHUTDOWN_GRACE_SECONDS
         # (tasks/runtime/worker_drain.py turns it into a cold shutdown then). No soft shutdown: it

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Only for development and tests, which must say so (APP_ENV); production refuses it.
@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     job_stale_seconds: int = 30
     relay_interval_seconds: float = 5.0
     relay_min_age_seconds: float = 5.0
+    # Sent jobs are marked published by a background thread per process, one UPDATE per
+    # this interval (services/jobs/outbox.py), not by a second transaction per request.
+    # Keep it far below RELAY_MIN_AGE_SECONDS, or the relay re-sends rows not yet marked.
+    outbox_mark_interval_seconds: Annotated[float, Field(gt=0, le=1.0)] = 0.2
+    # Celery's "task-sent" event: one more broker message per published job, only so that
+    # Flower lists a task before a worker takes it. Off: it cost about half of kombu's
+    # publish in every request that enqueues; Flower still shows each task from the moment
+    # a worker receives it, and waiting jobs are in the jobs table (GET /api/v1/admin/jobs)
+    # and the queue-age metric. The queue-latency benchmark (B3) turns it on to time
+    # publications.
+    celery_task_sent_events: bool = False
 
     # Deploys. SIGTERM drains a worker: it takes no new tasks and waits this long for the
     # running ones, then cancels the rest, whose messages go back to the queue (acks_late)

@@ -79,6 +79,22 @@ def test_retry_delay_must_stay_below_the_visibility_timeout() -> None:
         load_settings(broker_visibility_timeout=600, retry_backoff_max=400)
 
 
+def test_sent_jobs_are_marked_well_within_the_relay_age() -> None:
+    # The outbox's marker flushes every OUTBOX_MARK_INTERVAL_SECONDS; a long interval
+    # would leave sent rows unmarked when the relay looks for unsent ones.
+    for bad in (0, 1.5):
+        with pytest.raises(ValidationError, match="outbox_mark_interval_seconds"):
+            load_settings(outbox_mark_interval_seconds=bad)
+    assert load_settings().outbox_mark_interval_seconds <= 1
+
+
+def test_publishing_sends_no_task_sent_event_unless_asked() -> None:
+    # One broker message per enqueued job, not two; workers still send Flower's events.
+    assert build(load_settings())["task_send_sent_event"] is False
+    assert build(load_settings())["worker_send_task_events"] is True
+    assert build(load_settings(celery_task_sent_events=True))["task_send_sent_event"] is True
+
+
 def test_celery_is_configured_for_at_least_once_delivery() -> None:
     conf = build(load_settings())
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]

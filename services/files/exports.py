@@ -98,18 +98,19 @@ def create_export(
             "Only payments can be filtered by status.",
             errors={"filters.status": ["Only for resource payments."]},
         )
-    export = Export(
-        id=uuid.uuid4(), team_id=membership.team_id, requested_by_id=user.id, resource=resource,
-        format=format_, filters=filters,
-    )  # fmt: skip
-    db.session.add(export)
-    db.session.flush()
+    export_id = uuid.uuid4()
     job = enqueue(
-        names.EXPORTS_BUILD, args={"export_id": str(export.id)}, user_id=user.id,
+        names.EXPORTS_BUILD, args={"export_id": str(export_id)}, user_id=user.id,
         team_id=membership.team_id,
     )  # fmt: skip
-    db.session.flush()  # the job row first: exports.job_id references it
-    export.job_id = job.id
+    # The job row first (exports.job_id references it), then the export already pointing
+    # at it: two INSERTs, where an export written first needs a third statement to link it.
+    db.session.flush()
+    export = Export(
+        id=export_id, team_id=membership.team_id, requested_by_id=user.id, resource=resource,
+        format=format_, filters=filters, job_id=job.id,
+    )  # fmt: skip
+    db.session.add(export)
     record_audit("export.requested", actor_id=user.id, team_id=membership.team_id,
                  subject_type="export", subject_id=export.id,
                  data={"resource": resource, "format": format_, "filters": filters})  # fmt: skip

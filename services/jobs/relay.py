@@ -5,6 +5,11 @@ publishes; if that publish fails, or the broker later loses the message, the job
 still in PostgreSQL, and these passes (run by beat through tasks/jobs.py) send it again.
 A duplicate delivery is harmless: the runner's claim skips a job that has finished or
 is running elsewhere.
+
+A request's sent row is marked published a moment later, in a batch (jobs.outbox), well
+within RELAY_MIN_AGE_SECONDS; one whose mark was lost (its process crashed first) is sent
+once more here and marked in the same transaction, so a job waiting behind a long queue
+is never sent again on every pass.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from integrations.broker import broker_redis
 from logs import get_logger
 from models import Job
 from models.job import RUNNABLE
-from services.jobs.outbox import Message, publish
+from services.jobs.outbox import Message, flush_marks, publish
 
 log = get_logger(__name__)
 
@@ -39,6 +44,9 @@ def relay_outbox(batch_size: int = 500) -> int:
     send the same row twice in one pass. Returns how many were published.
     """
     settings = current_app.config["SETTINGS"]
+    # First what this process sent itself (retries), so it is not re-sent for a late mark;
+    # and before the broker check, which may put marked rows back in the outbox.
+    flush_marks()
     recover_lost_messages()
     # Leave very fresh rows to the request that is publishing them right now.
     due = datetime.now(UTC) - timedelta(seconds=settings.relay_min_age_seconds)

@@ -121,14 +121,17 @@ def run_job(
 # delivery the same way: it re-checks the row after our commit and matches nothing. The
 # ORM's session synchronisation is off: RETURNING refreshes the one object they touch.
 _RETURNING_JOB = {"populate_existing": True, "synchronize_session": False}
-# The usual delivery: a queued (or retrying) job with attempts left.
+# The usual delivery: a queued (or retrying) job with attempts left. A delivered job was
+# published: the claim marks it so if the publisher's batched mark has not landed yet
+# (jobs.outbox), so that mark is never needed once a worker has the job.
 _CLAIM = (
     update(Job)
     .where(Job.id == bindparam("job_id"), Job.status.in_(sorted(RUNNABLE)),
            Job.attempts < Job.max_attempts)
     .values(status="running", attempts=Job.attempts + 1, worker=bindparam("me"),
             heartbeat_at=bindparam("now"),
-            started_at=func.coalesce(Job.started_at, bindparam("now")))
+            started_at=func.coalesce(Job.started_at, bindparam("now")),
+            published_at=func.coalesce(Job.published_at, bindparam("now")))
     .returning(Job)
     .execution_options(**_RETURNING_JOB)
 )  # fmt: skip
@@ -188,6 +191,7 @@ def _claim_unusual(job_id: uuid.UUID, me: str, now: datetime) -> Job | None:
     job.worker = me
     job.heartbeat_at = now
     job.started_at = job.started_at or now
+    job.published_at = job.published_at or now  # delivered, so published (see _CLAIM)
     return job
 
 
