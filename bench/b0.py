@@ -11,7 +11,8 @@ Each does, per request, only what no implementation of its kind of route can ski
   ratelimits.py), INSERT one `jobs` row (an `exports.build` job of the token's user and
   the path's team, as `services.jobs.outbox.enqueue` fills it) and commit, publish its
   Celery message (`extensions.celery_app` configured by `celeryconfig.build(settings)`:
-  the same `send_task` as the outbox, so the same message, route and task-sent event),
+  the same `send_task` as the outbox, so the same message and route, and a task-sent
+  event exactly when the app sends one: CELERY_TASK_SENT_EVENTS, off by default),
   answer 202 with the job;
 * `create_read_app()`, GET /b0/jobs/<job_id> (B2's kind): decode the token, the same
   Redis round trip, `SELECT ... FROM jobs WHERE id = %s` (primary key), the owner
