@@ -49,6 +49,9 @@ class Row:
     target: str = ""  # e.g. ">= 0.33x", "<= 25 ms"
     met: bool | None = None  # None: informational
     notes: str = ""
+    # The same value against other baselines of the same run, e.g. {"hello": 0.03}: the
+    # table shows them after the ratio, "0.52x (0.031x hello)".
+    also: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,7 +273,8 @@ def machine() -> dict[str, Any]:
 
 
 def table(rows: Sequence[Row]) -> str:
-    """The rows as a Markdown table (printed, and pasted into RESULTS.md)."""
+    """The rows as a Markdown table (printed, and pasted into RESULTS.md); a row's `also`
+    ratios follow its ratio in parentheses."""
 
     def fmt(value: float | None) -> str:
         if value is None:
@@ -284,9 +288,13 @@ def table(rows: Sequence[Row]) -> str:
     for row in rows:
         verdict = {True: "yes", False: "**no**", None: ""}[row.met]
         baseline = f"{fmt(row.baseline)} {row.unit} ({row.baseline_what})" if row.baseline else ""
+        ratio = f"{fmt(row.ratio)}x" if row.ratio is not None else ""
+        if row.also:
+            others = ", ".join(f"{fmt(value)}x {name}" for name, value in row.also.items())
+            ratio = f"{ratio} ({others})" if ratio else others
         lines.append(
             f"| {row.id} | {row.what} | {fmt(row.value)} {row.unit} | {baseline} | "
-            f"{fmt(row.ratio)}{'x' if row.ratio is not None else ''} | {row.target} | {verdict} |"
+            f"{ratio} | {row.target} | {verdict} |"
         )
     return "\n".join(lines)
 
