@@ -8,7 +8,7 @@ web row is measured against its B0 (bench/b0.py), a plain Flask app doing only w
 kind of route cannot skip, served by the same gunicorn configuration in the same run;
 the ratio to hello-world stays on every web row as a second ratio (`Row.also`).
 
-Five gunicorn servers, one after the other (two apps' connection pools at once come close
+Six gunicorn servers, one after the other (two apps' connection pools at once come close
 to PostgreSQL's max_connections), all with the real gunicorn.conf.py and the same
 environment (so the same workers and threads: WEB_CONCURRENCY, WEB_THREADS or the
 config's defaults), on production settings, the run's PostgreSQL and Redis, and a
@@ -23,7 +23,9 @@ write, publish):
   round trip, one SELECT by primary key, JSON out;
 * the app (`app:create_app()`) with the rate limiter on and its default limit raised far
   above what one client can send (RATELIMIT_DEFAULT), so every request still pays for
-  the limiter (key from the token, a Redis round trip) but none is refused;
+  the limiter (key from the token, a Redis round trip) but none is refused; B1 on one
+  server, B2 on a second, fresh one (after B1's POSTs, wrk's connections kept falling
+  32/0 on one worker of the first);
 * `bench.app_noauth`: the same app with RATELIMIT_ENABLED=false plus one bench-only
   route, GET /api/v1/jobs/<id> without its auth guard (why: see that module).
 
@@ -166,6 +168,9 @@ def run(ctx: Context) -> list[Row]:
             "b0-write": Gunicorn(on, "http-b0-write", app=b0.WRITE_APP),
             "b0-read": Gunicorn(on, "http-b0-read", app=b0.READ_APP),
             "web": Gunicorn(on, "http-app"),
+            # B2 on a fresh app server: after B1's POSTs, wrk's connections fell 32/0 on one
+            # worker in every attempt (2026-12-07), which halves what B2 measures.
+            "web-reads": Gunicorn(on, "http-app-reads"),
             "noauth": Gunicorn(off, "http-noauth", app=NOAUTH_APP),
         }
         try:
@@ -227,6 +232,8 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
         many_few = post(f"B1 POST exports, rotating teams, {few} connections", seed.team_ids,
                         few)  # fmt: skip
         one = post("B1 POST exports, one team", [team], CONNECTIONS)
+
+    with servers["web-reads"] as web:
         cache: dict[str, int] = {}
         dashboard_path = f"/api/v1/teams/{team}/dashboard"
         board = _load(Load("B2 dashboard", web.url, [dashboard_path], headers=bearer),
