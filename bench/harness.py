@@ -132,9 +132,15 @@ class Gunicorn:
 
     def __enter__(self) -> Gunicorn:
         LOGS.mkdir(parents=True, exist_ok=True)
-        env = settings_env(self.settings) | {
+        env = settings_env(self.settings)
+        env |= {
             "BIND": f"127.0.0.1:{self.port}",
             "PROMETHEUS_MULTIPROC_DIR": str(LOGS / f"metrics-{self.name}-{self.port}"),
+            # No worker recycling (max_requests, 10,000 +- 1,000) inside a measurement: a fast
+            # route (hello-world at 3,000 req/s) would restart each worker every few seconds,
+            # paying the restart and moving its connections to the other worker; a slow one
+            # never does, so the ratios would mix two different servers.
+            "GUNICORN_CMD_ARGS": f"{env.get('GUNICORN_CMD_ARGS', '')} --max-requests 0".strip(),
         }
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", self.app]
         self.process = subprocess.Popen(  # noqa: S603 - our own command line
@@ -181,6 +187,8 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int  # non-2xx/3xx answers plus socket errors
+    # wrk's connections on each gunicorn worker, seen mid-run (busiest first), if looked at
+    split: tuple[int, ...] = ()
 
     @classmethod
     def parse(cls, output: str) -> WrkResult:
@@ -208,6 +216,37 @@ class WrkResult:
             requests=int(number(r"(\d+) requests in")),
             errors=int(errors),
         )
+
+
+def connections_per_worker(port: int) -> tuple[int, ...]:
+    """Established connections on each worker of the gunicorn listening on `port`, busiest
+    first (workers without any count as 0); () where the system does not say.
+
+    gthread workers share one listening socket, and each keeps the keep-alive connections
+    it accepted: wrk's connections, all opened at once, may fall 16/16 or 32/0 on two
+    workers, and one worker (one GIL) serves about half of what two do."""
+    import psutil
+
+    try:
+        # The socket is listed once, under the master or any one worker (they share it).
+        listening = [
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.pid and c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
+        if not listening:
+            return ()
+        process = psutil.Process(listening[0])
+        master = process if process.children() else process.parent()
+        workers = master.children() if master else []
+        counts = {
+            worker.pid: sum(1 for c in worker.net_connections("tcp")
+                            if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+            for worker in workers
+        }  # fmt: skip
+    except psutil.Error:
+        return ()
+    return tuple(sorted(counts.values(), reverse=True))
 
 
 def wrk_binary() -> str:
