@@ -21,6 +21,9 @@ TEST_REDIS_DB ?= 15
 # Two worker processes, each test file on one of them (each runs its own Celery worker).
 # PYTEST_ARGS comes after and wins: PYTEST_ARGS="-n 0" runs serially.
 TEST_WORKERS ?= -n 2 --dist loadfile
+# The benchmark's database (rebuilt by every run; must end in _bench) and Redis db.
+BENCH_DATABASE ?= maycole_bench
+BENCH_REDIS_DB ?= 3
 
 .PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean
 
@@ -48,7 +51,7 @@ audit: $(STAMP)  ## pinned requirements against known vulnerabilities (pip-audit
 	@$(PY) scripts/audit.py
 
 bench: $(STAMP)  ## B1-B9 against same-run baselines (bench/README.md); BENCH="http queue" for some
-	@$(DEV) $(DEVSERVICES) --database maycole_bench --redis-db 3 -- $(PY) -m bench.run $(BENCH)
+	@$(DEV) $(DEVSERVICES) --database $(BENCH_DATABASE) --redis-db $(BENCH_REDIS_DB) -- $(PY) -m bench.run $(BENCH)
 
 migrate: $(STAMP)  ## apply migrations to the configured (or local) database
 	@APP_ENV=$${APP_ENV:-development} $(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
