@@ -113,6 +113,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.relay_interval_seconds,
             "options": {"expires": settings.relay_interval_seconds * 2},
         },
+        # Every few seconds: link the audit rows requests wrote since into their team's
+        # chain and seal its head (services/core/audit_chain.py).
+        "audit-seal": {
+            "task": names.AUDIT_SEAL,
+            "schedule": settings.audit_seal_interval_seconds,
+            "options": {"expires": settings.audit_seal_interval_seconds * 2},
+        },
         # Every 10 s: re-enqueue jobs whose worker died (stale heartbeat), so recovery
         # never waits on the broker's visibility timeout and nothing stays `running`.
         "jobs-reap": {

@@ -243,6 +243,9 @@ class Settings(BaseSettings):
     # Rows one GET .../audit-logs/verify checks at most; a longer chain answers with a
     # next_cursor to continue from, so no request walks an unbounded chain.
     audit_verify_max_rows: PositiveInt = 5000
+    # Pending audit rows are linked into their chains by beat's `audit.seal` this often
+    # (services/core/audit_chain.py): how long a row may wait for its place.
+    audit_seal_interval_seconds: float = 2.0
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -10,6 +10,8 @@ Only services commit; models and helpers never do.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis as redis_lib
@@ -19,7 +21,7 @@ from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -108,6 +110,14 @@ class Database:
         if self._engine is None:
             raise RuntimeError("Database is not configured; call create_app() first")
         return self._engine
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A pooled connection outside any transaction, for one read that needs none (a
+        single SELECT sees a consistent snapshot on its own): no BEGIN before it and no
+        ROLLBACK after it, the two round trips a session's read costs besides its own."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
 
     def _remove_session(self, _exc: BaseException | None = None) -> None:
         self.session.remove()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Identity, Index, String
+from sqlalchemy import BigInteger, ForeignKey, Identity, Index, String, text
 from sqlalchemy.dialects.postgresql import INET
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -13,7 +13,9 @@ from models.base import Base, Timestamps
 
 
 class AuditLog(Timestamps, Base):
-    """One audited action. A trigger refuses UPDATE and DELETE (migration 9c4d2e7a51b3)."""
+    """One audited action. Inserted signed but pending (`hash` NULL); the sealer then
+    links it into its chain once. A trigger refuses every other UPDATE, and DELETE
+    (migrations 9c4d2e7a51b3, 5a0de1c2b7f4)."""
 
     __tablename__ = "audit_logs"
     __table_args__ = (
@@ -23,9 +25,13 @@ class AuditLog(Timestamps, Base):
         Index("ix_audit_logs_created", "created_at"),
         # One chain in order (verify's pages, the listing's id cursor).
         Index("ix_audit_logs_team_id_id", "team_id", "id"),
+        # One chain in its order (verify's pages).
+        Index("ix_audit_logs_team_chain_seq", "team_id", "chain_seq"),
+        # What the sealer has still to chain.
+        Index("ix_audit_logs_pending", "id", postgresql_where=text("hash IS NULL")),
     )
 
-    # A sequence gives the chain its order; ids are never reused.
+    # Unique, never reused; drawn in blocks per process, so not the chain's order.
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
     actor_user_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -38,8 +44,14 @@ class AuditLog(Timestamps, Base):
     ip: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None] = mapped_column(String(500))
     request_id: Mapped[str | None] = mapped_column(String(64))
-    # The AUDIT_KEYS id whose key made `hash` (an HMAC, see services/core/audit_seal.py).
+    # The AUDIT_KEYS id whose key made `entry_mac` and `hash` (HMACs, services/core/audit_seal.py).
     key_id: Mapped[str] = mapped_column(String(16))
+    # Set by the request: the row's content signed, so the sealer chains only rows written
+    # by a holder of the key (NULL on rows from before the sealer).
+    entry_mac: Mapped[str | None] = mapped_column(String(64))
+    # Set once by the sealer: the row's place in its chain (1, 2, ...), the previous row's
+    # hash and its own, which covers its content and that link.
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger)
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str | None] = mapped_column(String(64))
 

@@ -1,5 +1,5 @@
-"""The job kernel's own tasks: beat's housekeeping of the job ledger (the outbox relay
-and the reaper, services/jobs/), the pipeline's end-to-end probe, and periodic clean-up."""
+"""Beat's housekeeping: the job ledger's (the outbox relay and the reaper, services/jobs/),
+the audit chain's sealer, the pipeline's end-to-end probe, and periodic clean-up."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from services.core import idempotency
 from services.core.audit import record_audit
+from services.core.audit_chain import seal_pending
 from services.jobs import names
 from services.jobs.context import JobContext
 from services.jobs.reaper import reap_orphans
@@ -26,6 +27,13 @@ def reap() -> int:
     """Beat, every 10 s: recover jobs of dead workers and jobs whose message was lost
     (see `reap_orphans` and `requeue_unclaimed`)."""
     return reap_orphans() + requeue_unclaimed()
+
+
+@periodic_task(names.AUDIT_SEAL)
+def seal_audit() -> int:
+    """Beat, every few seconds: link pending audit rows into their chains (`seal_pending`;
+    safe beside another sealer: each chain is sealed under its lock)."""
+    return seal_pending()
 
 
 class TransientPingError(Exception):

@@ -27,7 +27,6 @@ from functools import wraps
 from typing import Any, Final, TypeVar, cast, overload
 
 from flask import Flask, g, request
-from flask_jwt_extended import current_user, get_jwt, get_jwt_header, verify_jwt_in_request
 from flask_jwt_extended.exceptions import (
     NoAuthorizationError,
     RevokedTokenError,
@@ -36,6 +35,7 @@ from flask_jwt_extended.exceptions import (
 from werkzeug.exceptions import BadRequest
 
 from blueprints.common import ratelimits
+from blueprints.common.bearer import verify_access_token
 from blueprints.common.openapi import SECURITY_MARK
 from extensions import db
 from models import ApiKey, User
@@ -108,15 +108,13 @@ def _verify_credential() -> Caller | None:
     if "Authorization" in request.headers:
         try:
             # Signature, expiry and the user, or it raises; revocation: see the module doc.
-            verify_jwt_in_request(skip_revocation_check=True)
+            header, claims, user = verify_access_token()
         except UserLookupError as exc:
             # Checked first before, so a revoked token of a gone account still says so.
             if is_token_revoked(exc.jwt_data):
                 raise RevokedTokenError(exc.jwt_header, exc.jwt_data) from None
             raise
-        claims = get_jwt()
-        token = (get_jwt_header(), claims)
-        return Caller(cast(User, current_user), None, claims.get("sid"), token)
+        return Caller(user, None, claims.get("sid"), (header, claims))
     return None
 
 

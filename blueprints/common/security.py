@@ -37,10 +37,13 @@ def register_security(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
+        # One pass over what the response has (setdefault scans the headers per name).
+        present = {name.lower() for name in response.headers.keys()}  # noqa: SIM118 - Headers
+        docs = request.path.startswith(_DOCS_PATHS)
         for name, value in _API_HEADERS.items():
-            if name == "Content-Security-Policy" and request.path.startswith(_DOCS_PATHS):
+            if name.lower() in present or (docs and name == "Content-Security-Policy"):
                 continue
-            response.headers.setdefault(name, value)
+            response.headers.add(name, value)
         if request.is_secure:
             response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         if "Authorization" in request.headers or "X-API-Key" in request.headers:

@@ -58,7 +58,7 @@ def list_jobs(query: JobListQuery) -> JobPage:
 @bp.output(JobEnvelope)
 def get_job(job_id: uuid.UUID) -> JobEnvelope:
     """One of my jobs (operators signed in with a token: anyone's)."""
-    job = job_service.get_job(me(), job_id, operator=_signed_in_operator())
+    job = job_service.read_job_status(me(), job_id, operator=_signed_in_operator())
     return JobEnvelope(job=job_out(job))
 
 

@@ -1,22 +1,29 @@
 """The audit trail: append-only rows, HMAC-chained per team, each chain ending at a sealed head.
 
-Rows are written inside the caller's transaction (never committed here). Appends to one
-team's chain are serialised by a transaction-scoped advisory lock, so two concurrent
-writers can never fork the chain; other teams are not blocked.
+A request writes its row inside its own transaction (never committed here) with one
+INSERT and no lock: the row is signed (`entry_mac`, under the current AUDIT_KEYS key) but
+not yet in its chain. The sealer (services/core/audit_chain.py, every
+AUDIT_SEAL_INTERVAL_SECONDS and before every verification) links committed rows into their
+team's chain in the order it finds them, and moves the chain's sealed head. So no request
+waits on another team member's, and the chain is as complete as before, seconds later.
 
 What makes tampering show (services/core/audit_verify.py checks all of it):
-- each row's `hash` is an HMAC (services/core/audit_seal.py) over its content, its id and the
-  previous row's hash, under the AUDIT_KEYS key named by its `key_id`; the key is not in
-  the database, so editing a row and recomputing the chain needs the key;
-- the chain's head (`audit_heads`: last id, last hash, row count) moves in the same
-  transaction as each append and is sealed with the key, so deleting the newest rows
-  leaves a head that points past the chain's end;
-- triggers refuse UPDATE and DELETE of rows and any head that does not move forward.
+- each chained row's `hash` is an HMAC (services/core/audit_seal.py) over its content,
+  its id and the previous row's hash, under the AUDIT_KEYS key named by its `key_id`; the
+  key is not in the database, so editing a row and recomputing the chain needs the key;
+- a pending row is chained only if its `entry_mac` verifies: a row inserted by anyone
+  without the key stays pending and is reported, never vouched for;
+- the chain's head (`audit_heads`: last id, last hash, row count) moves with each sealing
+  and is sealed with the key, so deleting the newest rows leaves a head that points past
+  the chain's end;
+- triggers refuse DELETE, any UPDATE of a row but its one sealing (content unchanged),
+  and any head that does not move forward.
 
 What remains possible, and what would close it (not built):
 - a database superuser without the key can disable the triggers, delete the newest rows
   and put back a copy of an older head they saved earlier (its seal is genuine): the
-  chain then verifies, shorter. So can one who deletes a chain and its head altogether.
+  chain then verifies, shorter. So can one who deletes a chain and its head altogether,
+  or a pending row in the seconds before it is sealed.
 - a superuser who also holds the key can rewrite anything and seal it again.
 Both are closed by a periodic external anchor: publish every head's (last_id, row_count,
 seal) to storage the database's administrators cannot rewrite (a write-once bucket, a
@@ -26,28 +33,51 @@ database host for the same reason.
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from flask import current_app, has_request_context, request
-from sqlalchemy import func, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import insert, text
 
 from extensions import db
 from logs import current_request_id
-from models import AuditHead, AuditLog
-from services.core.audit_seal import head_seal, row_mac
+from models import AuditLog
+from services.core.audit_seal import entry_mac
 
 GLOBAL_CHAIN = "global"  # rows without a team (sign-ins, operator actions)
-
-# The chain's head and the next row id in one round trip, read once the chain's lock is
-# held (so the head is the one the last append committed). The id is taken here because
-# the row's MAC covers it; ids are per-chain increasing because they are drawn under the lock.
-_HEAD_AND_NEXT_ID = text(
-    "SELECT nextval(pg_get_serial_sequence('audit_logs', 'id')), h.last_hash, h.row_count "
-    "FROM (SELECT 1) AS one LEFT JOIN audit_heads AS h ON h.chain = :chain"
+# Row ids drawn per round trip: a row's MAC covers its id, so the id is known before the
+# INSERT; drawing a block keeps that off most requests. Ids are unique, not ordered.
+ID_BLOCK = 64
+_DRAW_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('audit_logs', 'id')) FROM generate_series(1, :n)"
 )
+_INSERT = insert(AuditLog)
+
+
+class _Ids:
+    """This process's drawn, unused row ids (thread-safe; a forked child draws its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._ids: list[int] = []
+
+    def take(self) -> int:
+        with self._lock:
+            if self._pid != os.getpid():  # inherited across fork: the parent may use them
+                self._pid, self._ids = os.getpid(), []
+            if not self._ids:
+                # nextval is outside transactions: a rollback never hands an id out twice.
+                drawn = db.session.scalars(_DRAW_IDS, {"n": ID_BLOCK}).all()
+                self._ids = sorted(drawn, reverse=True)
+            return self._ids.pop()
+
+
+_ids = _Ids()
 
 
 def chain_of(team_id: uuid.UUID | None) -> str:
@@ -64,41 +94,26 @@ def record_audit(
     subject_id: object = None,
     data: dict[str, Any] | None = None,
     ip: str | None = None,
-) -> AuditLog:
-    """Append one signed audit row to its team's chain and move the chain's sealed head,
-    in the current transaction (four round trips: lock, head, row, head)."""
-    session = db.session
-    chain = chain_of(team_id)
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:chain))"), {"chain": chain})
-    next_id, prev_hash, row_count = session.execute(_HEAD_AND_NEXT_ID, {"chain": chain}).one()
+) -> None:
+    """Write one signed audit row, pending its chain, in the current transaction (one
+    INSERT; the sealer chains it once committed)."""
     key_id, key = next(iter(current_app.config["SETTINGS"].audit_key_ring.items()))
     in_request = has_request_context()
-    entry = AuditLog(
-        id=next_id,
-        action=action,
-        actor_user_id=actor_id,
-        team_id=team_id,
-        subject_type=subject_type,
-        subject_id=str(subject_id) if subject_id is not None else None,
-        data=data or {},
-        ip=ip or (request.remote_addr if in_request else None),
-        user_agent=(request.headers.get("User-Agent", "")[:500] or None) if in_request else None,
-        request_id=current_request_id(),
-        created_at=datetime.now(UTC),
-        key_id=key_id,
-        prev_hash=prev_hash,
-    )
-    entry.hash = row_mac(entry, key)
-    session.add(entry)
-    session.flush()  # the row is final now (id and MAC); its head comes next
-    count = (row_count or 0) + 1
-    seal = head_seal(chain, next_id, entry.hash, count, key_id, key)
-    values = {"last_id": next_id, "last_hash": entry.hash, "row_count": count,
-              "key_id": key_id, "seal": seal}  # fmt: skip
-    session.execute(
-        insert(AuditHead)
-        .values(chain=chain, **values)
-        .on_conflict_do_update(index_elements=[AuditHead.chain],
-                               set_={**values, "updated_at": func.now()})
-    )  # fmt: skip
-    return entry
+    row: dict[str, Any] = {
+        "id": _ids.take(),
+        "action": action,
+        "actor_user_id": actor_id,
+        "team_id": team_id,
+        "subject_type": subject_type,
+        "subject_id": str(subject_id) if subject_id is not None else None,
+        "data": data or {},
+        "ip": ip or (request.remote_addr if in_request else None),
+        "user_agent": (request.headers.get("User-Agent", "")[:500] or None) if in_request else None,
+        "request_id": current_request_id(),
+        "created_at": datetime.now(UTC),
+        "key_id": key_id,
+    }
+    row["entry_mac"] = entry_mac(SimpleNamespace(**row), key)
+    # ORM-enabled, so the session flushes what the row refers to (a team created in the
+    # same transaction) first.
+    db.session.execute(_INSERT, [row])

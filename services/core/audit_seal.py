@@ -50,7 +50,18 @@ def row_mac(row: SignedRow, key: bytes) -> str:
     The id is covered so rows cannot be renumbered; `prev_hash` links the row to the one
     before it, so removing or reordering rows breaks the next link.
     """
-    content = {
+    return _mac(key, "row", {**_content(row), "prev_hash": row.prev_hash})
+
+
+def entry_mac(row: SignedRow, key: bytes) -> str:
+    """HMAC-SHA256 over a new row's content, id and key id, before it has a place in its
+    chain: the sealer links only rows that carry a valid one, so a row written by anyone
+    without the key is never vouched for by the chain."""
+    return _mac(key, "entry", _content(row))
+
+
+def _content(row: SignedRow) -> dict[str, Any]:
+    return {
         "id": row.id,
         "team_id": str(row.team_id) if row.team_id else None,
         "actor_user_id": str(row.actor_user_id) if row.actor_user_id else None,
@@ -63,9 +74,7 @@ def row_mac(row: SignedRow, key: bytes) -> str:
         "request_id": row.request_id,
         "created_at": row.created_at.astimezone(UTC).isoformat(),
         "key_id": row.key_id,
-        "prev_hash": row.prev_hash,
     }
-    return _mac(key, "row", content)
 
 
 def head_seal(chain: str, last_id: int, last_hash: str, row_count: int, key_id: str,

@@ -1,5 +1,9 @@
 """Checking an audit chain against its keys and its sealed head, a bounded page at a time.
 
+A verification first has the sealer chain the team's pending rows (services/core/
+audit_chain.py), so it checks everything committed before it; a row still pending after
+that was not signed by the app, and is reported.
+
 A page checks at most `max_rows` rows (AUDIT_VERIFY_MAX_ROWS) and, if the chain goes on,
 hands back a cursor signed with the audit key: where it stopped, the hash to link onto and
 the rows counted so far. Following the cursors to the end therefore checks every link from
@@ -16,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import String, func, select
+from sqlalchemy import String, func, or_, select
 from sqlalchemy import cast as cast_
 
 from extensions import db
 from models import AuditHead, AuditLog
 from services.core.audit import GLOBAL_CHAIN, chain_of
+from services.core.audit_chain import seal_chain, signed_by_app
 from services.core.audit_seal import SignedRow, head_seal, open_cursor, row_mac, sign_cursor
 from services.core.errors import ValidationFailed
 
@@ -41,7 +46,7 @@ class ChainReport:
 
 @dataclass(frozen=True)
 class _Position:
-    after_id: int  # the last row checked (0: none yet)
+    after_seq: int  # the place in the chain of the last row checked (0: none yet)
     prev_hash: str | None  # its hash, which the next row must link to
     count: int  # rows checked since the chain's first
 
@@ -49,14 +54,16 @@ class _Position:
 def verify_chain(
     team_id: uuid.UUID | None, *, cursor: str | None = None, max_rows: int | None = None
 ) -> ChainReport:
-    """Check the next page of the team's chain (from its start, or from `cursor`); read-only."""
+    """Seal the chain's pending rows, then check the next page of it (from its start, or
+    from `cursor`); changes nothing else."""
     settings = current_app.config["SETTINGS"]
     ring: dict[str, bytes] = settings.audit_key_ring
     chain = chain_of(team_id)
     start = _open(cursor, chain, ring) if cursor else _Position(0, None, 0)
-    # The caller's reads so far (a request's guard) end here, so that the page below runs
-    # in a fresh REPEATABLE READ transaction; nothing was written, so nothing is lost.
+    # The caller's reads so far (a request's guard) end here, so that the sealing and then
+    # the page below run in transactions of their own; nothing was written before.
     db.session.commit()
+    seal_chain(team_id)
     db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     report = _check_page(team_id, chain, start, max_rows or settings.audit_verify_max_rows, ring)
     db.session.commit()  # ends the snapshot
@@ -71,22 +78,44 @@ def _check_page(
         return ChainReport(False, 0, None, problem)
     in_chain = AuditLog.team_id == team_id if team_id else AuditLog.team_id.is_(None)
     table = AuditLog.__table__
+    # The chained rows in their order; a row with a hash but no place (written behind the
+    # sealer's back) sorts last and is reported as past the head.
     rows = db.session.execute(
-        select(table).where(in_chain, AuditLog.id > start.after_id).order_by(AuditLog.id)
+        select(table)
+        .where(in_chain, AuditLog.hash.is_not(None),
+               or_(AuditLog.chain_seq > start.after_seq, AuditLog.chain_seq.is_(None)))
+        .order_by(AuditLog.chain_seq.asc().nulls_last(), AuditLog.id)
         .limit(budget + 1)
     ).all()  # fmt: skip
-    last_id, prev_hash, count, checked = start.after_id, start.prev_hash, start.count, 0
+    seq, last_id, prev_hash, count, checked = start.after_seq, 0, start.prev_hash, start.count, 0
     for row in rows[:budget]:
-        if problem := _row_problem(cast(SignedRow, row), row.hash, prev_hash, head, ring):
+        if problem := _row_problem(cast(SignedRow, row), row, prev_hash, head, ring):
             return ChainReport(False, checked, row.id, problem)
-        last_id, prev_hash, count, checked = row.id, row.hash, count + 1, checked + 1
+        seq, last_id, prev_hash = row.chain_seq, row.id, row.hash
+        count, checked = count + 1, checked + 1
     if len(rows) > budget:
-        payload = {"chain": chain, "after": last_id, "prev": prev_hash, "count": count}
+        payload = {"chain": chain, "after": seq, "prev": prev_hash, "count": count}
         signing_key = next(iter(ring.values()))
         return ChainReport(True, checked, next_cursor=sign_cursor(payload, signing_key))
     if problem := _end_problem(head, last_id, prev_hash, count):
         return ChainReport(False, checked, None, problem)
+    if forged := _unsigned_pending(in_chain, ring):
+        return ChainReport(False, checked, forged, "the row was not written by the app: it is "
+                           "pending with a signature that does not verify")  # fmt: skip
     return ChainReport(True, checked, complete=True)
+
+
+def _unsigned_pending(in_chain: Any, ring: dict[str, bytes]) -> int | None:
+    """The first row the sealer left pending (sealed just before): none, or a forgery."""
+    pending = db.session.execute(
+        select(AuditLog.__table__).where(in_chain, AuditLog.hash.is_(None))
+        .order_by(AuditLog.id).limit(1000)
+    ).all()  # fmt: skip
+    for row in pending:
+        key = ring.get(row.key_id)
+        if key is None or not signed_by_app(row, key):
+            return int(row.id)
+    return None
 
 
 def _head_problem(head: AuditHead, ring: dict[str, bytes]) -> str | None:
@@ -100,13 +129,13 @@ def _head_problem(head: AuditHead, ring: dict[str, bytes]) -> str | None:
 
 
 def _row_problem(
-    row: SignedRow, stored: str | None, prev_hash: str | None, head: AuditHead | None,
+    row: SignedRow, stored: Any, prev_hash: str | None, head: AuditHead | None,
     ring: dict[str, bytes],
 ) -> str | None:  # fmt: skip
     if head is None:
         return "the chain has rows but no sealed head: the head was deleted"
-    if row.id > head.last_id:
-        # Every append moves the head in its own transaction: this row was not appended
+    if stored.chain_seq is None or stored.chain_seq > head.row_count:
+        # Every sealing moves the head in its own transaction: this row was not chained
         # by the application (or the head was set back).
         return "the row lies past the chain's sealed head: it was not appended by the app"
     if row.prev_hash != prev_hash:
@@ -114,7 +143,7 @@ def _row_problem(
     key = ring.get(row.key_id)
     if key is None:
         return f"the row is signed with key '{row.key_id}', which AUDIT_KEYS lacks"
-    if not _same(row_mac(row, key), stored):
+    if not _same(row_mac(row, key), stored.hash):
         return "the row's content was changed (its signature does not match)"
     return None
 
@@ -123,7 +152,7 @@ def _end_problem(head: AuditHead | None, last_id: int, last_hash: str | None,
                  count: int) -> str | None:  # fmt: skip
     if head is None:
         return None if count == 0 else "the chain's sealed head was deleted"
-    if last_id < head.last_id:
+    if count < head.row_count:
         return (
             f"the newest rows are missing: the chain ends at row {last_id or 'none'} "
             f"but its sealed head at row {head.last_id}"

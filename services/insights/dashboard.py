@@ -124,18 +124,39 @@ def _team_summary(team_id: uuid.UUID) -> tuple[Summary, CacheResult]:
     # default, used here) each of them sees every commit made before it started, even
     # though the request's transaction began earlier (the membership check).
     try:
-        generation = _read_generation(team_id)
-        cached = cast(bytes | None, redis.client.get(_summary_key(team_id, generation, now.date())))
+        generation, cached = _read_cached(team_id, now.date())
     except RedisError as exc:
         log.warning("dashboard_cache_unavailable", team_id=str(team_id), error=type(exc).__name__)
         return compute_summary(team_id, now), "miss"
     if cached is not None:
-        _count_hit()
         summary: Summary = json.loads(cached)
         return summary, "hit"
     summary = compute_summary(team_id, now)
     _store(team_id, generation, now.date(), summary)
     return summary, "miss"
+
+
+# The team's generation (its TTL refreshed), the summary stored under it for the day, and
+# the hit counted if there was one: one round trip for what took three. The summary's key
+# depends on the generation, so the script builds it (`_summary_key`'s format).
+_READ_CACHED = """
+local generation = redis.call("getex", KEYS[1], "EX", ARGV[1]) or "0"
+local cached = redis.call("get", ARGV[2] .. generation .. ":" .. ARGV[3])
+if cached then
+    redis.call("incr", KEYS[2])
+end
+return {generation, cached}
+"""
+
+
+def _read_cached(team_id: uuid.UUID, day: date) -> tuple[int, bytes | None]:
+    script = redis.client.register_script(_READ_CACHED)
+    generation, cached = cast(
+        list[Any],
+        script(keys=[_generation_key(team_id), HITS_KEY],
+               args=[_generation_ttl(), f"dashboard:summary:{team_id}:", day.isoformat()]),
+    )  # fmt: skip
+    return int(generation), cached
 
 
 def _generation_key(team_id: uuid.UUID) -> str:
@@ -152,11 +173,6 @@ def _generation_ttl() -> int:
     return max(GENERATION_TTL_SECONDS, 2 * cache_seconds)
 
 
-def _read_generation(team_id: uuid.UUID) -> int:
-    raw = cast(bytes | None, redis.client.getex(_generation_key(team_id), ex=_generation_ttl()))
-    return int(raw) if raw is not None else 0
-
-
 def _store(team_id: uuid.UUID, generation: int, day: date, summary: Summary) -> None:
     ttl = current_app.config["SETTINGS"].dashboard_cache_seconds
     try:
@@ -166,13 +182,6 @@ def _store(team_id: uuid.UUID, generation: int, day: date, summary: Summary) -> 
         pipe.execute()
     except RedisError as exc:
         log.warning("dashboard_cache_unavailable", team_id=str(team_id), error=type(exc).__name__)
-
-
-def _count_hit() -> None:
-    try:
-        redis.client.incr(HITS_KEY)
-    except RedisError as exc:  # the answer is already in hand; only the metric misses one
-        log.warning("dashboard_cache_count_failed", error=type(exc).__name__)
 
 
 def _bump(team_id: uuid.UUID) -> None:

@@ -53,6 +53,7 @@ REPORTS_START_WEEKLY: Final = "reports.start_weekly"
 # the kernel and the runtime
 JOBS_RELAY: Final = "jobs.relay"
 JOBS_REAP: Final = "jobs.reap"
+AUDIT_SEAL: Final = "audit.seal"
 MAINTENANCE_PING: Final = "maintenance.ping"
 MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS: Final = "maintenance.cleanup_idempotency_keys"
 WORKERS_HEARTBEAT: Final = "workers.heartbeat"

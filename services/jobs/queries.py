@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, select
+from sqlalchemy import Row, Select, bindparam, select
 
 from extensions import db
 from models import Job, User
@@ -32,16 +33,29 @@ from services.jobs.outbox import enqueue
 CANCELLABLE = frozenset({names.EXPORTS_BUILD, names.ANALYTICS_AGGREGATE, names.MAINTENANCE_PING})
 
 
-def get_job(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Job:
+# What a job's owner is shown (blueprints.jobs.schemas.JobOut), and whose it is. Built
+# once on the table's plain columns: building a statement per request, and the ORM's
+# annotated columns, cost more CPU than running it (about 110 us against 230 us per read).
+_JOBS = Job.__table__.c
+_READ_STATUS = select(
+    _JOBS.id, _JOBS.type, _JOBS.status, _JOBS.progress, _JOBS.created_at, _JOBS.started_at,
+    _JOBS.finished_at, _JOBS.attempts, _JOBS.error, _JOBS.result, _JOBS.user_id,
+).where(_JOBS.id == bindparam("job_id"))  # fmt: skip
+
+
+def read_job_status(user: User, job_id: uuid.UUID, *, operator: bool = False) -> Row[Any]:
     """A job the user started, or any job for an `operator` (is_admin, signed in with a
-    token); other jobs are 404 (their existence is not leaked)."""
-    job = db.session.get(Job, job_id)
+    token); other jobs are 404 (their existence is not leaked). The read clients poll
+    while they wait, so it is the least it can be: the columns its owner is shown, one
+    SELECT outside a transaction, no ORM object."""
+    with db.autocommit() as connection:
+        job = cast("Row[Any] | None", connection.execute(_READ_STATUS, {"job_id": job_id}).first())
     if job is None or not _reachable(job, user, operator):
         raise NotFound("No such job.")
     return job
 
 
-def _reachable(job: Job, user: User, operator: bool) -> bool:
+def _reachable(job: Job | Row[Any], user: User, operator: bool) -> bool:
     return job.user_id == user.id or (operator and user.is_admin)
 
 

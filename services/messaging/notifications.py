@@ -323,10 +323,14 @@ def list_notifications(
     return paginate(query, Notification, limit, cursor)
 
 
+# On every dashboard read: built once.
+_UNREAD = select(func.count()).where(
+    Notification.user_id == bindparam("user_id"), Notification.read_at.is_(None)
+)
+
+
 def unread_count(user: User) -> int:
-    return int(db.session.scalar(
-        select(func.count()).where(Notification.user_id == user.id, Notification.read_at.is_(None))
-    ) or 0)  # fmt: skip
+    return int(db.session.scalar(_UNREAD, {"user_id": user.id}) or 0)
 
 
 def mark_read(user: User, notification_id: uuid.UUID) -> Notification:

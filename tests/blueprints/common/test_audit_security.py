@@ -27,6 +27,7 @@ from config import Settings
 from extensions import db
 from models import AuditLog, User
 from services.core.audit import record_audit
+from services.core.audit_chain import seal_chain
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import PrivateStacks, Worker, make_settings, problem_body, wait_job
 
@@ -49,10 +50,15 @@ def as_database_user(*statements: str, **params: Any) -> None:
 
 
 def chain_rows(team_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The team's chain in its order, once the sealer has chained what requests wrote."""
     db.session.commit()
+    seal_chain(team_id)
     with db.engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT * FROM audit_logs WHERE team_id = :team ORDER BY id"), {"team": team_id}
+            text(
+                "SELECT * FROM audit_logs WHERE team_id = :team ORDER BY chain_seq NULLS LAST, id"
+            ),
+            {"team": team_id},
         )
         return [dict(r._mapping) for r in rows]
 
@@ -194,6 +200,65 @@ def test_a_row_inserted_behind_the_apps_back_is_reported(client: FlaskClient) ->
     assert "past the chain's sealed head" in report["reason"]
 
 
+def test_a_pending_row_inserted_without_the_key_is_never_chained(client: FlaskClient) -> None:
+    """Requests write rows pending, signed with `entry_mac`; the sealer vouches for a
+    pending row only if that signature verifies, so a database user cannot slip a row
+    into the chain by inserting it pending and waiting for the sealer."""
+    owner, team_id = team_with_history(client, changes=2)
+    last = chain_rows(team_id)[-1]
+    as_database_user(
+        "INSERT INTO audit_logs (team_id, actor_user_id, action, data, created_at, key_id, "
+        "entry_mac) SELECT team_id, actor_user_id, 'team.updated', CAST(:data AS jsonb), "
+        "created_at, key_id, :mac FROM audit_logs WHERE id = :id",
+        data=json.dumps({"name": {"from": "Acme", "to": "X"}}), mac="0" * 64, id=last["id"],
+    )  # fmt: skip
+
+    report = verify(client, owner, team_id)  # the verification seals first
+    [forged] = [r for r in chain_rows(team_id) if r["action"] == "team.updated"]
+    assert (forged["hash"], forged["chain_seq"]) == (None, None)  # left out of the chain
+    assert (report["intact"], report["first_bad_id"]) == (False, forged["id"])
+    assert "not written by the app" in report["reason"]
+    assert report["rows_checked"] == 3  # the genuine chain around it still verifies
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # Sealing a pending row while changing what it says.
+        "UPDATE audit_logs SET data = '{}', hash = repeat('a', 64), chain_seq = 9 "
+        "WHERE id = :pending",
+        # Chaining a sealed row a second time (to move it elsewhere in the chain).
+        "UPDATE audit_logs SET hash = repeat('b', 64), chain_seq = 1 WHERE id = :sealed",
+        # "Un-sealing" a row, so that the sealer would chain it again.
+        "UPDATE audit_logs SET hash = NULL, chain_seq = NULL WHERE id = :sealed",
+    ],
+)
+def test_a_row_is_sealed_once_with_its_content_unchanged(
+    client: FlaskClient, statement: str
+) -> None:
+    owner, team_id = team_with_history(client, changes=1)
+    sealed = chain_rows(team_id)[-1]
+    record_audit("inventory.adjusted", actor_id=owner.id, team_id=team_id, data={"n": 1})
+    db.session.commit()
+    [pending] = [r["id"] for r in chain_rows_unsealed(team_id)]
+
+    with pytest.raises(DBAPIError) as refused:
+        as_database_user(statement, pending=pending, sealed=sealed["id"])
+    assert isinstance(refused.value.orig, InsufficientPrivilege)
+
+    report = verify(client, owner, team_id)
+    assert (report["intact"], report["complete"], report["rows_checked"]) == (True, True, 3)
+
+
+def chain_rows_unsealed(team_id: uuid.UUID) -> list[dict[str, Any]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM audit_logs WHERE team_id = :team AND hash IS NULL ORDER BY id"),
+            {"team": team_id},
+        )
+        return [dict(r._mapping) for r in rows]
+
+
 @pytest.mark.parametrize(
     "statement",
     [
@@ -232,6 +297,9 @@ def test_after_rotating_the_key_old_rows_verify_and_new_rows_use_the_new_key(
     after = rotated.test_client()
     ok(after.patch(f"{TEAMS}/{team_id}/members/{member}", json={"role": "viewer"},
                    headers=auth_headers(owner)))  # fmt: skip
+    # Only a sealer that knows the new key chains its rows (deploy the ring everywhere).
+    with rotated.app_context():
+        seal_chain(team_id)
 
     assert [r["key_id"] for r in chain_rows(team_id)] == [old_key_id] * 3 + ["k2"]
     with db.engine.connect() as conn:
@@ -337,11 +405,12 @@ def test_offline_verify_exits_non_zero_on_a_broken_chain(
     app: APIFlask, client: FlaskClient
 ) -> None:
     _owner, team_id = team_with_history(client, changes=3)
+    newest = chain_rows(team_id)[-1]  # chained by the sealer by now
     as_database_user(
         "ALTER TABLE audit_logs DISABLE TRIGGER USER",
-        "DELETE FROM audit_logs WHERE id = (SELECT max(id) FROM audit_logs WHERE team_id = :team)",
+        "DELETE FROM audit_logs WHERE id = :newest",
         "ALTER TABLE audit_logs ENABLE TRIGGER USER",
-        team=team_id,
+        newest=newest["id"],
     )  # fmt: skip
     result = app.test_cli_runner().invoke(args=["audit", "verify", "--team", str(team_id)])
     assert result.exit_code == 1
