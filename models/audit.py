@@ -29,9 +29,12 @@ class AuditLog(Timestamps, Base):
         Index("ix_audit_logs_team_chain_seq", "team_id", "chain_seq"),
         # What the sealer has still to chain.
         Index("ix_audit_logs_pending", "id", postgresql_where=text("hash IS NULL")),
+        # A copy of a genuine pending row carries the same MAC: refused.
+        Index("uq_audit_logs_entry_mac", "entry_mac", unique=True),
     )
 
-    # Unique, never reused; drawn in blocks per process, so not the chain's order.
+    # A sequence, so ids follow the order rows were written in; the chain's order is
+    # `chain_seq` (the sealer's), which a long transaction's row can differ from.
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
     actor_user_id: Mapped[uuid.UUID | None] = mapped_column(

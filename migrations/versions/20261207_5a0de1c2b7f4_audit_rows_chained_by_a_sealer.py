@@ -3,7 +3,7 @@
 A request used to append its audit row to the team's chain itself: an advisory lock held
 until its commit, the head read, the row, the head moved (four round trips, and one
 team's writes queued on the lock). Now it inserts the row signed but unchained
-(`entry_mac`, keyed like the chain), and the sealer (services/core/audit_chain.py) links
+(`entry_mac`, keyed like the chain, unique), and the sealer (services/core/audit_chain.py) links
 pending rows into their chains in the order it finds them, numbering each (`chain_seq`),
 and moves the sealed head. The trigger lets a row be updated exactly once, from pending
 to chained, with its content unchanged; every other UPDATE and every DELETE is refused
@@ -79,6 +79,8 @@ def upgrade() -> None:
                     unique=False)
     op.create_index('ix_audit_logs_pending', 'audit_logs', ['id'], unique=False,
                     postgresql_where=sa.text('hash IS NULL'))
+    # A copy of a genuine pending row carries the same entry_mac: refused.
+    op.create_index('uq_audit_logs_entry_mac', 'audit_logs', ['entry_mac'], unique=True)
 
 
 def downgrade() -> None:
@@ -87,6 +89,7 @@ def downgrade() -> None:
     if conn.execute(sa.text("SELECT EXISTS (SELECT FROM audit_logs WHERE hash IS NULL)")).scalar():
         raise RuntimeError("audit rows are still pending: run the sealer before downgrading")
     op.execute(_APPEND_ONLY)
+    op.drop_index('uq_audit_logs_entry_mac', table_name='audit_logs')
     op.drop_index('ix_audit_logs_pending', table_name='audit_logs')
     op.drop_index('ix_audit_logs_team_chain_seq', table_name='audit_logs')
     op.drop_column('audit_logs', 'chain_seq')

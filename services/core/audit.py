@@ -33,15 +33,13 @@ database host for the same reason.
 
 from __future__ import annotations
 
-import os
-import threading
 import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 from flask import current_app, has_request_context, request
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 
 from extensions import db
 from logs import current_request_id
@@ -49,35 +47,7 @@ from models import AuditLog
 from services.core.audit_seal import entry_mac
 
 GLOBAL_CHAIN = "global"  # rows without a team (sign-ins, operator actions)
-# Row ids drawn per round trip: a row's MAC covers its id, so the id is known before the
-# INSERT; drawing a block keeps that off most requests. Ids are unique, not ordered.
-ID_BLOCK = 64
-_DRAW_IDS = text(
-    "SELECT nextval(pg_get_serial_sequence('audit_logs', 'id')) FROM generate_series(1, :n)"
-)
 _INSERT = insert(AuditLog)
-
-
-class _Ids:
-    """This process's drawn, unused row ids (thread-safe; a forked child draws its own)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._ids: list[int] = []
-
-    def take(self) -> int:
-        with self._lock:
-            if self._pid != os.getpid():  # inherited across fork: the parent may use them
-                self._pid, self._ids = os.getpid(), []
-            if not self._ids:
-                # nextval is outside transactions: a rollback never hands an id out twice.
-                drawn = db.session.scalars(_DRAW_IDS, {"n": ID_BLOCK}).all()
-                self._ids = sorted(drawn, reverse=True)
-            return self._ids.pop()
-
-
-_ids = _Ids()
 
 
 def chain_of(team_id: uuid.UUID | None) -> str:
@@ -96,11 +66,11 @@ def record_audit(
     ip: str | None = None,
 ) -> None:
     """Write one signed audit row, pending its chain, in the current transaction (one
-    INSERT; the sealer chains it once committed)."""
+    INSERT; the sealer chains it once committed). Its id comes from the sequence as ever,
+    so ids still follow the order rows were written in (the listing's order)."""
     key_id, key = next(iter(current_app.config["SETTINGS"].audit_key_ring.items()))
     in_request = has_request_context()
     row: dict[str, Any] = {
-        "id": _ids.take(),
         "action": action,
         "actor_user_id": actor_id,
         "team_id": team_id,

@@ -26,10 +26,9 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class SignedRow(Protocol):
-    """What a row's MAC covers: an AuditLog, or a plain result row with the same columns."""
+class EntryRow(Protocol):
+    """What a new row's `entry_mac` covers (its id is not known yet)."""
 
-    id: int
     team_id: uuid.UUID | None
     actor_user_id: uuid.UUID | None
     action: str
@@ -41,6 +40,13 @@ class SignedRow(Protocol):
     request_id: str | None
     created_at: datetime
     key_id: str
+
+
+class SignedRow(EntryRow, Protocol):
+    """What a chained row's MAC covers: an AuditLog, or a plain result row with the same
+    columns."""
+
+    id: int
     prev_hash: str | None
 
 
@@ -53,16 +59,19 @@ def row_mac(row: SignedRow, key: bytes) -> str:
     return _mac(key, "row", {**_content(row), "prev_hash": row.prev_hash})
 
 
-def entry_mac(row: SignedRow, key: bytes) -> str:
-    """HMAC-SHA256 over a new row's content, id and key id, before it has a place in its
-    chain: the sealer links only rows that carry a valid one, so a row written by anyone
-    without the key is never vouched for by the chain."""
-    return _mac(key, "entry", _content(row))
+def entry_mac(row: EntryRow, key: bytes) -> str:
+    """HMAC-SHA256 over a new row's content and key id, before it has an id or a place in
+    its chain: the sealer links only rows that carry a valid one, so a row written by
+    anyone without the key is never vouched for by the chain. It covers the row's time to
+    the microsecond and its request id; a unique index refuses a copy of a genuine row."""
+    content = _content(row)
+    del content["id"]
+    return _mac(key, "entry", content)
 
 
-def _content(row: SignedRow) -> dict[str, Any]:
+def _content(row: EntryRow) -> dict[str, Any]:
     return {
-        "id": row.id,
+        "id": getattr(row, "id", None),
         "team_id": str(row.team_id) if row.team_id else None,
         "actor_user_id": str(row.actor_user_id) if row.actor_user_id else None,
         "action": row.action,

@@ -103,9 +103,9 @@ def create_export(
         names.EXPORTS_BUILD, args={"export_id": str(export_id)}, user_id=user.id,
         team_id=membership.team_id,
     )  # fmt: skip
-    # The job row first (exports.job_id references it), then the export already pointing
-    # at it: two INSERTs, where an export written first needs a third statement to link it.
-    db.session.flush()
+    # The job row first (enqueue writes it at once; exports.job_id references it), then the
+    # export already pointing at it: two INSERTs, where an export written first needs a
+    # third statement to link it.
     export = Export(
         id=export_id, team_id=membership.team_id, requested_by_id=user.id, resource=resource,
         format=format_, filters=filters, job_id=job.id,

@@ -42,12 +42,13 @@ from typing import Any
 
 from celery.signals import worker_process_shutdown
 from flask import current_app
-from sqlalchemy import Engine, event, tuple_, update
+from sqlalchemy import Engine, event, insert, tuple_, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from extensions import celery_app, db
 from logs import current_request_id, get_logger
 from models import Job
+from services.jobs import signals
 from services.jobs.queues import queue_for
 
 log = get_logger(__name__)
@@ -55,6 +56,9 @@ log = get_logger(__name__)
 Sent = tuple[uuid.UUID, int]
 _PENDING = "maycole.pending_messages"
 _COMMITTED = "maycole.committed_messages"  # to publish once the connection is released
+
+
+_INSERT_JOB = insert(Job).returning(Job.created_at, Job.updated_at)
 
 
 @dataclass(frozen=True)
@@ -79,23 +83,33 @@ def enqueue(
     team_id: uuid.UUID | None = None,
     max_attempts: int | None = None,
 ) -> Job:
-    """Record a job in the current transaction; its message is sent after commit."""
+    """Record a job in the current transaction; its message is sent after commit.
+
+    The row is written at once by one INSERT, not left to the unit of work (whose flush
+    cost more CPU than the statement on the requests that start jobs). The Job returned
+    holds the row's values for the caller to read; it is not in the session."""
     if task_name not in celery_app.tasks:
         raise LookupError(f"unknown task {task_name!r}")
     settings = current_app.config["SETTINGS"]
-    job = Job(
-        id=uuid.uuid4(),
-        type=task_name,
-        queue=queue_for(task_name),
-        status="queued",
-        args=args or {},
-        user_id=user_id,
-        team_id=team_id,
-        max_attempts=max_attempts or settings.task_max_attempts,
-        request_id=current_request_id(),
-        run_after=datetime.now(UTC),
-    )
-    db.session.add(job)
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "type": task_name,
+        "queue": queue_for(task_name),
+        "status": "queued",
+        "args": args or {},
+        "user_id": user_id,
+        "team_id": team_id,
+        "progress": 0,
+        "attempts": 0,
+        "max_attempts": max_attempts or settings.task_max_attempts,
+        "request_id": current_request_id(),
+        "run_after": datetime.now(UTC),
+    }
+    # ORM-enabled, so the session flushes what the row refers to (a team created in the
+    # same transaction) first; the database's clock stamps it, as every row's.
+    stamped = db.session.execute(_INSERT_JOB, [row]).one()
+    job = Job(**row, created_at=stamped.created_at, updated_at=stamped.updated_at)
+    signals.row_changed.send(job)  # the flush listeners see no INSERT statement
     send_after_commit(db.session(), job)
     return job
 

@@ -11,9 +11,6 @@ from sqlalchemy.exc import OperationalError
 from extensions import db
 from models import Base
 
-_AUDIT_IDS_DRAWN = "SELECT last_value FROM audit_logs_id_seq"
-_KEEP_AUDIT_IDS = "SELECT setval('audit_logs_id_seq', :drawn)"
-
 
 def truncate_all_tables(give_up_after: float = 30.0) -> None:
     """TRUNCATE every table, backing off while a worker's transaction holds one of them.
@@ -22,9 +19,6 @@ def truncate_all_tables(give_up_after: float = 30.0) -> None:
     invitation email, say). TRUNCATE locks table after table, so it could deadlock with
     that transaction (and wait PostgreSQL's deadlock_timeout to find out); with a short
     lock timeout it steps aside instead, lets the job finish, and tries again.
-
-    Every sequence restarts but the audit rows' ids: processes draw those in blocks ahead
-    (services/core/audit.py), relying, as production may, on nextval never repeating one.
     """
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     deadline = time.monotonic() + give_up_after
@@ -32,9 +26,7 @@ def truncate_all_tables(give_up_after: float = 30.0) -> None:
         try:
             with db.engine.begin() as conn:
                 conn.execute(text("SET LOCAL lock_timeout = '100ms'"))
-                audit_ids = conn.scalar(text(_AUDIT_IDS_DRAWN))
                 conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-                conn.execute(text(_KEEP_AUDIT_IDS), {"drawn": audit_ids})
             return
         except OperationalError as exc:
             busy = isinstance(exc.orig, (LockNotAvailable, DeadlockDetected))

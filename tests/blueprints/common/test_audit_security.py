@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from apiflask import APIFlask
 from flask.testing import FlaskClient
-from psycopg.errors import InsufficientPrivilege
+from psycopg.errors import InsufficientPrivilege, UniqueViolation
 from sqlalchemy import select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from werkzeug.test import TestResponse
 
 import config
@@ -246,6 +246,25 @@ def test_a_row_is_sealed_once_with_its_content_unchanged(
         as_database_user(statement, pending=pending, sealed=sealed["id"])
     assert isinstance(refused.value.orig, InsufficientPrivilege)
 
+    report = verify(client, owner, team_id)
+    assert (report["intact"], report["complete"], report["rows_checked"]) == (True, True, 3)
+
+
+def test_a_copy_of_a_genuine_pending_row_is_refused(client: FlaskClient) -> None:
+    """Its entry_mac is genuine, so the sealer would chain a copy: the unique index on it
+    refuses the copy outright (a second "role granted" row for one change, say)."""
+    owner, team_id = team_with_history(client, changes=1)
+    record_audit("inventory.adjusted", actor_id=owner.id, team_id=team_id, data={"n": 1})
+    db.session.commit()
+    pending = chain_rows_unsealed(team_id)[-1]
+    with pytest.raises(IntegrityError) as refused:
+        as_database_user(
+            "INSERT INTO audit_logs (team_id, actor_user_id, action, data, created_at, key_id, "
+            "entry_mac) SELECT team_id, actor_user_id, action, data, created_at, key_id, "
+            "entry_mac FROM audit_logs WHERE id = :id",
+            id=pending["id"],
+        )  # fmt: skip
+    assert isinstance(refused.value.orig, UniqueViolation)
     report = verify(client, owner, team_id)
     assert (report["intact"], report["complete"], report["rows_checked"]) == (True, True, 3)
 
