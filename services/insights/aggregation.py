@@ -27,6 +27,10 @@ therefore every transaction below the larger of the two marks. Locks: the hourly
 takes a transaction-scoped advisory lock exclusively; team runs take it shared (teams
 proceed side by side) plus a lock of their team, so two beats queue up behind each other
 and behind running team runs, never race them.
+
+Deleted teams: `forget_team` (called in the deletion's transaction) deletes a team's
+rollups, and every run skips teams marked deleted, so none come back. Rollups have no
+foreign key to teams (derived data, written hundreds of thousands at a time).
 """
 
 from __future__ import annotations
@@ -236,6 +240,22 @@ def _fold_team_events(team_id: uuid.UUID) -> tuple[int, int]:
     return events, horizon
 
 
+# Runs write nothing for a deleted team (`forget_team` removed what it had).
+_LIVE_TEAM: Final = "team_id NOT IN (SELECT id FROM teams WHERE deleted_at IS NOT NULL)"
+
+
+def forget_team(team_id: uuid.UUID) -> int:
+    """Delete a deleted team's rollups, in the caller's transaction (the one marking it
+    deleted); returns the rows deleted. Takes the team's aggregation lock, so a run that
+    started before the deletion (and does not skip the team) finishes first; runs after
+    it see the team deleted and write nothing for it."""
+    _lock_team(team_id)
+    result = db.session.execute(
+        text("DELETE FROM analytics_rollups WHERE team_id = :team"), {"team": team_id}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _insert_event_rollups(where: str, params: dict[str, Any], *, additive: bool = False) -> int:
     """Group the matching events by team, name and hour in one scan and write the hour and
     day rows; `additive` adds to what is stored (incremental), else inserts fresh rows
@@ -256,20 +276,21 @@ def _insert_event_rollups(where: str, params: dict[str, Any], *, additive: bool 
         ),
         hours AS (
             INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
-            SELECT team_id, name, 'hour', hour, n FROM fresh
+            SELECT team_id, name, 'hour', hour, n FROM fresh WHERE {_LIVE_TEAM}
             {on_conflict}
             RETURNING 1
         ),
         days AS (
             INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
             SELECT team_id, name, 'day', date_trunc('day', hour, 'UTC'), sum(n) FROM fresh
+            WHERE {_LIVE_TEAM}
             GROUP BY 1, 2, 4
             {on_conflict}
             RETURNING 1
         )
         SELECT (SELECT coalesce(sum(n), 0) FROM fresh),
                (SELECT count(*) FROM hours) + (SELECT count(*) FROM days)
-    """  # noqa: S608 - `where` and `on_conflict` are fixed fragments from this module
+    """  # noqa: S608 - `where` and the other fragments are fixed ones from this module
     read, written = db.session.execute(text(statement), params).one()
     return int(read) if additive else int(written)
 
@@ -341,6 +362,7 @@ def _recompute_builtins(
     statement = f"""
         INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
         SELECT team_id, name, :interval, bucket, value FROM ({union}) AS metrics
+        WHERE {_LIVE_TEAM}
     """  # noqa: S608 - fixed fragments only
     result = db.session.execute(text(statement), params)
     return int(getattr(result, "rowcount", 0) or 0)
