@@ -88,7 +88,10 @@ class AnalyticsRollup(Timestamps, Base):
         one_of("interval", INTERVALS),
     )
 
-    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    # No foreign key: derived data written in bulk (a per-row check against teams cost a
+    # fifth of a full aggregation). Deleting a team deletes its rollups explicitly
+    # (`services.insights.aggregation.forget_team`) and runs skip deleted teams.
+    team_id: Mapped[uuid.UUID]
     name: Mapped[str] = mapped_column(String(100))
     interval: Mapped[str] = mapped_column(String(4))
     bucket: Mapped[datetime]

@@ -25,7 +25,7 @@ from models import (
 from services.core.audit import record_audit
 from services.core.errors import Conflict, ValidationFailed
 from services.identity import sessions
-from services.insights import dashboard, search
+from services.insights import aggregation, dashboard, search
 from services.jobs import names
 from services.jobs.outbox import enqueue
 
@@ -139,11 +139,14 @@ def anonymise_user(user_id: uuid.UUID) -> bool:
         db.session.execute(delete(model).where(model.user_id == user_id))
     sessions.mark_refresh_sessions_revoked(user_id)
     personal = select(TeamMember.team_id).where(TeamMember.user_id == user_id)
-    db.session.execute(
+    gone = db.session.scalars(
         update(Team)
         .where(Team.id.in_(personal), Team.is_personal.is_(True), Team.deleted_at.is_(None))
         .values(deleted_at=datetime.now(UTC))
-    )
+        .returning(Team.id)
+    ).all()
+    for team_id in gone:
+        aggregation.forget_team(team_id)  # its analytics rollups (no foreign key)
     left = db.session.execute(
         delete(TeamMember)
         .where(TeamMember.user_id == user_id)

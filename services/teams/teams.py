@@ -23,7 +23,7 @@ from services.core import permissions
 from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound
 from services.core.pagination import Page, paginate
-from services.insights import dashboard, search
+from services.insights import aggregation, dashboard, search
 from services.jobs import names
 from services.jobs.outbox import enqueue
 
@@ -177,7 +177,8 @@ def request_team_deletion(user: User, team_id: uuid.UUID) -> Job:
 
 
 def soft_delete_team(team_id: uuid.UUID, *, actor_id: uuid.UUID | None) -> dict[str, Any]:
-    """Mark the team deleted and drop its memberships and open invites; idempotent.
+    """Mark the team deleted and drop its memberships, open invites and analytics rollups;
+    idempotent.
 
     Financial and audit rows stay. No commit: the `teams.delete` job commits these
     effects together with its success.
@@ -196,9 +197,12 @@ def soft_delete_team(team_id: uuid.UUID, *, actor_id: uuid.UUID | None) -> dict[
             TeamInvite.revoked_at.is_(None),
         )
     )
+    # Derived data without a foreign key: deleted here, and runs skip deleted teams.
+    rollups = aggregation.forget_team(team_id)
     counts = {
         "members_removed": int(members.rowcount or 0),  # type: ignore[attr-defined]
         "invites_removed": int(invites.rowcount or 0),  # type: ignore[attr-defined]
+        "rollups_removed": rollups,
     }
     if team.deleted_at is None:
         _stop_billing(team_id, actor_id)

@@ -19,6 +19,7 @@ from extensions import db
 from models import AnalyticsRollup, Job, Payment, User
 from services.insights import aggregation
 from services.jobs import names
+from services.teams import teams
 from tasks.insights import start_aggregate
 from tests.factories import add_member, auth_headers, make_team, make_user
 from tests.support import Worker, problem_body, wait_for, wait_job
@@ -379,5 +380,58 @@ def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_dat
         aggregation.recompute(a, H1, H2)  # rebuilt from the raw events: the same numbers
         db.session.commit()
         assert rollups(a) == before
+    finally:
+        engine.dispose()
+
+
+def test_a_deleted_team_leaves_no_rollups_and_later_runs_write_none(
+    app: Any, migrated_database: str
+) -> None:
+    """Rollups have no foreign key to teams: deleting a team deletes them in the same
+    transaction, and runs afterwards skip it (its events not yet folded, the deletion
+    job's own built-in metrics), while other teams are counted as before."""
+    owner, other_owner = make_user(), make_user()
+    gone, kept = make_team(owner), make_team(other_owner)
+    engine = create_engine(migrated_database)
+    insert = text(
+        "INSERT INTO analytics_events (team_id, name, occurred_at) VALUES (:team, 'x.y', :at)"
+    )
+
+    def add(team: uuid.UUID, count: int) -> None:
+        with engine.begin() as conn:
+            conn.execute(insert, [{"team": team, "at": H1}] * count)
+
+    def all_rollups(team: uuid.UUID) -> int:
+        db.session.rollback()
+        return int(
+            db.session.scalar(
+                select(func.count()).select_from(AnalyticsRollup)
+                .where(AnalyticsRollup.team_id == team)
+            ) or 0
+        )  # fmt: skip
+
+    def hourly_run() -> None:
+        events_settled()
+        aggregation.run()
+        db.session.commit()
+
+    try:
+        add(gone, 2)
+        add(kept, 3)
+        hourly_run()
+        assert all_rollups(gone) > 2  # event rows and built-ins (signups, ...)
+        add(gone, 4)  # not folded yet when the team goes
+        add(kept, 1)
+        summary = teams.soft_delete_team(gone, actor_id=owner.id)
+        db.session.commit()
+        assert summary["rollups_removed"] > 2
+        assert all_rollups(gone) == 0
+        hourly_run()
+        hourly_run()
+        assert all_rollups(gone) == 0
+        assert {(n, i): v for n, i, _, v in rollups(kept)} == {
+            ("x.y", "hour"): 4,
+            ("x.y", "day"): 4,
+        }
     finally:
         engine.dispose()
