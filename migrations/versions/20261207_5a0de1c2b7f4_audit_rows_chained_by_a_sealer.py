@@ -13,7 +13,7 @@ Existing rows were chained in id order: their `chain_seq` is their rank by id in
 chain. Downgrading requires every row to be chained.
 
 Revision ID: 5a0de1c2b7f4
-Revises: d179a7733b03
+Revises: 5b8e0f3c2a71
 Create Date: 2026-12-07 15:10:00.000000+00:00
 
 """
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '5a0de1c2b7f4'
-down_revision: Union[str, Sequence[str], None] = 'd179a7733b03'
+down_revision: Union[str, Sequence[str], None] = '5b8e0f3c2a71'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
