@@ -30,6 +30,7 @@ from extensions import celery_app, db
 from logs import bind_request_id, get_logger
 from models import Job
 from models.job import RUNNABLE
+from services.core import redis_batch
 from services.jobs import metrics as task_metrics
 from services.jobs import signals
 from services.jobs.context import JobContext, TaskBody
@@ -87,18 +88,21 @@ def run_job(
 ) -> None:
     """Claim, run and settle one job; safe to call any number of times for the same id."""
     me = worker_id()
-    try:
-        ctx = _claim(uuid.UUID(job_id), me)
-    except DBAPIError as exc:
-        db.session.rollback()
-        if exc.connection_invalidated or isinstance(exc, OperationalError):
-            raise DatabaseUnavailable(str(exc.orig)) from exc
-        raise
-    if ctx is None:
-        return
-    bind_request_id(request_id or ctx.request_id)
-    log.info("job_started", job_id=job_id, attempt=ctx.attempt)
-    task_metrics.record(ctx.job_type, "started")
+    # The claim's Redis writes after its commit (dashboard bump, realtime `running`, the
+    # `started` metric) go out in one round trip, and so do the settle's below.
+    with redis_batch.batch():
+        try:
+            ctx = _claim(uuid.UUID(job_id), me)
+        except DBAPIError as exc:
+            db.session.rollback()
+            if exc.connection_invalidated or isinstance(exc, OperationalError):
+                raise DatabaseUnavailable(str(exc.orig)) from exc
+            raise
+        if ctx is None:
+            return
+        bind_request_id(request_id or ctx.request_id)
+        log.info("job_started", job_id=job_id, attempt=ctx.attempt)
+        task_metrics.record(ctx.job_type, "started")
     beat = Heartbeat(ctx.job_id, me, current_app.config["SETTINGS"].job_heartbeat_seconds)
     beat.start()
     try:
@@ -108,11 +112,13 @@ def run_job(
         # under this worker, and the redelivery or the reaper takes it over.)
         beat.stop()
         db.session.rollback()
-        _settle_failure(ctx, me, exc, permanent)
+        with redis_batch.batch():
+            _settle_failure(ctx, me, exc, permanent)
         return
     finally:
         beat.stop()
-    _settle_success(ctx, me, result)
+    with redis_batch.batch():
+        _settle_success(ctx, me, result)
 
 
 # The two statements every job runs, built once (building and keying a statement costs
