@@ -1,15 +1,21 @@
-"""What one job sends besides its own work: the task metrics, the team dashboard's bump
+"""What one job costs besides its own work: the task metrics, the team dashboard's bump
 and the owner's realtime events, each once per claim and settle, in one Redis round trip
-each."""
+each; a claim committed by itself in one database round trip, before the work starts."""
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis as redis_lib
+from psycopg.pq import Trace
+from sqlalchemy import event
 
 from extensions import db
 from extensions import redis as redis_ext
@@ -125,3 +131,57 @@ def test_a_failed_attempt_sends_its_metrics_and_events_once_each(
                 if e.event.startswith("job.")]  # fmt: skip
     assert statuses == [("job.progress", "running"), ("job.progress", "retrying"),
                         ("job.progress", "running"), ("job.finished", "failed")]  # fmt: skip
+
+
+@contextmanager
+def database_round_trips() -> Iterator[list[str]]:
+    """The messages that end a round trip to PostgreSQL (a simple Query, or the Sync after
+    an extended query), on every pooled connection used meanwhile; filled in at the end."""
+    ends: list[str] = []
+    with tempfile.TemporaryDirectory() as folder, (Path(folder) / "trace").open("w") as out:
+
+        def checkout(dbapi_connection: Any, *_: Any) -> None:
+            dbapi_connection.pgconn.trace(out.fileno())
+            dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+
+        def checkin(dbapi_connection: Any, *_: Any) -> None:
+            dbapi_connection.pgconn.untrace()
+
+        event.listen(db.engine, "checkout", checkout)
+        event.listen(db.engine, "checkin", checkin)
+        try:
+            yield ends
+        finally:
+            event.remove(db.engine, "checkout", checkout)
+            event.remove(db.engine, "checkin", checkin)
+            out.flush()
+            for line in (Path(folder) / "trace").read_text().splitlines():
+                parts = line.split("\t")
+                if parts[0] == "F" and parts[2] in ("Query", "Sync"):
+                    ends.append(parts[3].strip() if parts[2] == "Query" else "Sync")
+
+
+def test_the_claim_is_committed_in_one_round_trip_before_the_work_starts(
+    broker: redis_lib.Redis,
+) -> None:
+    _owner_id, _team_id, job_id = one_member_alert()
+    seen: list[tuple[Any, ...]] = []
+
+    def body(ctx: JobContext) -> None:
+        # Another connection sees the claim: a worker killed from here on has used up
+        # an attempt, and the redelivery or the reaper finds the job running.
+        # (Its own connection, outside the pool, so that it does not count below.)
+        url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url) as other:
+            row = other.execute("SELECT status, attempts FROM jobs WHERE id = %s", (ctx.job_id,))
+            seen.append(tuple(row.fetchone() or ()))
+
+    db.session.remove()
+    with database_round_trips() as ends:
+        run_job(body, job_id)
+    assert seen == [("running", 1)]
+    assert fetch_job(job_id).status == "succeeded"
+    # The claim: one UPDATE in autocommit (no BEGIN, no COMMIT); the settle: BEGIN, the
+    # UPDATE to `succeeded`, COMMIT.
+    assert len(ends) == 4, ends
+    assert ends[0] == "Sync" and ends[1].startswith('"BEGIN') and ends[2:] == ["Sync", '"COMMIT"']
