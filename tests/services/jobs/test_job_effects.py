@@ -1,13 +1,16 @@
 """What one job costs besides its own work: the task metrics, the team dashboard's bump
 and the owner's realtime events, each once per claim and settle, in one Redis round trip
-each; a claim committed by itself in one database round trip, before the work starts."""
+each; a claim committed by itself in one database round trip, before the work starts;
+heartbeats from one thread per process, not one per job."""
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +18,21 @@ import psycopg
 import pytest
 import redis as redis_lib
 from psycopg.pq import Trace
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from extensions import db
 from extensions import redis as redis_ext
-from models import NotificationPreference
+from models import Job, NotificationPreference
 from services.jobs import metrics, names
 from services.jobs.context import JobContext
 from services.jobs.errors import PermanentError
+from services.jobs.heartbeat import Heartbeat
 from services.jobs.outbox import enqueue
 from services.jobs.runner import run_job
 from services.messaging import deliveries, realtime
 from tests.factories import make_team, make_user
 from tests.services.core.test_redis_batch import round_trips
-from tests.support import PrivateStacks, fetch_job
+from tests.support import PrivateStacks, fetch_job, wait_for
 
 FAN_OUT = names.NOTIFICATIONS_FAN_OUT
 LOW_STOCK = {"sku": "SKU-1", "name": "Widget", "quantity": 3, "threshold": 5,
@@ -185,3 +189,33 @@ def test_the_claim_is_committed_in_one_round_trip_before_the_work_starts(
     # UPDATE to `succeeded`, COMMIT.
     assert len(ends) == 4, ends
     assert ends[0] == "Sync" and ends[1].startswith('"BEGIN') and ends[2:] == ["Sync", '"COMMIT"']
+
+
+def test_heartbeats_come_from_one_thread_per_process_while_jobs_run(
+    broker: redis_lib.Redis,
+) -> None:
+    first, second = (enqueue(names.MAINTENANCE_PING, args={}) for _ in range(2))
+    db.session.execute(update(Job).values(worker="here", status="running", heartbeat_at=None))
+    db.session.commit()
+
+    def beats(job: Job) -> datetime | None:
+        db.session.expire_all()
+        return fetch_job(job.id).heartbeat_at
+
+    one, two = Heartbeat(first.id, "here", 0.1), Heartbeat(second.id, "here", 0.1)
+    threads = threading.active_count()
+    one.start()
+    two.start()
+    wait_for(lambda: beats(first) is not None and beats(second) is not None, 5)
+    assert threading.active_count() <= threads + 1  # one thread beats for both
+    one.stop()
+    stopped_at = beats(first)
+    later = beats(second)
+    wait_for(lambda: beats(second) != later, 5)  # the other job still beats
+    assert beats(first) == stopped_at
+    two.stop()
+    for _ in range(50):  # short jobs start and stop without a thread each
+        beat = Heartbeat(first.id, "here", 0.1)
+        beat.start()
+        beat.stop()
+    assert threading.active_count() <= threads + 1
