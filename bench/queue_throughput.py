@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import psutil
 from sqlalchemy import func, insert, select
 
 from bench import noop as baseline
@@ -48,15 +49,21 @@ class ThroughputBench(QueueBench):
         # all of them.
         noop_runs: list[float] = []
         job_runs: list[float] = []
+        noop_cpu: list[float] = []  # worker CPU seconds per task, each round
+        job_cpu: list[float] = []
         for round_ in range(B4_ROUNDS):
             say(f"B4 round {round_ + 1}: {B4_NOOPS:,} bench.noop messages, then a worker ...")
             with celery_app.producer_or_acquire() as producer:
                 for _ in range(B4_NOOPS):
                     baseline.noop.apply_async(producer=producer)
-            noop_runs.append(self._drain(DEFAULT, B4_NOOPS, "b4-noop"))
+            seconds, cpu = self._drain(DEFAULT, B4_NOOPS, "b4-noop")
+            noop_runs.append(seconds)
+            noop_cpu.append(cpu / B4_NOOPS)
             say(f"B4 round {round_ + 1}: {B4_JOBS:,} one-recipient notification jobs ...")
             self._enqueue_b4_jobs(team_id, round_)
-            job_runs.append(self._drain(NOTIFICATIONS, B4_JOBS, "b4-jobs"))
+            seconds, cpu = self._drain(NOTIFICATIONS, B4_JOBS, "b4-jobs")
+            job_runs.append(seconds)
+            job_cpu.append(cpu / B4_JOBS)
         written = db.session.scalar(select(func.count()).where(Notification.user_id == member.id))
         succeeded = self.conn.execute(
             "SELECT count(*) FROM jobs WHERE type = 'notifications.fan_out' "
@@ -80,7 +87,9 @@ class ThroughputBench(QueueBench):
                 notes=f"prefork concurrency {CONCURRENCY}; best of {B4_ROUNDS} alternating "
                 f"rounds of {B4_JOBS} jobs ({rates(B4_JOBS, job_runs)} tasks/s) and "
                 f"{B4_NOOPS} no-ops ({rates(B4_NOOPS, noop_runs)} tasks/s), each drained by "
-                f"a freshly started worker from the first message taken to the last acked"),
+                f"a freshly started worker from the first message taken to the last acked; "
+                f"worker CPU (main process and pool, user + system) per task: job "
+                f"{_ms(job_cpu)} ms, no-op {_ms(noop_cpu)} ms"),
         ]  # fmt: skip
 
     def _enqueue_b4_jobs(self, team_id: uuid.UUID, round_: int) -> None:
@@ -94,32 +103,35 @@ class ThroughputBench(QueueBench):
                 db.session.commit()
         db.session.commit()
 
-    def _drain(self, queue: str, total: int, name: str) -> float:
+    def _drain(self, queue: str, total: int, name: str) -> tuple[float, float]:
         """Start a worker on a queue holding `total` messages; seconds from the first
-        message taken to the last one acknowledged."""
+        message taken to the last one acknowledged, and the CPU seconds (user + system)
+        its processes used meanwhile: on a shared machine throughput swings with
+        everything else that runs, the CPU a task costs much less."""
         if (waiting := int(self.broker.llen(queue))) != total:  # type: ignore[arg-type]
             raise RuntimeError(f"{queue} holds {waiting} messages, expected {total}")
-        first: list[float] = []
+        first: list[tuple[float, float]] = []
         stop = threading.Event()
+        worker = BenchWorker(self.settings, name, QUEUES)
 
         def watch_first() -> None:
             while not stop.is_set():
                 if int(self.broker.llen(queue)) < total:  # type: ignore[arg-type]
-                    first.append(time.perf_counter())
+                    first.append((time.perf_counter(), _cpu_seconds(worker)))
                     return
                 time.sleep(POLL)
 
         watcher = threading.Thread(target=watch_first, name="drain-first")
         watcher.start()
-        worker = BenchWorker(self.settings, name, QUEUES)
         try:
             worker.start()
             end = self._drained(queue, timeout=300, describe=worker.describe)
+            cpu = _cpu_seconds(worker)
         finally:
             stop.set()
             watcher.join()
             worker.stop()
-        return end - first[0]
+        return end - first[0][0], cpu - first[0][1]
 
     def _drained(self, queue: str, timeout: float, describe: Callable[[], str]) -> float:
         """perf_counter() when `queue` is empty and nothing is unacknowledged (seen twice
@@ -226,3 +238,22 @@ class ThroughputBench(QueueBench):
         wait_for(lambda: len(self.mailbox.messages) >= emails, 30,
                  lambda: f"{len(self.mailbox.messages)} of {emails} emails")  # fmt: skip
         return float(end - start)
+
+
+def _cpu_seconds(worker: Worker) -> float:
+    """User + system CPU seconds of the worker's main process and its pool so far."""
+    if worker.process is None:
+        return 0.0
+    main = psutil.Process(worker.process.pid)
+    total = 0.0
+    for process in [main, *main.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _ms(per_task: list[float]) -> str:
+    return ", ".join(f"{seconds * 1000:.2f}" for seconds in per_task)

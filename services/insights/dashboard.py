@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, UOWTransaction
 from extensions import db, redis
 from logs import get_logger
 from models import InventoryItem, Job, Payment, Refund, Subscription, TeamMember, User
-from services.core import permissions, plans
+from services.core import permissions, plans, redis_batch
 from services.core.commit_hooks import after_commit
 from services.messaging import notifications
 
@@ -185,15 +185,13 @@ def _store(team_id: uuid.UUID, generation: int, day: date, summary: Summary) -> 
 
 
 def _bump(team_id: uuid.UUID) -> None:
+    """After the commit: on the caller's Redis batch if there is one (a job's settle sends
+    this with its other Redis writes), else at once. A failure is logged: the commit
+    stands, and the TTL bounds the stale window."""
     key = _generation_key(team_id)
-    try:
-        pipe = redis.client.pipeline(transaction=False)
+    with redis_batch.writes("dashboard_invalidation_failed", team_id=str(team_id)) as pipe:
         pipe.incr(key)
         pipe.expire(key, _generation_ttl())
-        pipe.execute()
-    except RedisError as exc:  # the commit stands; the TTL bounds the stale window
-        log.warning("dashboard_invalidation_failed", team_id=str(team_id),
-                    error=type(exc).__name__)  # fmt: skip
 
 
 @event.listens_for(Session, "after_flush")

@@ -2,8 +2,9 @@
 
 Workers are many processes on possibly many hosts, recycled by Celery; Redis hashes give
 one running total for all of them, so any web process can export the whole fleet's task
-metrics. One pipelined round trip per job outcome, next to a job's several database round
-trips; a Redis outage loses counts, never jobs (errors are logged, not raised).
+metrics. Queued on the caller's Redis batch (services.core.redis_batch: the job runner
+sends a claim's or a settle's Redis writes in one round trip), else one pipelined round
+trip; a Redis outage loses counts, never jobs (errors are logged, not raised).
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from extensions import redis
-from logs import get_logger
-
-log = get_logger(__name__)
+from services.core import redis_batch
 
 COUNTS_KEY: Final = "metrics:tasks"  # hash: "<outcome>|<task>" -> count
 RUNTIME_KEY: Final = "metrics:task_runtime"  # hash: "<task>|<le>", "<task>|sum"
@@ -32,15 +30,12 @@ def bucket_for(seconds: float) -> str:
 
 def record(task: str, outcome: str, runtime: float | None = None) -> None:
     """Count `outcome` for `task` (and its runtime, for finished runs)."""
-    try:
-        pipe = redis.client.pipeline(transaction=False)
+    # Never raises (redis_batch logs a failure): metrics must never fail or retry a job.
+    with redis_batch.writes("task_metrics_failed", task=task) as pipe:
         pipe.hincrby(COUNTS_KEY, f"{outcome}|{task}", 1)
         if runtime is not None:
             pipe.hincrby(RUNTIME_KEY, f"{task}|{bucket_for(runtime)}", 1)
             pipe.hincrbyfloat(RUNTIME_KEY, f"{task}|sum", runtime)
-        pipe.execute()
-    except Exception as exc:  # noqa: BLE001 - metrics must never fail or retry a job
-        log.warning("task_metrics_failed", task=task, error=type(exc).__name__)
 
 
 class Stopwatch:

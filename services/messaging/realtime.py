@@ -33,10 +33,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config import Settings
-from extensions import redis
 from logs import get_logger
 from models import Job
 from models.job import FINISHED
+from services.core import redis_batch
 from services.core.errors import ServiceError
 
 log = get_logger(__name__)
@@ -103,30 +103,30 @@ def _dumps(data: Any) -> str:
 
 
 def publish(user_ids: Iterable[uuid.UUID | None], event: str, data: dict[str, Any]) -> None:
-    """Append `event` to each user's stream in one round trip; never raises.
+    """Append `event` to each user's stream in one round trip (or on the caller's Redis
+    batch, see services.core.redis_batch); never raises.
 
     Call it after the commit that made the event true. A Redis failure is logged and
     the event dropped: clients reconcile from the database (on `reset` or reload).
     """
-    try:
-        targets = list(dict.fromkeys(u for u in user_ids if u is not None))
-        if not targets:
-            return
+    targets = list(dict.fromkeys(u for u in user_ids if u is not None))
+    if not targets:
+        return
+    # Best-effort by design (the database is the truth): redis_batch logs a failure. On
+    # the caller's Redis batch if there is one (a job's settle: one round trip for all of
+    # its Redis writes), else sent at once.
+    with redis_batch.writes("realtime_publish_failed", event_type=event) as pipe:
         settings = _settings()
         fields = {"event": event, "data": _dumps(data)}
         # Retention by this host's clock: a skew of seconds against Redis's only moves the
         # trim point by as much (resuming checks what Redis actually kept, not this).
         oldest_kept = int((time.time() - settings.events_retention_seconds) * 1000)
         ttl = max(_MIN_KEY_TTL_SECONDS, 2 * settings.events_retention_seconds)
-        pipe = redis.client.pipeline(transaction=False)
         for user_id in targets:
             key = stream_key(user_id)
             pipe.xadd(key, fields, maxlen=MAX_EVENTS_PER_USER, approximate=True)  # type: ignore[arg-type]
             pipe.xtrim(key, minid=oldest_kept, approximate=False)
             pipe.expire(key, ttl)
-        pipe.execute()
-    except Exception as exc:  # noqa: BLE001 - best-effort by design; the database is the truth
-        log.warning("realtime_publish_failed", event_type=event, error=type(exc).__name__)
 
 
 def publish_job(job: Job) -> None:
