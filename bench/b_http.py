@@ -52,6 +52,9 @@ measurement's split. Rows, each target a ratio from this one run:
 * B9: GET /api/v1/jobs/<id> with limiter and auth vs the bench route with neither (at
   most 20% slower), and, for the profile, each one's share separately and the route
   with neither vs B0-read (informational).
+* CPU: the web processes' CPU per request (gunicorn master and workers, user + system,
+  sampled around each measurement) for B1's POST, B2's two reads and the app's own
+  /healthz on the same server; POST <= 4x /healthz's, the reads <= 2x.
 
 B0-write's job rows are cancelled afterwards (they have no export and are never consumed).
 """
@@ -88,6 +91,7 @@ from bench.harness import (
     private_broker,
     production_settings,
     say,
+    server_cpu_seconds,
     wrk,
     wrk_binary,
 )
@@ -121,6 +125,9 @@ B1_STRETCH_RATIO = 0.75
 B1_MAX_P99_RATIO = 3.0  # B1 p99 vs B0-write p99, both at P99_CONNECTIONS
 B2_MIN_RATIO = 0.6  # B2 req/s vs B0-read
 B9_MAX_SLOWDOWN = 0.20
+# Web CPU per request against /healthz's on the same server: export POST, reads.
+CPU_MAX_POST = 4.0
+CPU_MAX_READ = 2.0
 P99_CONNECTIONS = 8  # B1's latency target is measured at this load (and B0-write's, hello's)
 # At most this share of wrk's connections on one gunicorn worker, else measure again (_load).
 BALANCED_SHARE = 0.75
@@ -239,6 +246,7 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
         board = _load(Load("B2 dashboard", web.url, [dashboard_path], headers=bearer),
                       around=lambda: _cache_counters(settings, cache))  # fmt: skip
         job = _load(Load("B2 job status (limiter+auth)", web.url, [job_path], headers=bearer))
+        health = _load(Load("/healthz (the app)", web.url, ["/healthz"]))
 
     with servers["noauth"] as noauth:
         auth_only = _load(Load("B9 job status (auth, no limiter)", noauth.url, [job_path],
@@ -299,6 +307,12 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
                         read.requests_per_second, "B0-read", ratio, f">= {B2_MIN_RATIO}x",
                         ratio >= B2_MIN_RATIO and not result.errors,
                         _notes(result) + extra, rps(result, hello_rps)))  # fmt: skip
+    for what, result, limit in (
+        ("POST export", many, CPU_MAX_POST),
+        ("job status GET", job, CPU_MAX_READ),
+        ("dashboard GET, warm cache", board, CPU_MAX_READ),
+    ):
+        rows.append(_cpu_row(what, result, health, limit))
     b0_read = ("B0-read", read)
     rows.append(_overhead("B9", "job status GET, limiter + auth", job, bare,
                           "no limiter, no auth", rps(job, b0_read, hello_rps),
@@ -314,6 +328,18 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
                     f"B0-read does auth and the limiter's round trip too; {_notes(bare)}",
                     rps(bare, hello_rps)))  # fmt: skip
     return rows
+
+
+def _cpu_row(what: str, result: WrkResult, health: WrkResult, limit: float) -> Row:
+    """The web processes' CPU per request (RESULTS.md's method) against /healthz's."""
+    value, base = result.cpu_ms or 0.0, health.cpu_ms or 0.0
+    ratio = _ratio(value, base)
+    known = result.cpu_ms is not None and health.cpu_ms is not None
+    return Row("CPU", f"web CPU per request: {what}", value, "ms", base,
+               "/healthz, same app and gunicorn", ratio, f"<= {limit:g}x",
+               (ratio <= limit) if known else None,
+               f"gunicorn master + workers, user + system, over the {MEASURE_SECONDS:g}-s "
+               f"measurement at {result.requests_per_second:,.0f} req/s")  # fmt: skip
 
 
 def _ratio(value: float, baseline: float) -> float:
@@ -372,10 +398,14 @@ def _load(
     chosen: WrkResult | None = None
     for _ in range(MEASURE_ATTEMPTS):
         with around() if around else nullcontext(), ThreadPoolExecutor(1) as pool:
+            cpu_before = server_cpu_seconds(port)
             running = pool.submit(_wrk, load, MEASURE_SECONDS)
             time.sleep(MEASURE_SECONDS / 2)
             split = connections_per_worker(port)  # mid-run, while wrk's connections are open
             result = replace(running.result(), split=split)
+            cpu_after = server_cpu_seconds(port)
+        if cpu_before is not None and cpu_after is not None and result.requests:
+            result = replace(result, cpu_ms=(cpu_after - cpu_before) * 1000 / result.requests)
         if chosen is None or _busiest_share(result) < _busiest_share(chosen):
             chosen = result
         if _busiest_share(result) <= BALANCED_SHARE:
@@ -463,6 +493,8 @@ def _cache_counters(settings: Settings, counts: dict[str, int]) -> Iterator[None
 
 def _notes(result: WrkResult) -> str:
     text = f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
+    if result.cpu_ms is not None:
+        text += f", web CPU {result.cpu_ms:.2f} ms/request"
     if result.split:
         text += f", connections per worker {_split(result)}"
     return text + (f"; {result.errors} errors" if result.errors else "")

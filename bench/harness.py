@@ -189,6 +189,8 @@ class WrkResult:
     errors: int  # non-2xx/3xx answers plus socket errors
     # wrk's connections on each gunicorn worker, seen mid-run (busiest first), if looked at
     split: tuple[int, ...] = ()
+    # The server's CPU time per request over the measurement (ms), if looked at
+    cpu_ms: float | None = None
 
     @classmethod
     def parse(cls, output: str) -> WrkResult:
@@ -227,17 +229,8 @@ def connections_per_worker(port: int) -> tuple[int, ...]:
     workers, and one worker (one GIL) serves about half of what two do."""
     import psutil
 
+    master = _gunicorn_master(port)
     try:
-        # The socket is listed once, under the master or any one worker (they share it).
-        listening = [
-            c.pid
-            for c in psutil.net_connections("tcp")
-            if c.pid and c.status == psutil.CONN_LISTEN and c.laddr.port == port
-        ]
-        if not listening:
-            return ()
-        process = psutil.Process(listening[0])
-        master = process if process.children() else process.parent()
         workers = master.children() if master else []
         counts = {
             worker.pid: sum(1 for c in worker.net_connections("tcp")
@@ -247,6 +240,41 @@ def connections_per_worker(port: int) -> tuple[int, ...]:
     except psutil.Error:
         return ()
     return tuple(sorted(counts.values(), reverse=True))
+
+
+def server_cpu_seconds(port: int) -> float | None:
+    """CPU time (user + system) used so far by the gunicorn listening on `port`, master
+    and workers; None where the system does not say. Sampled around a measurement, over
+    its requests: the web tier's CPU per request (RESULTS.md's method)."""
+    import psutil
+
+    master = _gunicorn_master(port)
+    if master is None:
+        return None
+    try:
+        processes = [master, *master.children()]
+        return float(sum(p.cpu_times().user + p.cpu_times().system for p in processes))
+    except psutil.Error:
+        return None
+
+
+def _gunicorn_master(port: int) -> Any:
+    """The psutil.Process of the gunicorn master listening on `port`, or None."""
+    import psutil
+
+    try:
+        # The socket is listed once, under the master or any one worker (they share it).
+        listening = [
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.pid and c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
+        if not listening:
+            return None
+        process = psutil.Process(listening[0])
+        return process if process.children() else process.parent()
+    except psutil.Error:
+        return None
 
 
 def wrk_binary() -> str:
