@@ -36,10 +36,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app, has_request_context, request
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 
 from extensions import db
 from logs import current_request_id
@@ -47,7 +47,7 @@ from models import AuditLog
 from services.core.audit_seal import entry_mac
 
 GLOBAL_CHAIN = "global"  # rows without a team (sign-ins, operator actions)
-_INSERT = insert(AuditLog)
+_INSERT = insert(cast(Table, AuditLog.__table__))
 
 
 def chain_of(team_id: uuid.UUID | None) -> str:
@@ -84,6 +84,4 @@ def record_audit(
         "key_id": key_id,
     }
     row["entry_mac"] = entry_mac(SimpleNamespace(**row), key)
-    # ORM-enabled, so the session flushes what the row refers to (a team created in the
-    # same transaction) first.
-    db.session.execute(_INSERT, [row])
+    db.write(_INSERT, row)  # after what the row refers to (a team created just now)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import Select, select
+from sqlalchemy import Select, Table, insert, select
 
 from extensions import db
 from integrations.storage import ObjectStorage
@@ -83,6 +83,10 @@ def require_resource(role: str, resource: str) -> None:
 # --- requests ------------------------------------------------------------------------------
 
 
+_EXPORTS = cast(Table, Export.__table__)
+_INSERT_EXPORT = insert(_EXPORTS).returning(_EXPORTS.c.created_at, _EXPORTS.c.updated_at)
+
+
 def create_export(
     user: User,
     membership: TeamMember,
@@ -105,12 +109,16 @@ def create_export(
     )  # fmt: skip
     # The job row first (enqueue writes it at once; exports.job_id references it), then the
     # export already pointing at it: two INSERTs, where an export written first needs a
-    # third statement to link it.
-    export = Export(
-        id=export_id, team_id=membership.team_id, requested_by_id=user.id, resource=resource,
-        format=format_, filters=filters, job_id=job.id,
-    )  # fmt: skip
-    db.session.add(export)
+    # third statement to link it. Written by one statement, like the job, not by the unit
+    # of work; the Export returned holds its values and is not in the session.
+    row: dict[str, Any] = {
+        "id": export_id, "team_id": membership.team_id, "requested_by_id": user.id,
+        "resource": resource, "format": format_, "filters": filters, "job_id": job.id,
+    }  # fmt: skip
+    stamped = db.write(_INSERT_EXPORT, row).one()
+    export = Export(**row, storage_key=None, row_count=None, size=None, sha256=None,
+                    finished_at=None, expires_at=None, created_at=stamped.created_at,
+                    updated_at=stamped.updated_at)  # fmt: skip
     record_audit("export.requested", actor_id=user.id, team_id=membership.team_id,
                  subject_type="export", subject_id=export.id,
                  data={"resource": resource, "format": format_, "filters": filters})  # fmt: skip

@@ -38,11 +38,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from celery.signals import worker_process_shutdown
 from flask import current_app
-from sqlalchemy import Engine, event, insert, tuple_, update
+from sqlalchemy import Engine, Table, event, insert, tuple_, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from extensions import celery_app, db
@@ -58,7 +58,8 @@ _PENDING = "maycole.pending_messages"
 _COMMITTED = "maycole.committed_messages"  # to publish once the connection is released
 
 
-_INSERT_JOB = insert(Job).returning(Job.created_at, Job.updated_at)
+_JOBS = cast(Table, Job.__table__)
+_INSERT_JOB = insert(_JOBS).returning(_JOBS.c.created_at, _JOBS.c.updated_at)
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,9 @@ def enqueue(
         "request_id": current_request_id(),
         "run_after": datetime.now(UTC),
     }
-    # ORM-enabled, so the session flushes what the row refers to (a team created in the
-    # same transaction) first; the database's clock stamps it, as every row's.
-    stamped = db.session.execute(_INSERT_JOB, [row]).one()
+    # After what the row refers to (a team created just now); the database's clock
+    # stamps it, as every row's.
+    stamped = db.write(_INSERT_JOB, row).one()
     job = Job(**row, created_at=stamped.created_at, updated_at=stamped.updated_at)
     signals.row_changed.send(job)  # the flush listeners see no INSERT statement
     send_after_commit(db.session(), job)
