@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import Engine, create_engine, func, select, text, update
 
 from extensions import db
 from models import AnalyticsRollup, Job, Payment, User
@@ -327,6 +327,17 @@ def test_the_hourly_beat_adds_no_run_while_one_is_waiting(app: Any) -> None:
     assert db.session.get(Job, uuid.UUID(queued)) is not None
 
 
+_ADD_EVENT = text(
+    "INSERT INTO analytics_events (team_id, name, occurred_at) VALUES (:team, 'x.y', :at)"
+)
+
+
+def add_events(engine: Engine, team: uuid.UUID, count: int) -> None:
+    """`count` events of the team in hour H1, committed on a connection of their own."""
+    with engine.begin() as conn:
+        conn.execute(_ADD_EVENT, [{"team": team, "at": H1}] * count)
+
+
 def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_database: str) -> None:
     """A team's on-demand run folds only that team and moves only its own watermark: the
     hourly run then adds every other team's events and none of this team's twice, also
@@ -334,13 +345,9 @@ def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_dat
     a_owner, b_owner = make_user(), make_user()
     a, b = make_team(a_owner), make_team(b_owner)
     engine = create_engine(migrated_database)
-    insert = text(
-        "INSERT INTO analytics_events (team_id, name, occurred_at) VALUES (:team, 'x.y', :at)"
-    )
 
     def add(team: uuid.UUID, count: int) -> None:
-        with engine.begin() as conn:
-            conn.execute(insert, [{"team": team, "at": H1}] * count)
+        add_events(engine, team, count)
 
     def counted(team: uuid.UUID) -> int:
         return sum(v for _, interval, _, v in rollups(team) if interval == "hour")
@@ -366,7 +373,7 @@ def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_dat
         hourly_run()
         assert (counted(a), counted(b)) == (3, 4)
         with engine.connect() as slow:
-            slow.execute(insert, {"team": a, "at": H1})  # open, not committed
+            slow.execute(_ADD_EVENT, {"team": a, "at": H1})  # open, not committed
             add(a, 5)  # a later batch commits first
             team_run(a, settle=False)  # stops below the open batch: the later one waits too
             assert counted(a) == 3
@@ -393,13 +400,9 @@ def test_a_deleted_team_leaves_no_rollups_and_later_runs_write_none(
     owner, other_owner = make_user(), make_user()
     gone, kept = make_team(owner), make_team(other_owner)
     engine = create_engine(migrated_database)
-    insert = text(
-        "INSERT INTO analytics_events (team_id, name, occurred_at) VALUES (:team, 'x.y', :at)"
-    )
 
     def add(team: uuid.UUID, count: int) -> None:
-        with engine.begin() as conn:
-            conn.execute(insert, [{"team": team, "at": H1}] * count)
+        add_events(engine, team, count)
 
     def all_rollups(team: uuid.UUID) -> int:
         db.session.rollback()
