@@ -34,7 +34,7 @@ wrk with CONNECTIONS connections (P99_CONNECTIONS for the latency target; one wr
 it outruns any Python server and leaves the other core to the servers, PostgreSQL and
 Redis), taken again (up to MEASURE_ATTEMPTS times) when one gunicorn worker held more
 than BALANCED_SHARE of wrk's connections: which worker accepts a connection is chance,
-and 32/0 on two workers serves about half of 16/16 (see `_load`). The notes give each
+and 32/0 on two workers serves about half of 16/16 (see `bench.web_load.measure`). The notes give each
 measurement's split. Rows, each target a ratio from this one run:
 
 * B0: B0-write (also at P99_CONNECTIONS), B0-read and hello-world themselves, each
@@ -62,18 +62,10 @@ B0-write's job rows are cancelled afterwards (they have no export and are never 
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
-from pathlib import Path
-from urllib.parse import urlsplit
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import psycopg
 import redis as redis_lib
@@ -87,14 +79,10 @@ from bench.harness import (
     Gunicorn,
     Row,
     WrkResult,
-    connections_per_worker,
     private_broker,
     production_settings,
-    say,
-    server_cpu_seconds,
-    wrk,
-    wrk_binary,
 )
+from bench.web_load import CONNECTIONS, MEASURE_SECONDS, Load, fewer, measure, notes
 from config import Settings
 from extensions import db
 from services.files import exports
@@ -102,10 +90,6 @@ from services.identity import accounts, sessions
 from services.insights.dashboard import HITS_KEY, MISSES_KEY
 from services.teams import teams
 
-CONNECTIONS = 32
-WARMUP_SECONDS = 2.0
-MEASURE_SECONDS = 10.0
-WRK_THREADS = 1
 POST_TEAMS = 64  # B1's requests rotate over this many teams of the user
 # The default limit (per user) one client at full speed never reaches in a minute; the
 # limiter still counts every request.
@@ -129,9 +113,6 @@ B9_MAX_SLOWDOWN = 0.20
 CPU_MAX_POST = 4.0
 CPU_MAX_READ = 2.0
 P99_CONNECTIONS = 8  # B1's latency target is measured at this load (and B0-write's, hello's)
-# At most this share of wrk's connections on one gunicorn worker, else measure again (_load).
-BALANCED_SHARE = 0.75
-MEASURE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -140,20 +121,6 @@ class Seed:
     team_ids: list[uuid.UUID]  # the first one also has the dashboard and the job
     job_id: uuid.UUID
     token: str  # an access token of a real session (carries `sid`, like a login's)
-
-
-@dataclass(frozen=True)
-class Load:
-    """One wrk measurement: requests to `paths` of `base_url` (rotating if several)."""
-
-    name: str
-    base_url: str
-    paths: list[str]
-    method: str = "GET"
-    body: str | None = None
-    headers: dict[str, str] | None = None
-    expect: int = 200
-    connections: int = CONNECTIONS
 
 
 def run(ctx: Context) -> list[Row]:
@@ -214,25 +181,25 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
     few = P99_CONNECTIONS
 
     with servers["hello"] as hello:
-        base = _load(Load("hello", hello.url, ["/hello"]))
-        base_few = _load(Load(f"hello, {few} connections", hello.url, ["/hello"],
+        base = measure(Load("hello", hello.url, ["/hello"]))
+        base_few = measure(Load(f"hello, {few} connections", hello.url, ["/hello"],
                               connections=few))  # fmt: skip
 
     with servers["b0-write"] as server:
         paths = [b0.WRITE_PATH.format(team_id=t) for t in seed.team_ids]
         write_load = Load("B0-write", server.url, paths, "POST", EXPORT_BODY, post_headers, 202)
-        write = _load(write_load)
-        write_few = _load(_fewer(write_load, few))
+        write = measure(write_load)
+        write_few = measure(fewer(write_load, few))
 
     with servers["b0-read"] as server:
-        read = _load(Load("B0-read", server.url, [b0.READ_PATH.format(job_id=seed.job_id)],
+        read = measure(Load("B0-read", server.url, [b0.READ_PATH.format(job_id=seed.job_id)],
                           headers=bearer))  # fmt: skip
 
     with servers["web"] as web:
 
         def post(name: str, team_ids: list[uuid.UUID], connections: int) -> WrkResult:
             paths = [f"/api/v1/teams/{t}/exports" for t in team_ids]
-            return _load(Load(name, web.url, paths, "POST", EXPORT_BODY, post_headers, 202,
+            return measure(Load(name, web.url, paths, "POST", EXPORT_BODY, post_headers, 202,
                               connections))  # fmt: skip
 
         many = post("B1 POST exports, rotating teams", seed.team_ids, CONNECTIONS)
@@ -243,15 +210,15 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
     with servers["web-reads"] as web:
         cache: dict[str, int] = {}
         dashboard_path = f"/api/v1/teams/{team}/dashboard"
-        board = _load(Load("B2 dashboard", web.url, [dashboard_path], headers=bearer),
+        board = measure(Load("B2 dashboard", web.url, [dashboard_path], headers=bearer),
                       around=lambda: _cache_counters(settings, cache))  # fmt: skip
-        job = _load(Load("B2 job status (limiter+auth)", web.url, [job_path], headers=bearer))
-        health = _load(Load("/healthz (the app)", web.url, ["/healthz"]))
+        job = measure(Load("B2 job status (limiter+auth)", web.url, [job_path], headers=bearer))
+        health = measure(Load("/healthz (the app)", web.url, ["/healthz"]))
 
     with servers["noauth"] as noauth:
-        auth_only = _load(Load("B9 job status (auth, no limiter)", noauth.url, [job_path],
+        auth_only = measure(Load("B9 job status (auth, no limiter)", noauth.url, [job_path],
                                headers=bearer))  # fmt: skip
-        bare = _load(Load("B9 job status (no limiter, no auth)", noauth.url,
+        bare = measure(Load("B9 job status (no limiter, no auth)", noauth.url,
                           [f"{NOAUTH_JOB_PATH}/{seed.job_id}"],
                           headers={BENCH_USER_HEADER: str(seed.user_id)}))  # fmt: skip
 
@@ -269,24 +236,24 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
         Row("B0", "B0-write: POST job (JWT, limiter script, INSERT + commit, publish) req/s",
             write.requests_per_second, "req/s", base.requests_per_second, hello_what,
             _ratio(write.requests_per_second, base.requests_per_second), "", None,
-            f"{POST_TEAMS} teams in turn; {_notes(write)}; at {few} connections "
-            f"{write_few.requests_per_second:,.0f} req/s, {_notes(write_few)}"),
+            f"{POST_TEAMS} teams in turn; {notes(write)}; at {few} connections "
+            f"{write_few.requests_per_second:,.0f} req/s, {notes(write_few)}"),
         Row("B0", "B0-read: GET job (JWT, limiter script, SELECT by id, JSON) req/s",
             read.requests_per_second, "req/s", base.requests_per_second, hello_what,
-            _ratio(read.requests_per_second, base.requests_per_second), "", None, _notes(read)),
+            _ratio(read.requests_per_second, base.requests_per_second), "", None, notes(read)),
         Row("B0", "hello-world GET req/s (bare Flask route)", base.requests_per_second,
-            "req/s", notes=f"{_notes(base)}; at {few} connections "
-            f"{base_few.requests_per_second:,.0f} req/s, {_notes(base_few)}"),
+            "req/s", notes=f"{notes(base)}; at {few} connections "
+            f"{base_few.requests_per_second:,.0f} req/s, {notes(base_few)}"),
         Row("B1", "POST export (validate, write job, publish) req/s", many.requests_per_second,
             "req/s", write.requests_per_second, "B0-write", b1_ratio,
             f">= {B1_MIN_RATIO}x (stretch {B1_STRETCH_RATIO}x)",
             b1_ratio >= B1_MIN_RATIO and not many.errors,
-            f"stretch {stretch}; {POST_TEAMS} teams in turn; {_notes(many)}",
+            f"stretch {stretch}; {POST_TEAMS} teams in turn; {notes(many)}",
             rps(many, hello_rps)),
         Row("B1", f"POST export p99 at {few} connections", many_few.p99_ms, "ms",
             write_few.p99_ms, f"B0-write p99, {few} conn.", b1_p99_ratio,
             f"<= {B1_MAX_P99_RATIO:g}x", b1_p99_ratio <= B1_MAX_P99_RATIO and not many_few.errors,
-            f"{many_few.requests_per_second:,.0f} req/s; {_notes(many_few)}",
+            f"{many_few.requests_per_second:,.0f} req/s; {notes(many_few)}",
             {"hello": _ratio(many_few.p99_ms, base_few.p99_ms)}),
         Row("B1", f"POST export p99 at {CONNECTIONS} connections", many.p99_ms, "ms",
             write.p99_ms, f"B0-write p99, {CONNECTIONS} conn.", _ratio(many.p99_ms, write.p99_ms),
@@ -294,7 +261,7 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
         Row("B1", "  the same POST to one team only req/s", one.requests_per_second, "req/s",
             many.requests_per_second, f"{POST_TEAMS} teams",
             _ratio(one.requests_per_second, many.requests_per_second), "", None,
-            f"its audit chain's lock serialises the team's writes; {_notes(one)}",
+            f"its audit chain's lock serialises the team's writes; {notes(one)}",
             rps(one, ("B0-write", write), hello_rps)),
     ]  # fmt: skip
     cache_note = f"; cache hits {cache.get('hits')}, misses {cache.get('misses')}"
@@ -306,7 +273,7 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
         rows.append(Row("B2", f"{what} req/s", result.requests_per_second, "req/s",
                         read.requests_per_second, "B0-read", ratio, f">= {B2_MIN_RATIO}x",
                         ratio >= B2_MIN_RATIO and not result.errors,
-                        _notes(result) + extra, rps(result, hello_rps)))  # fmt: skip
+                        notes(result) + extra, rps(result, hello_rps)))  # fmt: skip
     for what, result, limit in (
         ("POST export", many, CPU_MAX_POST),
         ("job status GET", job, CPU_MAX_READ),
@@ -325,7 +292,7 @@ def _measure(settings: Settings, seed: Seed, servers: dict[str, Gunicorn]) -> li
     rows.append(Row("B9", "  the route with neither req/s", bare.requests_per_second, "req/s",
                     read.requests_per_second, "B0-read",
                     _ratio(bare.requests_per_second, read.requests_per_second), "", None,
-                    f"B0-read does auth and the limiter's round trip too; {_notes(bare)}",
+                    f"B0-read does auth and the limiter's round trip too; {notes(bare)}",
                     rps(bare, hello_rps)))  # fmt: skip
     return rows
 
@@ -344,11 +311,6 @@ def _cpu_row(what: str, result: WrkResult, health: WrkResult, limit: float) -> R
 
 def _ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline else 0.0
-
-
-def _fewer(load: Load, connections: int) -> Load:
-    return Load(f"{load.name}, {connections} connections", load.base_url, load.paths,
-                load.method, load.body, load.headers, load.expect, connections)  # fmt: skip
 
 
 def _cancel_b0_jobs(settings: Settings) -> None:
@@ -381,98 +343,6 @@ def _overhead(
     )  # fmt: skip
 
 
-def _load(
-    load: Load, around: Callable[[], AbstractContextManager[object]] | None = None
-) -> WrkResult:
-    """Check one request answers `load.expect`, warm up, then measure (inside `around()`).
-
-    A measurement whose busiest gunicorn worker held more than BALANCED_SHARE of wrk's
-    connections (seen mid-run) is taken again, up to MEASURE_ATTEMPTS times; the most
-    even one counts. Which worker accepts which of the connections wrk opens at once is
-    chance, and a worker keeps its keep-alive connections: at 32/0 one process (one GIL)
-    serves what two serve at 16/16, about half as fast (harness.connections_per_worker).
-    """
-    _check(load)
-    _wrk(load, WARMUP_SECONDS)
-    port = urlsplit(load.base_url).port or 80
-    chosen: WrkResult | None = None
-    for _ in range(MEASURE_ATTEMPTS):
-        with around() if around else nullcontext(), ThreadPoolExecutor(1) as pool:
-            cpu_before = server_cpu_seconds(port)
-            running = pool.submit(_wrk, load, MEASURE_SECONDS)
-            time.sleep(MEASURE_SECONDS / 2)
-            split = connections_per_worker(port)  # mid-run, while wrk's connections are open
-            result = replace(running.result(), split=split)
-            cpu_after = server_cpu_seconds(port)
-        if cpu_before is not None and cpu_after is not None and result.requests:
-            result = replace(result, cpu_ms=(cpu_after - cpu_before) * 1000 / result.requests)
-        if chosen is None or _busiest_share(result) < _busiest_share(chosen):
-            chosen = result
-        if _busiest_share(result) <= BALANCED_SHARE:
-            break
-        say(f"  {load.name}: connections per worker {_split(result)}, measuring again")
-    assert chosen is not None
-    say(f"  {load.name}: {chosen.requests_per_second:,.0f} req/s, {_notes(chosen)}, "
-        f"{chosen.requests:,} requests")  # fmt: skip
-    return chosen
-
-
-def _busiest_share(result: WrkResult) -> float:
-    """The share of wrk's connections on the busiest worker (0 when unknown or one worker)."""
-    if len(result.split) < 2 or not sum(result.split):
-        return 0.0
-    return result.split[0] / sum(result.split)
-
-
-def _split(result: WrkResult) -> str:
-    return "/".join(str(n) for n in result.split) if result.split else "unknown"
-
-
-def _wrk(load: Load, seconds: float) -> WrkResult:
-    if len(load.paths) == 1:
-        return wrk(load.base_url + load.paths[0], seconds=seconds, connections=load.connections,
-                   threads=WRK_THREADS, method=load.method, body=load.body,
-                   headers=load.headers)  # fmt: skip
-    return _wrk_rotating(load, seconds)
-
-
-def _wrk_rotating(load: Load, seconds: float) -> WrkResult:
-    """harness.wrk, but each request takes the next of `load.paths` (a wrk `request()`)."""
-    lines = [f"wrk.method = {json.dumps(load.method)}"]
-    if load.body is not None:
-        lines.append(f"wrk.body = {json.dumps(load.body)}")
-    for name, value in (load.headers or {}).items():
-        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
-    lines += [
-        f"local paths = {{{', '.join(json.dumps(p) for p in load.paths)}}}",
-        "local i = 0",
-        "request = function()",
-        "  i = i % #paths + 1",
-        "  return wrk.format(nil, paths[i])",
-        "end",
-    ]
-    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
-        script = Path(tmp) / "rotate.lua"
-        script.write_text("\n".join(lines) + "\n")
-        command = [wrk_binary(), f"-t{WRK_THREADS}", f"-c{load.connections}", f"-d{seconds:g}s",
-                   "--latency", "-s", str(script), load.base_url + load.paths[0]]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=True)  # noqa: S603
-    return WrkResult.parse(done.stdout)
-
-
-def _check(load: Load) -> None:
-    url = load.base_url + load.paths[0]
-    data = load.body.encode() if load.body is not None else None
-    request = urllib.request.Request(url, data=data, method=load.method, headers=load.headers or {})  # noqa: S310  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            status, text = response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        status, text = exc.code, exc.read().decode(errors="replace")
-    if status != load.expect:
-        raise RuntimeError(f"{load.method} {url}: {status} (expected {load.expect}): {text[:500]}")
-
-
 @contextmanager
 def _cache_counters(settings: Settings, counts: dict[str, int]) -> Iterator[None]:
     """Put the dashboard cache's hit/miss counts over the block in `counts` (warm: no misses)."""
@@ -489,12 +359,3 @@ def _cache_counters(settings: Settings, counts: dict[str, int]) -> Iterator[None
         counts.update(hits=hits1 - hits0, misses=misses1 - misses0)
     finally:
         client.close()
-
-
-def _notes(result: WrkResult) -> str:
-    text = f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
-    if result.cpu_ms is not None:
-        text += f", web CPU {result.cpu_ms:.2f} ms/request"
-    if result.split:
-        text += f", connections per worker {_split(result)}"
-    return text + (f"; {result.errors} errors" if result.errors else "")

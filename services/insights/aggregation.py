@@ -43,7 +43,8 @@ from typing import Any, Final
 from sqlalchemy import text
 
 from extensions import db
-from services.insights.rollups import BUILTIN_PREFIX, floor
+from services.insights.builtin_metrics import recompute_builtins
+from services.insights.rollups import BUILTIN_PREFIX, LIVE_TEAM, floor
 
 EVENTS: Final = "events"  # the watermark's source name
 BUILTIN_LOOKBACK: Final = timedelta(hours=3)  # late-finishing jobs, slow webhooks
@@ -74,8 +75,8 @@ def run(now: datetime | None = None) -> Summary:
     _lock()
     events, watermark = _fold_new_events()
     now = now or datetime.now(UTC)
-    builtin_rows = _recompute_builtins(floor(now - BUILTIN_LOOKBACK, "hour"), now, "hour")
-    builtin_rows += _recompute_builtins(floor(now - timedelta(days=1), "day"), now, "day")
+    builtin_rows = recompute_builtins(floor(now - BUILTIN_LOOKBACK, "hour"), now, "hour")
+    builtin_rows += recompute_builtins(floor(now - timedelta(days=1), "day"), now, "day")
     return Summary(events, watermark, builtin_rows)
 
 
@@ -91,8 +92,8 @@ def run_team(
     _lock_team(team_id)
     events, watermark = _fold_team_events(team_id)
     now = now or datetime.now(UTC)
-    rows = _recompute_builtins(floor(now - BUILTIN_LOOKBACK, "hour"), now, "hour", team_id)
-    rows += _recompute_builtins(floor(now - timedelta(days=1), "day"), now, "day", team_id)
+    rows = recompute_builtins(floor(now - BUILTIN_LOOKBACK, "hour"), now, "hour", team_id)
+    rows += recompute_builtins(floor(now - timedelta(days=1), "day"), now, "day", team_id)
     recomputed = 0
     if start is not None and end is not None:
         recomputed = recompute(team_id, start, end, locked=True)
@@ -121,7 +122,7 @@ def recompute(team_id: uuid.UUID, start: datetime, end: datetime, *, locked: boo
         params,
     )
     for interval in ("hour", "day"):
-        written += _recompute_builtins(first, last, interval, team_id=team_id)
+        written += recompute_builtins(first, last, interval, team_id=team_id)
     return written
 
 
@@ -280,7 +281,6 @@ def _event_rollups_exist(team_id: uuid.UUID | None = None) -> bool:
 
 
 # Runs write nothing for a deleted team (`forget_team` removed what it had).
-_LIVE_TEAM: Final = "team_id NOT IN (SELECT id FROM teams WHERE deleted_at IS NOT NULL)"
 
 
 def forget_team(team_id: uuid.UUID) -> int:
@@ -324,7 +324,7 @@ def _insert_event_rollups(
         ),
         hours AS (
             INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
-            SELECT team_id, name, 'hour', hour, n FROM fresh WHERE {_LIVE_TEAM}
+            SELECT team_id, name, 'hour', hour, n FROM fresh WHERE {LIVE_TEAM}
             ORDER BY 1, 2, 4  -- the key's order: on a first run every insert appends
             {on_conflict}
             {returning}
@@ -332,7 +332,7 @@ def _insert_event_rollups(
         days AS (
             INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
             SELECT team_id, name, 'day', date_trunc('day', hour, 'UTC'), sum(n) FROM fresh
-            WHERE {_LIVE_TEAM}
+            WHERE {LIVE_TEAM}
             GROUP BY 1, 2, 4
             {on_conflict}
             {returning}
@@ -349,76 +349,3 @@ def _insert_event_rollups(
     value = db.session.execute(text(statement), params).scalar_one()
     db.session.execute(text("SELECT set_config('enable_sort', :was, true)"), {"was": sort})
     return int(value)
-
-
-# A dead job an operator discarded (services.jobs.dead_letters) still failed for good.
-_DISCARDED: Final = "(status = 'cancelled' AND result ->> 'discarded' IS NOT NULL)"
-# Each built-in metric as (name expression, value expression, source, time column, filter).
-_BUILTINS: Final = (
-    ("'builtin.signups'", "count(*)", "team_members", "created_at", "TRUE"),
-    ("'builtin.payments.count'", "count(*)", "payments", "succeeded_at", "TRUE"),
-    (
-        "'builtin.payments.revenue.' || lower(currency)",
-        "sum(amount)",
-        "payments",
-        "succeeded_at",
-        "TRUE",
-    ),
-    (
-        "'builtin.active_users'",
-        "count(DISTINCT actor_user_id)",
-        "audit_logs",
-        "created_at",
-        "team_id IS NOT NULL AND actor_user_id IS NOT NULL",
-    ),
-    (
-        "'builtin.jobs.run'",
-        "count(*)",
-        "jobs",
-        "finished_at",
-        f"team_id IS NOT NULL AND (status IN ('succeeded', 'dead') OR {_DISCARDED})",
-    ),
-    (
-        "'builtin.jobs.failed'",
-        "count(*)",
-        "jobs",
-        "finished_at",
-        f"team_id IS NOT NULL AND (status = 'dead' OR {_DISCARDED})",
-    ),
-)
-
-
-def _recompute_builtins(
-    start: datetime, end: datetime, interval: str, team_id: uuid.UUID | None = None
-) -> int:
-    """Replace the built-in rollups of [start, end) (aligned to `interval`) for every team,
-    or one; returns the rows written. Distinct counts are computed per bucket from the
-    source, never summed from smaller buckets."""
-    if interval not in ("hour", "day"):
-        raise ValueError(interval)
-    team_filter = "AND team_id = :team" if team_id is not None else ""
-    params = {"start": start, "end": end, "interval": interval, "team": team_id}
-    db.session.execute(
-        text(f"""
-            DELETE FROM analytics_rollups
-            WHERE "interval" = :interval AND bucket >= :start AND bucket < :end
-              AND name LIKE '{BUILTIN_PREFIX}%' {team_filter}
-        """),  # noqa: S608 - fixed fragments only
-        params,
-    )
-    selects = [
-        f"""SELECT team_id, {name} AS name, date_trunc(:interval, {column}, 'UTC') AS bucket,
-                   {value} AS value
-            FROM {table}
-            WHERE {column} >= :start AND {column} < :end AND {where} {team_filter}
-            GROUP BY 1, 2, 3"""  # noqa: S608 - fixed fragments only
-        for name, value, table, column, where in _BUILTINS
-    ]
-    union = " UNION ALL ".join(selects)
-    statement = f"""
-        INSERT INTO analytics_rollups (team_id, name, "interval", bucket, value)
-        SELECT team_id, name, :interval, bucket, value FROM ({union}) AS metrics
-        WHERE {_LIVE_TEAM}
-    """  # noqa: S608 - fixed fragments only
-    result = db.session.execute(text(statement), params)
-    return int(getattr(result, "rowcount", 0) or 0)

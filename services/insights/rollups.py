@@ -19,6 +19,8 @@ from models import AnalyticsRollup
 from services.core.errors import ValidationFailed
 
 STEP: Final = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+# Rows of teams marked deleted are never written (a deleted team keeps no rollups).
+LIVE_TEAM: Final = "team_id NOT IN (SELECT id FROM teams WHERE deleted_at IS NOT NULL)"
 MAX_POINTS: Final = 1_000
 
 # Metrics computed from our own tables (`services.insights.aggregation`). Clients cannot send

@@ -7,92 +7,34 @@ whose team is gone, from `flask audit verify`. The attacker knows the code, not 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import uuid
 from collections.abc import Iterator
-from datetime import UTC
-from typing import Any
 
 import pytest
 from apiflask import APIFlask
 from flask.testing import FlaskClient
-from psycopg.errors import InsufficientPrivilege, UniqueViolation
+from psycopg.errors import InsufficientPrivilege
 from sqlalchemy import select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from werkzeug.test import TestResponse
+from sqlalchemy.exc import DBAPIError
 
 import config
 from config import Settings
 from extensions import db
-from models import AuditLog, User
+from models import AuditLog
 from services.core.audit import record_audit
 from services.core.audit_chain import seal_chain
-from tests.factories import PASSWORD, auth_headers, make_team, make_user
+from tests.blueprints.common.audit_chain_helpers import (
+    NEW_KEY,
+    TEAMS,
+    as_database_user,
+    chain_rows,
+    ok,
+    plain_sha256,
+    team_with_history,
+    verify,
+)
+from tests.factories import PASSWORD, auth_headers, make_user
 from tests.support import PrivateStacks, Worker, make_settings, problem_body, wait_job
-
-TEAMS = "/api/v1/teams"
-NEW_KEY = "k2:a-second-audit-key-of-at-least-32-characters"
-
-
-def ok(response: TestResponse, status: int = 200) -> Any:
-    assert response.status_code == status, response.get_data(as_text=True)
-    return response.get_json()
-
-
-def as_database_user(*statements: str, **params: Any) -> None:
-    """Run SQL on a connection of its own, in one transaction, as a database user would."""
-    db.session.commit()  # the test's own reads must not hold locks the statements need
-    with db.engine.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement), params)
-    db.session.expire_all()
-
-
-def chain_rows(team_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The team's chain in its order, once the sealer has chained what requests wrote."""
-    db.session.commit()
-    seal_chain(team_id)
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT * FROM audit_logs WHERE team_id = :team ORDER BY chain_seq NULLS LAST, id"
-            ),
-            {"team": team_id},
-        )
-        return [dict(r._mapping) for r in rows]
-
-
-def plain_sha256(row: dict[str, Any], prev_hash: str | None) -> str:
-    """What the attacker can compute without the key: a bare SHA-256 over the row's
-    content and its predecessor's hash (the chain's original design)."""
-    content = {
-        "team_id": str(row["team_id"]) if row["team_id"] else None,
-        "actor_user_id": str(row["actor_user_id"]) if row["actor_user_id"] else None,
-        "action": row["action"], "subject_type": row["subject_type"],
-        "subject_id": row["subject_id"], "data": row["data"],
-        "ip": str(row["ip"]) if row["ip"] else None, "user_agent": row["user_agent"],
-        "request_id": row["request_id"],
-        "created_at": row["created_at"].astimezone(UTC).isoformat(), "prev_hash": prev_hash,
-    }  # fmt: skip
-    encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(encoded.encode()).hexdigest()
-
-
-def team_with_history(client: FlaskClient, changes: int = 4) -> tuple[User, uuid.UUID]:
-    """A team whose chain holds team.created and `changes` role changes, made over HTTP."""
-    owner, member = make_user(), make_user()
-    team_id = make_team(owner, members=[(member, "member")])
-    url = f"{TEAMS}/{team_id}/members/{member.id}"
-    for i in range(changes):
-        role = "admin" if i % 2 == 0 else "member"
-        ok(client.patch(url, json={"role": role}, headers=auth_headers(owner)))
-    return owner, team_id
-
-
-def verify(client: FlaskClient, owner: User, team_id: uuid.UUID, **query: str) -> Any:
-    url = f"{TEAMS}/{team_id}/audit-logs/verify"
-    return ok(client.get(url, query_string=query, headers=auth_headers(owner)))
 
 
 def test_rewriting_a_row_and_recomputing_the_chain_with_sha256_is_reported(
@@ -198,84 +140,6 @@ def test_a_row_inserted_behind_the_apps_back_is_reported(client: FlaskClient) ->
     report = verify(client, owner, team_id)
     assert (report["intact"], report["first_bad_id"]) == (False, extra["id"])
     assert "past the chain's sealed head" in report["reason"]
-
-
-def test_a_pending_row_inserted_without_the_key_is_never_chained(client: FlaskClient) -> None:
-    """Requests write rows pending, signed with `entry_mac`; the sealer vouches for a
-    pending row only if that signature verifies, so a database user cannot slip a row
-    into the chain by inserting it pending and waiting for the sealer."""
-    owner, team_id = team_with_history(client, changes=2)
-    last = chain_rows(team_id)[-1]
-    as_database_user(
-        "INSERT INTO audit_logs (team_id, actor_user_id, action, data, created_at, key_id, "
-        "entry_mac) SELECT team_id, actor_user_id, 'team.updated', CAST(:data AS jsonb), "
-        "created_at, key_id, :mac FROM audit_logs WHERE id = :id",
-        data=json.dumps({"name": {"from": "Acme", "to": "X"}}), mac="0" * 64, id=last["id"],
-    )  # fmt: skip
-
-    report = verify(client, owner, team_id)  # the verification seals first
-    [forged] = [r for r in chain_rows(team_id) if r["action"] == "team.updated"]
-    assert (forged["hash"], forged["chain_seq"]) == (None, None)  # left out of the chain
-    assert (report["intact"], report["first_bad_id"]) == (False, forged["id"])
-    assert "not written by the app" in report["reason"]
-    assert report["rows_checked"] == 3  # the genuine chain around it still verifies
-
-
-@pytest.mark.parametrize(
-    "statement",
-    [
-        # Sealing a pending row while changing what it says.
-        "UPDATE audit_logs SET data = '{}', hash = repeat('a', 64), chain_seq = 9 "
-        "WHERE id = :pending",
-        # Chaining a sealed row a second time (to move it elsewhere in the chain).
-        "UPDATE audit_logs SET hash = repeat('b', 64), chain_seq = 1 WHERE id = :sealed",
-        # "Un-sealing" a row, so that the sealer would chain it again.
-        "UPDATE audit_logs SET hash = NULL, chain_seq = NULL WHERE id = :sealed",
-    ],
-)
-def test_a_row_is_sealed_once_with_its_content_unchanged(
-    client: FlaskClient, statement: str
-) -> None:
-    owner, team_id = team_with_history(client, changes=1)
-    sealed = chain_rows(team_id)[-1]
-    record_audit("inventory.adjusted", actor_id=owner.id, team_id=team_id, data={"n": 1})
-    db.session.commit()
-    [pending] = [r["id"] for r in chain_rows_unsealed(team_id)]
-
-    with pytest.raises(DBAPIError) as refused:
-        as_database_user(statement, pending=pending, sealed=sealed["id"])
-    assert isinstance(refused.value.orig, InsufficientPrivilege)
-
-    report = verify(client, owner, team_id)
-    assert (report["intact"], report["complete"], report["rows_checked"]) == (True, True, 3)
-
-
-def test_a_copy_of_a_genuine_pending_row_is_refused(client: FlaskClient) -> None:
-    """Its entry_mac is genuine, so the sealer would chain a copy: the unique index on it
-    refuses the copy outright (a second "role granted" row for one change, say)."""
-    owner, team_id = team_with_history(client, changes=1)
-    record_audit("inventory.adjusted", actor_id=owner.id, team_id=team_id, data={"n": 1})
-    db.session.commit()
-    pending = chain_rows_unsealed(team_id)[-1]
-    with pytest.raises(IntegrityError) as refused:
-        as_database_user(
-            "INSERT INTO audit_logs (team_id, actor_user_id, action, data, created_at, key_id, "
-            "entry_mac) SELECT team_id, actor_user_id, action, data, created_at, key_id, "
-            "entry_mac FROM audit_logs WHERE id = :id",
-            id=pending["id"],
-        )  # fmt: skip
-    assert isinstance(refused.value.orig, UniqueViolation)
-    report = verify(client, owner, team_id)
-    assert (report["intact"], report["complete"], report["rows_checked"]) == (True, True, 3)
-
-
-def chain_rows_unsealed(team_id: uuid.UUID) -> list[dict[str, Any]]:
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT * FROM audit_logs WHERE team_id = :team AND hash IS NULL ORDER BY id"),
-            {"team": team_id},
-        )
-        return [dict(r._mapping) for r in rows]
 
 
 @pytest.mark.parametrize(

@@ -6,123 +6,35 @@ the metrics are read back over HTTP, as the frontend does.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import create_engine, select, text, update
 
 from extensions import db
-from models import AnalyticsRollup, Job, Payment, User
+from models import AnalyticsRollup, Job, Payment
 from services.insights import aggregation
 from services.jobs import names
-from services.teams import teams
-from tasks.insights import start_aggregate
 from tests.factories import add_member, auth_headers, make_team, make_user
-from tests.support import Worker, problem_body, wait_for, wait_job
+from tests.services.insights.aggregation_helpers import (
+    H1,
+    H2,
+    HOUR,
+    NOW,
+    aggregate,
+    events,
+    events_settled,
+    hour_start,
+    metric,
+    rollups,
+    send,
+    values,
+)
+from tests.support import Worker, problem_body
 
 pytestmark = pytest.mark.worker
-
-HOUR = timedelta(hours=1)
-
-
-def hour_start(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-# Fixed points in the recent past, at least two hours back so "now" never splits them.
-NOW = hour_start(datetime.now(UTC))
-H1 = NOW - 3 * HOUR
-H2 = NOW - 2 * HOUR
-
-
-def send(client: FlaskClient, team_id: uuid.UUID, user: User, events: list[dict[str, Any]]) -> None:
-    response = client.post(
-        f"/api/v1/teams/{team_id}/analytics/events",
-        json={"events": events},
-        headers=auth_headers(user),
-    )
-    assert response.status_code == 202, response.get_data(as_text=True)
-
-
-def events(name: str, at: datetime, count: int) -> list[dict[str, Any]]:
-    return [
-        {"name": name, "occurred_at": (at + timedelta(minutes=i % 50)).isoformat()}
-        for i in range(count)
-    ]
-
-
-def events_settled() -> None:
-    """Wait until no stored event's transaction is at or above the oldest one running.
-
-    A run folds only transactions below that horizon, and on a PostgreSQL server shared
-    with other test runs their transactions (any database's) hold it back for a moment:
-    without this wait, a run right after an insert may rightly find nothing to fold yet.
-    """
-
-    def settled() -> bool:
-        db.session.rollback()
-        waiting = db.session.execute(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM analytics_events"
-                " WHERE ingest_xid >= pg_snapshot_xmin(pg_current_snapshot()))"
-            )
-        ).scalar()
-        return not waiting
-
-    wait_for(settled, 30)
-
-
-def aggregate(client: FlaskClient, team_id: uuid.UUID, user: User, **body: str) -> Job:
-    """Run `analytics.aggregate` on the worker (the admin's on-demand route) to the end."""
-    events_settled()
-    response = client.post(
-        f"/api/v1/teams/{team_id}/analytics/aggregate", json=body, headers=auth_headers(user)
-    )
-    assert response.status_code == 202, response.get_data(as_text=True)
-    return wait_job(response.get_json()["job"]["id"], "succeeded")
-
-
-def metric(
-    client: FlaskClient,
-    team_id: uuid.UUID,
-    user: User,
-    name: str,
-    start: datetime,
-    end: datetime,
-    interval: str = "hour",
-) -> dict[str, Any]:
-    response = client.get(
-        f"/api/v1/teams/{team_id}/analytics/metrics",
-        query_string={"name": name, "from": start.isoformat(), "to": end.isoformat(),
-                      "interval": interval},
-        headers=auth_headers(user),
-    )  # fmt: skip
-    assert response.status_code == 200, response.get_data(as_text=True)
-    body: dict[str, Any] = response.get_json()
-    return body
-
-
-def values(body: Mapping[str, Any]) -> list[int]:
-    return [point["value"] for point in body["points"]]
-
-
-def rollups(team_id: uuid.UUID) -> list[tuple[str, str, datetime, int]]:
-    """The team's event rollups (built-ins move with every run: each counts the last)."""
-    db.session.rollback()
-    return list(
-        db.session.execute(
-            select(
-                AnalyticsRollup.name, AnalyticsRollup.interval, AnalyticsRollup.bucket,
-                AnalyticsRollup.value,
-            )
-            .where(AnalyticsRollup.team_id == team_id, AnalyticsRollup.name.not_like("builtin.%"))
-            .order_by(AnalyticsRollup.name, AnalyticsRollup.interval, AnalyticsRollup.bucket)
-        )
-    )  # fmt: skip
 
 
 def test_events_become_hourly_and_daily_series_and_a_rerun_changes_nothing(
@@ -307,134 +219,3 @@ def test_bad_ranges_and_reserved_names_are_refused(client: FlaskClient) -> None:
     assert db.session.scalar(
         select(Job.id).where(Job.team_id == team_id, Job.type == names.ANALYTICS_AGGREGATE)
     ) is None  # fmt: skip
-
-
-def test_the_hourly_beat_adds_no_run_while_one_is_waiting(app: Any) -> None:
-    """A backlog of ticks (or two beats) cannot pile up runs behind a slow one."""
-    waiting = Job(type="analytics.aggregate", queue="analytics", status="running", args={})
-    db.session.add(waiting)
-    db.session.commit()
-    created_before = db.session.scalar(select(func.count()).select_from(Job))
-    try:
-        assert start_aggregate.run() is None
-        assert start_aggregate.run() is None
-        assert db.session.scalar(select(func.count()).select_from(Job)) == created_before
-    finally:
-        waiting.status = "succeeded"
-        db.session.commit()
-    queued = start_aggregate.run()  # nothing waiting any more: the tick queues a run
-    assert queued is not None
-    assert db.session.get(Job, uuid.UUID(queued)) is not None
-
-
-_ADD_EVENT = text(
-    "INSERT INTO analytics_events (team_id, name, occurred_at) VALUES (:team, 'x.y', :at)"
-)
-
-
-def add_events(engine: Engine, team: uuid.UUID, count: int) -> None:
-    """`count` events of the team in hour H1, committed on a connection of their own."""
-    with engine.begin() as conn:
-        conn.execute(_ADD_EVENT, [{"team": team, "at": H1}] * count)
-
-
-def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_database: str) -> None:
-    """A team's on-demand run folds only that team and moves only its own watermark: the
-    hourly run then adds every other team's events and none of this team's twice, also
-    for a batch still being written while the team ran."""
-    a_owner, b_owner = make_user(), make_user()
-    a, b = make_team(a_owner), make_team(b_owner)
-    engine = create_engine(migrated_database)
-
-    def add(team: uuid.UUID, count: int) -> None:
-        add_events(engine, team, count)
-
-    def counted(team: uuid.UUID) -> int:
-        return sum(v for _, interval, _, v in rollups(team) if interval == "hour")
-
-    def team_run(team: uuid.UUID, *, settle: bool = True) -> None:
-        if settle:
-            events_settled()
-        aggregation.run_team(team)
-        db.session.commit()
-
-    def hourly_run() -> None:
-        events_settled()
-        aggregation.run()
-        db.session.commit()
-
-    try:
-        add(a, 2)
-        add(b, 3)
-        team_run(a)
-        assert (counted(a), counted(b)) == (2, 0)
-        add(a, 1)
-        add(b, 1)
-        hourly_run()
-        assert (counted(a), counted(b)) == (3, 4)
-        with engine.connect() as slow:
-            slow.execute(_ADD_EVENT, {"team": a, "at": H1})  # open, not committed
-            add(a, 5)  # a later batch commits first
-            team_run(a, settle=False)  # stops below the open batch: the later one waits too
-            assert counted(a) == 3
-            slow.commit()
-        team_run(a)
-        team_run(a)  # nothing new: nothing added
-        hourly_run()
-        hourly_run()
-        assert (counted(a), counted(b)) == (9, 4)
-        before = rollups(a)
-        aggregation.recompute(a, H1, H2)  # rebuilt from the raw events: the same numbers
-        db.session.commit()
-        assert rollups(a) == before
-    finally:
-        engine.dispose()
-
-
-def test_a_deleted_team_leaves_no_rollups_and_later_runs_write_none(
-    app: Any, migrated_database: str
-) -> None:
-    """Rollups have no foreign key to teams: deleting a team deletes them in the same
-    transaction, and runs afterwards skip it (its events not yet folded, the deletion
-    job's own built-in metrics), while other teams are counted as before."""
-    owner, other_owner = make_user(), make_user()
-    gone, kept = make_team(owner), make_team(other_owner)
-    engine = create_engine(migrated_database)
-
-    def add(team: uuid.UUID, count: int) -> None:
-        add_events(engine, team, count)
-
-    def all_rollups(team: uuid.UUID) -> int:
-        db.session.rollback()
-        return int(
-            db.session.scalar(
-                select(func.count()).select_from(AnalyticsRollup)
-                .where(AnalyticsRollup.team_id == team)
-            ) or 0
-        )  # fmt: skip
-
-    def hourly_run() -> None:
-        events_settled()
-        aggregation.run()
-        db.session.commit()
-
-    try:
-        add(gone, 2)
-        add(kept, 3)
-        hourly_run()
-        assert all_rollups(gone) > 2  # event rows and built-ins (signups, ...)
-        add(gone, 4)  # not folded yet when the team goes
-        add(kept, 1)
-        summary = teams.soft_delete_team(gone, actor_id=owner.id)
-        db.session.commit()
-        assert summary["rollups_removed"] > 2
-        assert all_rollups(gone) == 0
-        hourly_run()
-        hourly_run()
-        assert all_rollups(gone) == 0
-        assert {(n, i): v for n, i, _, v in rollups(kept)} == {
-            ("x.y", "hour"): 4,
-            ("x.y", "day"): 4,
-        }
-    finally:
-        engine.dispose()
