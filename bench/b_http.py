@@ -34,8 +34,8 @@ wrk with CONNECTIONS connections (P99_CONNECTIONS for the latency target; one wr
 it outruns any Python server and leaves the other core to the servers, PostgreSQL and
 Redis), taken again (up to MEASURE_ATTEMPTS times) when one gunicorn worker held more
 than BALANCED_SHARE of wrk's connections: which worker accepts a connection is chance,
-and 32/0 on two workers serves about half of 16/16 (see `bench.web_load.measure`). The notes give each
-measurement's split. Rows, each target a ratio from this one run:
+and 32/0 on two workers serves about half of 16/16 (see `bench.web_load.measure`). The
+notes give each measurement's split. Rows, each target a ratio from this one run:
 
 * B0: B0-write (also at P99_CONNECTIONS), B0-read and hello-world themselves, each
   against hello-world (informational);

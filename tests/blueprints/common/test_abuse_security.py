@@ -36,7 +36,7 @@ from tests.factories import (
     personal_team,
     verify_email,
 )
-from tests.services.insights.test_aggregation import events_settled
+from tests.services.insights.aggregation_helpers import events_settled
 from tests.support import (
     LOGS,
     Mailbox,
