@@ -32,10 +32,11 @@ from blueprints.common.auth import register_authentication
 from blueprints.common.jwt_callbacks import register_jwt_callbacks
 from blueprints.common.openapi import register_openapi
 from blueprints.common.problems import register_error_handlers
+from blueprints.common.ratelimits import limiter
 from blueprints.common.request_hooks import register_request_hooks
 from blueprints.common.security import register_security
 from config import Settings, load_settings
-from extensions import celery_app, db, jwt, limiter, redis
+from extensions import celery_app, db, jwt, redis
 from logs import configure_logging
 from services.insights import dashboard as dashboard_service
 from services.jobs import signals as job_signals

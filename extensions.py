@@ -18,15 +18,12 @@ import redis as redis_lib
 from celery import Celery
 from flask import Flask
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Connection, CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
-
-from blueprints.common.ratelimits import configured, principal_key
 
 # A pooled connection idle longer than this is pinged before it is handed out.
 PING_AFTER_IDLE_SECONDS = 1.0
@@ -163,9 +160,5 @@ class RedisClient:
 db = Database()
 redis = RedisClient()
 jwt = JWTManager()
-# Strategy and storage come from config (RATELIMIT_*). The default limit is read from each
-# app's Settings per request (an app built with other settings gets its own), and counts
-# per verified user or API key, per address for everyone else.
-limiter = Limiter(key_func=principal_key, default_limits=[configured("ratelimit_default")])
 # Configured from celeryconfig.py inside create_app; tasks import this object.
 celery_app = Celery("maycole")

@@ -17,9 +17,10 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 
 from app import create_app
+from blueprints.common.ratelimits import limiter
 from cli import rebuild_schema
 from config import Settings
-from extensions import db, limiter
+from extensions import db
 from scripts.devservices import free_port
 from tests.support import (
     LOGS,

@@ -30,8 +30,7 @@ from blueprints.auth.schemas import (
 )
 from blueprints.common.auth import auth_required, me
 from blueprints.common.idempotency import idempotent
-from blueprints.common.ratelimits import client_ip, configured, email_key, principal_key
-from extensions import limiter
+from blueprints.common.ratelimits import client_ip, configured, email_key, limiter, principal_key
 from models import ApiKey, User, UserSession
 from services.identity import accounts, api_keys, sessions
 from services.identity.sessions import TokenPair

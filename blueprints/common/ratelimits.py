@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from flask import current_app, g, has_request_context, request
+from flask_limiter import Limiter
 from limits.storage import RedisStorage
 
 # RATELIMIT_STORAGE_URI is "<this prefix><REDIS_URL>" (config.py): our storage below.
@@ -189,3 +190,9 @@ def _seen(key: str) -> tuple[int, float] | None:
         return None
     hits: dict[str, tuple[int, float]] = g.get(_HITS, {})
     return hits.get(key)
+
+
+# Strategy and storage come from config (RATELIMIT_*). The default limit is read from each
+# app's Settings per request (an app built with other settings gets its own), and counts
+# per verified user or API key, per address for everyone else.
+limiter = Limiter(key_func=principal_key, default_limits=[configured("ratelimit_default")])

@@ -19,10 +19,10 @@ from flask_jwt_extended import get_jwt
 from redis.exceptions import RedisError
 
 from blueprints.common.auth import auth_required, authenticate, me
-from blueprints.common.ratelimits import configured, principal_key
+from blueprints.common.ratelimits import configured, limiter, principal_key
 from blueprints.events.schemas import StreamQuery, StreamTokenOut
 from config import Settings
-from extensions import db, limiter
+from extensions import db
 from logs import get_logger
 from services.core.errors import ServiceError
 from services.identity import stream_tokens

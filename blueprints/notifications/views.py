@@ -7,7 +7,7 @@ import uuid
 from apiflask import APIBlueprint
 
 from blueprints.common.auth import auth_required, me
-from blueprints.common.ratelimits import client_ip, configured
+from blueprints.common.ratelimits import client_ip, configured, limiter
 from blueprints.common.request_hooks import accepts_any_content
 from blueprints.notifications.schemas import (
     MarkedRead,
@@ -22,7 +22,6 @@ from blueprints.notifications.schemas import (
     Unsubscribed,
     UnsubscribeQuery,
 )
-from extensions import limiter
 from models import Notification
 from services.messaging import notifications
 from services.messaging.catalog import CATEGORIES

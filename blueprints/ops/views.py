@@ -11,7 +11,7 @@ from flask import Response, abort, current_app, request, url_for
 
 from blueprints.common import http_metrics
 from blueprints.common.problems import problem
-from extensions import limiter
+from blueprints.common.ratelimits import limiter
 from services.ops import metrics as metric_exposition
 from services.ops.health import readiness
 

@@ -11,6 +11,7 @@ from flask import request
 from blueprints.common.auth import me
 from blueprints.common.idempotency import HEADER as IDEMPOTENCY_HEADER
 from blueprints.common.idempotency import idempotent
+from blueprints.common.ratelimits import limiter
 from blueprints.common.request_hooks import accepts_any_content
 from blueprints.common.teams import team_permission
 from blueprints.jobs.schemas import job_out
@@ -28,7 +29,6 @@ from blueprints.payments.schemas import (
     RefundOut,
     WebhookReceived,
 )
-from extensions import limiter
 from integrations.payments import InvalidWebhook
 from integrations.stripe_gateway import get_gateway
 from models import Payment, Refund

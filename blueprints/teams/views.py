@@ -15,7 +15,7 @@ from flask import request, url_for
 
 from blueprints.common.auth import auth_required, authenticate, me
 from blueprints.common.idempotency import idempotent
-from blueprints.common.ratelimits import configured
+from blueprints.common.ratelimits import configured, limiter
 from blueprints.common.schemas import ListQuery
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.jobs.schemas import job_out
@@ -42,7 +42,6 @@ from blueprints.teams.schemas import (
     TeamPatch,
     TransferIn,
 )
-from extensions import limiter
 from models import AuditLog, TeamInvite, TeamMember, User
 from services.core import audit_logs
 from services.teams import invites, members, teams

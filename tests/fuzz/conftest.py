@@ -16,7 +16,8 @@ from apiflask import APIFlask
 from schemathesis import BaseSchema
 from sqlalchemy import select
 
-from extensions import db, limiter
+from blueprints.common.ratelimits import limiter
+from extensions import db
 from models import ApiKey, TeamMember, User
 from services.identity import sessions
 from tests.factories import make_api_key, make_team, make_user, verify_email

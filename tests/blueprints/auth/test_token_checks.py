@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from blueprints.common.ratelimits import RedisWindowStorage
-from extensions import db, limiter, redis
+from blueprints.common.ratelimits import RedisWindowStorage, limiter
+from extensions import db, redis
 from services.identity import sessions
 from tests.factories import PASSWORD, auth_headers, make_user
 from tests.support import bearer, problem_body

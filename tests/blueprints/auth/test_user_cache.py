@@ -12,7 +12,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import event, select
 
-from extensions import db, limiter
+from blueprints.common.ratelimits import limiter
+from extensions import db
 from models import User
 from services.identity import accounts
 from tests.factories import auth_headers, make_user

@@ -8,8 +8,8 @@ import jwt
 import pytest
 from flask.testing import FlaskClient
 
-from blueprints.common.ratelimits import RedisWindowStorage
-from extensions import limiter, redis
+from blueprints.common.ratelimits import RedisWindowStorage, limiter
+from extensions import redis
 from services.identity.sessions import is_token_revoked
 from tests.factories import auth_headers, make_user
 

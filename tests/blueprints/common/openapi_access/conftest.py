@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 from apiflask import APIFlask
 
-from extensions import db, limiter
+from blueprints.common.ratelimits import limiter
+from extensions import db
 from tests.blueprints.common.openapi_access.world import Crowd, make_crowd
 from tests.support import truncate_all_tables
 

@@ -37,7 +37,7 @@ import pytest
 from apiflask import APIFlask
 from flask.testing import FlaskClient
 
-from extensions import limiter
+from blueprints.common.ratelimits import limiter
 from models.team import ROLES
 from services.core import permissions
 from services.identity.api_keys import SCOPES
