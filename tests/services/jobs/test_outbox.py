@@ -110,17 +110,23 @@ def test_many_sends_are_marked_in_a_few_statements(
     assert broker.llen("default") == 20
 
 
-def test_a_sent_job_whose_mark_was_lost_is_sent_once_more_then_left_alone(
-    broker: redis_lib.Redis,
-) -> None:
-    # The process crashed after publishing, before its marker flushed: the relay cannot
-    # know the message exists, so it sends it again, once, and marks it.
+def sent_with_its_mark_lost() -> Job:
+    """A job published and then unmarked, as if its process died before the marker ran."""
     relay_outbox()
     job = enqueue(names.MAINTENANCE_PING, args={"sleep_seconds": 0})
     db.session.commit()
     flush_marks()
     db.session.execute(update(Job).where(Job.id == job.id).values(published_at=None))
     db.session.commit()
+    return job
+
+
+def test_a_sent_job_whose_mark_was_lost_is_sent_once_more_then_left_alone(
+    broker: redis_lib.Redis,
+) -> None:
+    # The process crashed after publishing, before its marker flushed: the relay cannot
+    # know the message exists, so it sends it again, once, and marks it.
+    job = sent_with_its_mark_lost()
     backdate(job.id)
     assert relay_outbox() == 1
     assert fetch_job(job.id).published_at is not None
@@ -131,12 +137,7 @@ def test_a_sent_job_whose_mark_was_lost_is_sent_once_more_then_left_alone(
 def test_the_claim_marks_a_delivered_job_published(broker: redis_lib.Redis) -> None:
     # A worker can take the job before the marker's UPDATE lands (or the mark is lost):
     # the claim marks it, so the relay never needs to send a running job's message again.
-    relay_outbox()
-    job = enqueue(names.MAINTENANCE_PING, args={"sleep_seconds": 0})
-    db.session.commit()
-    flush_marks()
-    db.session.execute(update(Job).where(Job.id == job.id).values(published_at=None))
-    db.session.commit()
+    job = sent_with_its_mark_lost()
     ran: list[uuid.UUID] = []
 
     def body(ctx: JobContext) -> None:
