@@ -29,6 +29,7 @@ from blueprints import (
     uploads,
 )
 from blueprints.common.auth import register_authentication
+from blueprints.common.default_limit import register_default_limit
 from blueprints.common.jwt_callbacks import register_jwt_callbacks
 from blueprints.common.openapi import register_openapi
 from blueprints.common.problems import register_error_handlers
@@ -59,7 +60,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
 
     register_request_hooks(app)  # first: its after_request hook must run after the limiter's
     register_security(app, settings)
-    register_authentication(app)  # before the limiter: its default limit counts the verified caller
+    register_authentication(app)  # before the limits: they count the verified caller
+    register_default_limit(app)
     register_extensions(app)
     register_error_handlers(app)
     register_blueprints(app)

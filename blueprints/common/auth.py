@@ -13,10 +13,10 @@ expired token, both headers at once) counts against the client address. The guar
 take that verdict instead of verifying again.
 
 An access token's revocation check (Redis) is not done in that hook but folded into the
-limiter's hit of the caller's bucket: one round trip for both, and a revoked token's hit
-still counts against the client address. When no such hit ran (an exempt route, the
-limiter off or failed over to memory) the guard checks on its own; Redis down is a 503
-either way.
+default rate limit's hit of the caller's windows (blueprints.common.default_limit): one
+round trip for both, and a revoked token's hit still counts against the client address.
+When no such hit ran (a route with limits of its own or exempt, the limiter off, Redis
+unreachable) the guard checks on its own; Redis down is a 503 either way.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _verify_credential() -> Caller | None:
 
 def _settle_revocation(caller: Caller) -> Caller:
     """The caller once its token's revocation and its user row's generation are known (the
-    limiter's hit read them, else one MGET now); raises RevokedTokenError (401),
+    default limit's hit read them, else one MGET now); raises RevokedTokenError (401),
     UserLookupError (401, the account changed and is no longer active) or
     DependencyUnavailable (503, fail closed)."""
     assert caller.unchecked_token is not None

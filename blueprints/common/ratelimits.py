@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from flask import current_app, g, has_request_context, request
+from flask import Blueprint, current_app, g, has_request_context, request
 from flask_limiter import Limiter
+from flask_limiter.util import get_qualified_name
 from limits.storage import RedisStorage
 
 # RATELIMIT_STORAGE_URI is "<this prefix><REDIS_URL>" (config.py): our storage below.
@@ -23,10 +24,11 @@ _PENDING: Final = "_ratelimit_pending_revocation"  # flask.g: a PendingRevocatio
 class PendingRevocation:
     """A token whose signature verified but whose revocation is not checked yet.
 
-    The check is folded into the limiter's first hit of the caller's bucket (one Redis
-    round trip for both, `RedisWindowStorage.incr`); `revoked` stays None when no such hit
-    ran (an exempt route, the limiter disabled or failed over to memory), and then the
-    guard checks on its own (blueprints.common.auth), failing closed as ever.
+    The check is folded into the default limit's hit of the caller's windows (one Redis
+    round trip for both, blueprints.common.default_limit); `revoked` stays None when no
+    such hit ran (a route with limits of its own or exempt, the limiter disabled, Redis
+    unreachable), and then the guard checks on its own (blueprints.common.auth), failing
+    closed as ever.
     """
 
     principal: str  # the bucket if the token stands: "user:<id>"
@@ -60,14 +62,14 @@ def principal_key() -> str:
 def count_as(principal: str | None, *, unless_revoked: PendingRevocation | None = None) -> None:
     """Count this request's default limit against a principal whose credential verified
     (None: against the client address). With `unless_revoked`, the credential's revocation
-    is still to be checked: the limiter's hit checks it and counts a revoked token against
+    is still to be checked: the default limit's hit checks it and counts a revoked token against
     the client address instead, as if it had never verified."""
     setattr(g, _PRINCIPAL, principal)
     setattr(g, _PENDING, unless_revoked)
 
 
 def pending_revocation() -> PendingRevocation | None:
-    """This request's token awaiting (or past) the revocation check folded into the limiter."""
+    """This request's token awaiting (or past) its revocation check in the default limit."""
     return g.get(_PENDING) if has_request_context() else None
 
 
@@ -114,30 +116,6 @@ if tonumber(current) == amount then
 end
 return {current, redis.call("ttl", KEYS[1])}
 """
-    # The same hit, with the token's revocation check of
-    # services.identity.sessions.is_token_revoked folded in (the same rule: its jti or its
-    # session blocked, or issued at or before its user's cutoff). A revoked token's hit
-    # goes to the client address's counter (KEYS[2]) instead of the user's (KEYS[1]).
-    # KEYS[3] = the user's generation key (returned, for the user cache); KEYS[4..] = jti
-    # key, user cutoff key, [session key]; ARGV[3] = the token's iat.
-    SCRIPT_HIT_UNLESS_REVOKED = b"""
-local revoked = 0
-if redis.call("exists", KEYS[4]) == 1 or (KEYS[6] and redis.call("exists", KEYS[6]) == 1) then
-    revoked = 1
-else
-    local cutoff = redis.call("get", KEYS[5])
-    if cutoff and tonumber(ARGV[3]) <= tonumber(cutoff) then
-        revoked = 1
-    end
-end
-local key = KEYS[1 + revoked]
-local amount = tonumber(ARGV[2])
-local current = redis.call("incrby", key, amount)
-if tonumber(current) == amount then
-    redis.call("expire", key, ARGV[1])
-end
-return {current, redis.call("ttl", key), revoked, redis.call("get", KEYS[3])}
-"""
 
     def __init__(self, uri: str, **options: Any) -> None:
         super().__init__(uri.removeprefix(STORAGE_SCHEME_PREFIX), **options)
@@ -147,30 +125,9 @@ return {current, redis.call("ttl", key), revoked, redis.call("get", KEYS[3])}
         self.lua_incr_expire_ttl = self.get_connection().register_script(
             self.SCRIPT_INCR_EXPIRE_TTL
         )
-        self.lua_hit_unless_revoked = self.get_connection().register_script(
-            self.SCRIPT_HIT_UNLESS_REVOKED
-        )
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        pending = pending_revocation()
-        segment = f"/{pending.principal}/" if pending is not None else ""
-        if pending is None or pending.revoked is not None or segment not in key:
-            count, ttl = self.lua_incr_expire_ttl([self.prefixed_key(key)], [expiry, amount])
-        else:
-            # The caller's bucket: key_for() puts key_func()'s value between slashes.
-            address = key.replace(segment, f"/{client_ip()}/", 1)
-            count, ttl, revoked, generation = self.lua_hit_unless_revoked(
-                [
-                    self.prefixed_key(key),
-                    self.prefixed_key(address),
-                    pending.generation_key,
-                    *pending.keys,
-                ],
-                [expiry, amount, repr(pending.issued_at)],
-            )
-            # A failure above (Redis down) leaves it None: the guard then checks alone.
-            pending.generation = generation
-            pending.revoked = bool(int(revoked))
+        count, ttl = self.lua_incr_expire_ttl([self.prefixed_key(key)], [expiry, amount])
         if has_request_context():
             g.setdefault(_HITS, {})[key] = (int(count), max(int(ttl), 0) + time.time())
         return int(count)
@@ -192,7 +149,49 @@ def _seen(key: str) -> tuple[int, float] | None:
     return hits.get(key)
 
 
-# Strategy and storage come from config (RATELIMIT_*). The default limit is read from each
-# app's Settings per request (an app built with other settings gets its own), and counts
-# per verified user or API key, per address for everyone else.
-limiter = Limiter(key_func=principal_key, default_limits=[configured("ratelimit_default")])
+class RouteLimiter(Limiter):
+    """flask-limiter for the limits views declare; the default limit is counted by
+    blueprints.common.default_limit, which asks `declares_limits` which views to leave to
+    this one (a view with limits of its own does not pay the default, as in flask-limiter)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._limited: set[str] = set()  # qualified names of views with limits of their own
+        self._exempt: set[str] = set()  # ... and of views exempt from every limit
+
+    def declares_limits(self, view_name: str) -> bool:
+        """Whether the view has limits of its own (only those views need flask-limiter)."""
+        return view_name in self._limited
+
+    def is_exempt(self, view_name: str) -> bool:
+        return view_name in self._exempt
+
+    def limit(self, *args: Any, **kwargs: Any) -> Any:
+        return self._declaring(super().limit(*args, **kwargs))
+
+    def shared_limit(self, *args: Any, **kwargs: Any) -> Any:
+        return self._declaring(super().shared_limit(*args, **kwargs))
+
+    def exempt(self, obj: Any = None, **kwargs: Any) -> Any:
+        if callable(obj) and not isinstance(obj, Blueprint):
+            self._exempt.add(get_qualified_name(obj))
+        elif obj is not None:
+            raise TypeError("exempt a view, not a blueprint: the default limit is per view")
+        return super().exempt(obj, **kwargs) if obj is not None else self._exempting(kwargs)
+
+    def _exempting(self, kwargs: dict[str, Any]) -> Callable[[Any], Any]:
+        return lambda view: self.exempt(view, **kwargs)
+
+    def _declaring(self, decorator: Any) -> Callable[[Any], Any]:
+        def declare(view: Any) -> Any:
+            if isinstance(view, Blueprint):
+                raise TypeError("limit views, not blueprints: the default limit is per view")
+            self._limited.add(get_qualified_name(view))
+            return decorator(view)
+
+        return declare
+
+
+# Strategy and storage come from config (RATELIMIT_*); no default limit here (see
+# RouteLimiter). Limits count per verified user or API key unless a view says otherwise.
+limiter = RouteLimiter(key_func=principal_key)

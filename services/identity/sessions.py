@@ -193,8 +193,9 @@ def revoke_user_tokens(user_id: uuid.UUID) -> None:
 
 def revocation_keys(payload: dict[str, Any]) -> list[str]:
     """The Redis keys that revoke a token: its jti's, its user's cutoff, its session's (if
-    any), in this order (the rate limiter's hit reads them too: blueprints.common.ratelimits
-    applies the same rule as is_token_revoked in its script)."""
+    any), in this order (the default rate limit's hit reads them too:
+    blueprints.common.default_limit applies the same rule as is_token_revoked in its
+    script)."""
     keys = [_BLOCKED_JTI + str(payload.get("jti")), _REVOKED_BEFORE + str(payload.get("sub"))]
     if payload.get("sid"):
         keys.append(_BLOCKED_SID + str(payload["sid"]))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from blueprints.common.ratelimits import RedisWindowStorage, limiter
+from blueprints.common import default_limit
 from extensions import db, redis
 from services.identity import sessions
 from tests.factories import PASSWORD, auth_headers, make_user
@@ -71,7 +71,9 @@ def test_revocation_is_checked_without_the_limiter_too(
 ) -> None:
     user = make_user()
     token = _login(client, user.email)["access_token"]
-    monkeypatch.setattr(limiter, "enabled", False)
+    monkeypatch.setattr(client.application.extensions[default_limit.EXTENSION], "enabled", False)
+    response = client.get("/api/v1/jobs", headers=bearer(token))
+    assert "RateLimit-Limit" not in response.headers  # no limit counted it
     assert client.get("/api/v1/jobs", headers=bearer(token)).status_code == 200
     assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
     problem_body(client.get("/api/v1/jobs", headers=bearer(token)), 401)
@@ -94,8 +96,9 @@ def test_redis_failing_under_the_limiter_still_fails_closed(
 ) -> None:
     user = make_user()
     headers = dict(auth_headers(user))
-    storage = limiter.storage
-    assert isinstance(storage, RedisWindowStorage)
+    limit = client.application.extensions[default_limit.EXTENSION]
+    monkeypatch.setattr(limit, "_redis_down_until", 0.0)  # restored: later tests use Redis
+    monkeypatch.setattr(default_limit, "REDIS_RETRY_SECONDS", 3600.0)
 
     tried: list[str] = []
 
@@ -106,10 +109,17 @@ def test_redis_failing_under_the_limiter_still_fails_closed(
 
         return down
 
-    # The limiter swallows its storage's error and falls back to memory (restored after the
-    # test); the token's revocation then cannot be known, and the request must not go through.
-    monkeypatch.setattr(limiter, "_storage_dead", False)
-    monkeypatch.setattr(storage, "lua_hit_unless_revoked", failing("limiter"))
-    monkeypatch.setattr(redis.client, "mget", failing("guard"))
-    problem_body(client.get("/api/v1/jobs", headers=headers), 503)
-    assert tried[0] == "limiter" and tried[-1] == "guard"  # the hit, then the guard alone
+    # The default limit falls back to this process's memory; the token's revocation then
+    # cannot be known, and the request must not go through.
+    with monkeypatch.context() as outage:
+        outage.setattr(redis.client, "evalsha", failing("limiter"))
+        outage.setattr(redis.client, "mget", failing("guard"))
+        problem_body(client.get("/api/v1/jobs", headers=headers), 503)
+    assert tried == ["limiter", "guard"]  # the hit, then the guard alone
+
+    # Redis is back: until the limiter tries it again it counts in memory (the refused
+    # request was counted too), and the guard checks the token on its own.
+    served = client.get("/api/v1/jobs", headers=headers)
+    assert served.status_code == 200, served.get_data(as_text=True)
+    assert int(served.headers["RateLimit-Remaining"]) == int(served.headers["RateLimit-Limit"]) - 2
+    assert tried == ["limiter", "guard"]

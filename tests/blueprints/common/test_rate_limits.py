@@ -8,10 +8,12 @@ import jwt
 import pytest
 from flask.testing import FlaskClient
 
-from blueprints.common.ratelimits import RedisWindowStorage, limiter
+from blueprints.common.ratelimits import limiter
 from extensions import redis
 from services.identity.sessions import is_token_revoked
 from tests.factories import auth_headers, make_user
+from tests.support import problem_body
+from tests.support.stack import PrivateStacks
 
 
 def _remaining(client: FlaskClient, headers: dict[str, str], address: str) -> int:
@@ -63,25 +65,19 @@ def test_a_limited_request_costs_one_redis_round_trip_and_its_headers_stay_exact
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     headers = dict(auth_headers(make_user()))
-    storage = limiter.storage
-    assert isinstance(storage, RedisWindowStorage)
+    client.get("/api/v1/jobs", headers=headers)  # Redis has seen the script
     commands: list[str] = []
-    redis_client: Any = storage.get_connection()
-    execute = redis_client.execute_command
+    # The default limit's client (where the revocation check would also go on its own), and
+    # flask-limiter's, which counts only the limits views declare.
+    route_storage: Any = limiter.storage
+    for redis_client in (redis.client, route_storage.get_connection()):
+        execute = redis_client.execute_command
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        commands.append(str(args[0]))
-        return execute(*args, **kwargs)
+        def counting(*args: Any, _execute: Any = execute, **kwargs: Any) -> Any:
+            commands.append(str(args[0]))
+            return _execute(*args, **kwargs)
 
-    monkeypatch.setattr(redis_client, "execute_command", counting)
-    app_redis: Any = redis.client  # where the revocation check would go on its own
-    app_execute = app_redis.execute_command
-
-    def counting_app(*args: Any, **kwargs: Any) -> Any:
-        commands.append(f"app:{args[0]}")
-        return app_execute(*args, **kwargs)
-
-    monkeypatch.setattr(app_redis, "execute_command", counting_app)
+        monkeypatch.setattr(redis_client, "execute_command", counting)
     responses = [client.get("/api/v1/jobs", headers=headers) for _ in range(3)]
 
     # One round trip: the hit with the token's revocation check inside; no MGET beside it,
@@ -89,8 +85,29 @@ def test_a_limited_request_costs_one_redis_round_trip_and_its_headers_stay_exact
     assert commands == ["EVALSHA"] * 3
     limit = int(responses[0].headers["RateLimit-Limit"])
     assert [int(r.headers["RateLimit-Remaining"]) for r in responses] == [
-        limit - 1,
         limit - 2,
         limit - 3,
+        limit - 4,
     ]
     assert all(0 < int(r.headers["RateLimit-Reset"]) <= 61 for r in responses)
+
+
+def test_every_window_of_the_default_limit_holds_and_views_with_their_own_pay_only_those(
+    private_stack: PrivateStacks,
+) -> None:
+    client = private_stack(ratelimit_default="2/minute;100/hour").client()
+    user = make_user()
+    headers = dict(auth_headers(user))
+    responses = [client.get("/api/v1/jobs", headers=headers) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert responses[0].headers["RateLimit-Limit"] == "2"  # the window closest to running out
+    assert problem_body(responses[2], 429)["detail"] == "2 per 1 minute"
+    assert 0 < int(responses[2].headers["Retry-After"]) <= 60
+
+    # Login has limits of its own (10 attempts a minute per address): not the default's 2.
+    attempts = [
+        client.post("/api/v1/auth/login", json={"email": user.email, "password": "wrong"})
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in attempts] == [401, 401, 401]
+    assert attempts[0].headers["RateLimit-Limit"] != "2"
