@@ -92,7 +92,7 @@ class DefaultLimit:
 
     limits: list[RateLimitItem]
     enabled: bool
-    _routes: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # endpoint: covers, needs
+    _covers: dict[str, bool] = field(default_factory=dict)  # endpoint: pays the default
     _memory: FixedWindowRateLimiter = field(
         default_factory=lambda: FixedWindowRateLimiter(MemoryStorage())
     )
@@ -103,26 +103,19 @@ class DefaultLimit:
     def covers(self, endpoint: str | None) -> bool:
         """Whether a request to `endpoint` pays the default limit: not a 404, not static
         files, not a view with limits of its own or exempt."""
-        return self._route(endpoint)[0]
-
-    def needs_route_limiter(self, endpoint: str | None) -> bool:
-        """Whether flask-limiter has anything to count for `endpoint`: the view's own limits."""
-        return self._route(endpoint)[1]
-
-    def _route(self, endpoint: str | None) -> tuple[bool, bool]:
         if not self.enabled or endpoint is None:
-            return False, False
-        route = self._routes.get(endpoint)
-        if route is None:
+            return False
+        covered = self._covers.get(endpoint)
+        if covered is None:
             view = current_app.view_functions.get(endpoint)
-            if view is None or endpoint.rsplit(".", 1)[-1] == "static":
-                route = (False, False)
-            else:
-                name = get_qualified_name(view)
-                limited = ratelimits.limiter.declares_limits(name)
-                route = (not limited and not ratelimits.limiter.is_exempt(name), limited)
-            self._routes[endpoint] = route
-        return route
+            covered = (
+                view is not None
+                and endpoint.rsplit(".", 1)[-1] != "static"
+                and not ratelimits.limiter.declares_limits(get_qualified_name(view))
+                and not ratelimits.limiter.is_exempt(get_qualified_name(view))
+            )
+            self._covers[endpoint] = covered
+        return covered
 
     def hit(self, endpoint: str) -> list[tuple[RateLimitItem, int, int]]:
         """Count this request: (limit, count after it, seconds until its window resets)."""
@@ -170,24 +163,12 @@ class DefaultLimit:
 
 def register_default_limit(app: Flask) -> None:
     """Count the default limit in a before_request hook registered after the caller is
-    identified (blueprints.common.auth), so it counts the verified caller; flask-limiter's
-    own hook then skips the routes counted here."""
+    identified (blueprints.common.auth), so it counts the verified caller."""
     settings = app.config["SETTINGS"]
     default = DefaultLimit(list(parse_many(settings.ratelimit_default)), settings.ratelimit_enabled)
     app.extensions[EXTENSION] = default
     app.before_request(_count)
     app.after_request(_headers)
-
-
-def nothing_for_route_limiter() -> bool:
-    """flask-limiter's request filter: true for a request to a view without limits of its
-    own (counted here, or exempt), which its before_request hook would resolve, at a sixth
-    of a read's CPU, only to find nothing to count."""
-    default: DefaultLimit | None = current_app.extensions.get(EXTENSION)
-    return default is not None and not default.needs_route_limiter(request.endpoint)
-
-
-ratelimits.limiter.request_filter(nothing_for_route_limiter)
 
 
 def _count() -> None:

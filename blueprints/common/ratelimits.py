@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from flask import Blueprint, current_app, g, has_request_context, request
+from flask import Blueprint, Flask, current_app, g, has_request_context, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_qualified_name
 from limits.storage import RedisStorage
@@ -158,6 +158,15 @@ class RouteLimiter(Limiter):
         super().__init__(**options)
         self._limited: set[str] = set()  # qualified names of views with limits of their own
         self._exempt: set[str] = set()  # ... and of views exempt from every limit
+
+    def init_app(self, app: Flask) -> None:
+        super().init_app(app)
+        # flask-limiter's before_request hook applies default, application-wide and meta
+        # limits, none of which this limiter has, while a view's own limits are checked by
+        # its decorator: on every request the hook resolved (exemption scopes, blueprint
+        # and hint lookups) only to find nothing to count. Its after_request hook stays: it
+        # writes the headers of a view's own limits and counts `deduct_when` ones.
+        app.before_request_funcs[None].remove(self._check_request_limit)
 
     def declares_limits(self, view_name: str) -> bool:
         """Whether the view has limits of its own (only those views need flask-limiter)."""
