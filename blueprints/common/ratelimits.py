@@ -165,8 +165,11 @@ class RouteLimiter(Limiter):
         # limits, none of which this limiter has, while a view's own limits are checked by
         # its decorator: on every request the hook resolved (exemption scopes, blueprint
         # and hint lookups) only to find nothing to count. Its after_request hook stays: it
-        # writes the headers of a view's own limits and counts `deduct_when` ones.
-        app.before_request_funcs[None].remove(self._check_request_limit)
+        # writes the headers of a view's own limits and counts `deduct_when` ones. (A
+        # disabled limiter registers no hooks.)
+        hooks = app.before_request_funcs.get(None, [])
+        if self._check_request_limit in hooks:
+            hooks.remove(self._check_request_limit)
 
     def declares_limits(self, view_name: str) -> bool:
         """Whether the view has limits of its own (only those views need flask-limiter)."""
