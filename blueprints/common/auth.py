@@ -46,7 +46,7 @@ from services.identity.sessions import check_token, is_token_revoked, issued_at,
 
 F = TypeVar("F", bound=Callable[..., Any])
 API_KEY_HEADER = "X-API-Key"
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _VERDICT: Final = "_caller_verdict"  # flask.g: the Caller, None, or what verifying raised
 
 
@@ -173,7 +173,7 @@ def authenticate(*, scope: str | None = None, api_keys: bool = True) -> User:
     if caller.api_key is not None:
         if not api_keys:
             raise Forbidden("This operation needs a signed-in user, not an API key.")
-        needed = scope or ("read" if request.method in _READ_METHODS else "write")
+        needed = scope or ("read" if request.method in READ_METHODS else "write")
         if needed not in caller.api_key.scopes:
             raise Forbidden(f"This API key lacks the '{needed}' scope.")
     g.user, g.api_key, g.session_id = caller.user, caller.api_key, caller.session_id

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from flask_jwt_extended import JWTManager
 
+from blueprints.common.auth import READ_METHODS
 from blueprints.common.problems import problem
 from services.identity.accounts import load_active_user
 from services.identity.sessions import is_token_revoked
@@ -20,7 +21,13 @@ def _unauthorized(detail: str) -> Response:
 
 
 def register_jwt_callbacks(jwt: JWTManager) -> None:
-    jwt.user_lookup_loader(lambda _header, payload: load_active_user(payload["sub"]))
+    # A request that only reads gets its user without adding it to the session (no
+    # transaction to open and close for it); see load_active_user.
+    jwt.user_lookup_loader(
+        lambda _header, payload: load_active_user(
+            payload["sub"], attach=request.method not in READ_METHODS
+        )
+    )
     # Logout, "sign out that device" and password changes revoke tokens before they expire.
     jwt.token_in_blocklist_loader(lambda _header, payload: is_token_revoked(payload))
     jwt.unauthorized_loader(lambda reason: _unauthorized("Authentication is required."))

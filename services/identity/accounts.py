@@ -310,11 +310,15 @@ def user_generation_key(user_id: uuid.UUID | str) -> str:
     return _GENERATION + str(user_id)
 
 
-def load_active_user(user_id: str) -> User | None:
+def load_active_user(user_id: str, *, attach: bool = True) -> User | None:
     """The user behind a token, or None if gone or disabled (the token then fails).
 
     From this process's cache when it holds the user (see above); the caller then confirms
-    the entry with `confirm_cached_user` once it has read the user's generation key."""
+    the entry with `confirm_cached_user` once it has read the user's generation key. With
+    `attach=False` (a request that only reads: GET, HEAD) a cached user is not added to the
+    session, whose transaction and teardown that would cost: it is a detached User that
+    reads like a loaded one, and the moment one of its columns is set it joins the current
+    session (`_join_session_on_change`), so no change to it can be lost."""
     try:
         uid = uuid.UUID(user_id)
     except ValueError:
@@ -325,7 +329,7 @@ def load_active_user(user_id: str) -> User | None:
         with _cache_lock:
             entry = _cache.get(uid)
         if entry is not None and entry.until > time.monotonic():
-            return _attach(entry)
+            return _from_cache(entry, attach)
     user = db.session.get(User, uid)
     if user is None or not user.is_active or user.deleted_at is not None:
         _forget_user(uid)
@@ -339,14 +343,31 @@ def load_active_user(user_id: str) -> User | None:
     return user
 
 
-def _attach(entry: _Cached) -> User:
-    """A persistent User of the current session built from cached columns, without SQL:
-    views and services use it like a loaded row (a change to it flushes as an UPDATE)."""
-    user = User(**entry.columns)
-    make_transient_to_detached(user)  # no pending changes: "as if just loaded"
-    db.session.add(user)
+def _from_cache(entry: _Cached, attach: bool) -> User:
+    """A User built from cached columns without SQL, as if just loaded (no pending
+    changes), added to the current session if `attach`. Its columns go straight into the
+    instance's dict, as the ORM's loader puts them: the constructor would send each
+    through attribute instrumentation (and its events) for nothing."""
+    user: User = User.__mapper__.class_manager.new_instance()
+    user.__dict__.update(entry.columns)
+    make_transient_to_detached(user)
     inspect(user).info[_ENTRY] = entry
+    if attach:
+        db.session.add(user)
     return user
+
+
+def _join_session_on_change(target: User, value: Any, _old: Any, _initiator: Any) -> Any:
+    # A detached user from the cache (a read request's) being changed: into the session it
+    # goes, before the change, which then flushes as an UPDATE like any loaded row's.
+    state = inspect(target)
+    if state.detached and _ENTRY in state.info:
+        db.session.add(target)
+    return value
+
+
+for _column in _COLUMNS:
+    event.listen(getattr(User, _column), "set", _join_session_on_change, retval=True)
 
 
 def confirm_cached_user(user: User, generation: bytes | None) -> User | None:
@@ -362,7 +383,8 @@ def confirm_cached_user(user: User, generation: bytes | None) -> User | None:
             return user
         if _cache.get(user.id) is entry:
             del _cache[user.id]
-    db.session.expunge(user)
+    if not inspect(user).detached:
+        db.session.expunge(user)
     return load_active_user(str(user.id))
 
 

@@ -103,3 +103,21 @@ def test_an_operator_demoted_elsewhere_loses_operator_routes_at_once(client: Fla
     accounts._cache.update(held)
 
     problem_body(_get(client, "/api/v1/admin/jobs", headers), 403)
+
+
+def test_a_read_requests_cached_user_opens_no_transaction_yet_a_change_to_it_is_saved(
+    app: Any, client: FlaskClient
+) -> None:
+    user = make_user(name="Reader")
+    headers = dict(auth_headers(user))
+    assert _get(client, "/api/v1/jobs", headers).status_code == 200  # now cached
+    with app.test_request_context("/api/v1/me", method="GET"):
+        db.session.remove()  # as in production: each request starts with a new session
+        reader = accounts.load_active_user(str(user.id), attach=False)
+        assert reader is not None and reader.name == "Reader"
+        assert reader not in db.session
+        assert not db.session().in_transaction()  # nothing to BEGIN, nothing to roll back
+        reader.name = "Changed on a read"  # whatever a view does with it is never lost
+        db.session.commit()
+    db.session.expunge_all()
+    assert db.session.scalar(select(User.name).where(User.id == user.id)) == "Changed on a read"
