@@ -324,8 +324,10 @@ def load_active_user(user_id: str, *, attach: bool = True) -> User | None:
     except ValueError:
         return None
     seconds = float(current_app.config["SETTINGS"].user_cache_seconds)
-    key = identity_key(User, uid)
-    if seconds > 0 and key not in db.session.identity_map:
+    # A request's session usually does not exist yet; asking its identity map would
+    # create one (and its teardown) only to find it empty.
+    in_session = db.session.registry.has() and identity_key(User, uid) in db.session.identity_map
+    if seconds > 0 and not in_session:
         with _cache_lock:
             entry = _cache.get(uid)
         if entry is not None and entry.until > time.monotonic():
