@@ -1,8 +1,12 @@
-"""The HTTP perimeter: trusted proxies, CORS for our frontends, and security headers."""
+"""The HTTP perimeter: trusted proxies, CORS for our frontends, security headers, and no
+cookie session."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, Response, request
+from flask.sessions import SecureCookieSession, SessionInterface
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -19,7 +23,21 @@ _API_HEADERS = {
 _DOCS_PATHS = ("/docs",)  # Swagger UI loads its own scripts and styles
 
 
+class NoCookieSession(SessionInterface):
+    """No cookie session: callers authenticate with a token or an API key on every request,
+    and a signed cookie would be a second credential nobody checks. Flask's default opened
+    (unsigned and verified) one per request all the same; `flask.session` is now the null
+    session, which refuses any write."""
+
+    def open_session(self, app: Flask, request: Any) -> SecureCookieSession | None:
+        return None  # Flask then uses make_null_session
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        return None
+
+
 def register_security(app: Flask, settings: Settings) -> None:
+    app.session_interface = NoCookieSession()
     if settings.trusted_proxies > 0:
         # Only this many hops of X-Forwarded-For/-Proto are believed; a client cannot spoof
         # its address into rate limits or audit rows by sending the header itself.
