@@ -142,10 +142,12 @@ class Database:
         """The first row of one SELECT run in autocommit on a pooled psycopg connection.
 
         For the reads every request makes (a job's status, the team guard): SQLAlchemy's
-        Connection, execution context and result cost several times the CPU of the SELECT
-        itself. The connection still comes from the engine's pool, so its sizing, the idle
-        ping and invalidation apply, and errors surface as SQLAlchemy's `DBAPIError`s, a
-        lost connection flagged `connection_invalidated` and never pooled again."""
+        Connection, execution context and result cost about as much CPU as the SELECT
+        itself (0.25 ms against 0.15 ms for a job's status). The connection still comes
+        from the engine's pool, so its sizing, the idle ping and invalidation apply, and
+        errors surface as SQLAlchemy's `DBAPIError`s, a lost connection flagged
+        `connection_invalidated` and never pooled again. It sees committed rows only,
+        never what the caller's session holds."""
         try:
             proxied = self.engine.raw_connection()
         except psycopg.Error as exc:  # could not connect at all

@@ -245,7 +245,7 @@ def test_unexpected_error_is_500_without_details(
 
 
 # A list reads through the session; a job's status through the lean read (db.read_one).
-@pytest.mark.parametrize("path", ["/api/v1/jobs", f"/api/v1/jobs/{uuid.uuid4()}"])
+@pytest.mark.parametrize("path", ["/api/v1/jobs", f"/api/v1/jobs/{uuid.UUID(int=1)}"])
 def test_database_down_is_503_with_retry_after(
     app: APIFlask, private_stack: PrivateStacks, path: str
 ) -> None:
