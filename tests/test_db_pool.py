@@ -1,15 +1,23 @@
-"""The connection pool pings a connection only after it sat idle, and replaces dead ones."""
+"""The connection pool pings a connection only after it sat idle, and replaces dead ones;
+`Database.read_one` (the lean read path) borrows from the same pool and keeps it so."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 import pytest
-from sqlalchemy import create_engine, text
+from psycopg.rows import scalar_row
+from sqlalchemy import Float, bindparam, create_engine, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from config import Settings
-from extensions import Database
+from extensions import Database, Read
+from scripts.devservices import free_port
+
+_PID = Read.of(select(func.pg_backend_pid()), scalar_row)
+_SQRT = Read.of(select(func.sqrt(bindparam("x", type_=Float))), scalar_row)
 
 
 @pytest.fixture
@@ -22,6 +30,17 @@ def database(settings: Settings) -> Iterator[Database]:
 def _backend_pid(database: Database) -> int:
     with database.engine.connect() as conn:
         return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _terminate(settings: Settings, *pids: int) -> None:
+    """What a restart, a failover or an idle timeout does to pooled connections."""
+    admin = create_engine(settings.database_url)
+    try:
+        with admin.connect() as conn:
+            for pid in pids:
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        admin.dispose()
 
 
 def _count_pings(database: Database, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -53,12 +72,88 @@ def test_a_connection_that_died_while_idle_is_replaced_on_checkout(
     database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=0)
     pings = _count_pings(database, monkeypatch)
     dead = _backend_pid(database)
-    admin = create_engine(settings.database_url)
-    try:
-        with admin.connect() as conn:  # a restart, a failover or an idle timeout
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dead})
-    finally:
-        admin.dispose()
+    _terminate(settings, dead)
 
     assert _backend_pid(database) != dead  # no error: the ping failed, a new connection
     assert len(pings) == 1
+
+
+def test_a_lean_read_borrows_a_pooled_connection_and_returns_it_as_it_found_it(
+    database: Database, settings: Settings
+) -> None:
+    database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=60)
+    pid = _backend_pid(database)
+    assert database.read_one(_PID, {}) == pid  # the same pooled connection
+    raw = database.engine.raw_connection()
+    try:
+        # Back out of autocommit: the next session's transaction is a transaction.
+        assert cast(psycopg.Connection[Any], raw.dbapi_connection).autocommit is False
+    finally:
+        raw.close()
+
+
+def test_a_lean_read_that_finds_nothing_returns_none(
+    database: Database, settings: Settings
+) -> None:
+    database.configure(settings.database_url, pool_size=1)
+    nothing = Read.of(select(func.pg_backend_pid()).where(text("false")), scalar_row)
+    assert database.read_one(nothing, {}) is None
+
+
+def test_a_lean_read_of_a_connection_that_died_while_idle_pings_and_succeeds(
+    database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=0)
+    pings = _count_pings(database, monkeypatch)
+    dead = _backend_pid(database)
+    _terminate(settings, dead)
+
+    assert database.read_one(_PID, {}) != dead  # no error: a new connection
+    assert len(pings) == 1
+
+
+def test_a_lean_read_on_a_connection_killed_just_after_use_fails_once_and_drops_the_pool(
+    database: Database, settings: Settings
+) -> None:
+    # Not pinged (used a moment ago): the read fails, as a Connection's would, flagged
+    # as a lost connection (the API answers 503) and with every connection pooled
+    # before it discarded, so the server's restart costs one failed read, not one each.
+    database.configure(settings.database_url, pool_size=2, ping_after_idle_seconds=60)
+    first, second = database.engine.connect(), database.engine.connect()
+    pids = [int(c.execute(text("SELECT pg_backend_pid()")).scalar_one()) for c in (first, second)]
+    first.close()
+    second.close()
+    _terminate(settings, *pids)
+
+    with pytest.raises(DBAPIError) as failed:
+        database.read_one(_PID, {})
+    assert failed.value.connection_invalidated
+    assert isinstance(failed.value.orig, psycopg.OperationalError)
+    assert database.read_one(_PID, {}) not in pids
+    assert _backend_pid(database) not in pids
+
+
+def test_a_lean_read_that_fails_in_sql_keeps_its_connection(
+    database: Database, settings: Settings
+) -> None:
+    database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=60)
+    pid = _backend_pid(database)
+    with pytest.raises(DBAPIError) as failed:
+        database.read_one(_SQRT, {"x": -1.0})
+    assert not failed.value.connection_invalidated
+    assert database.read_one(_SQRT, {"x": 4.0}) == 2.0
+    assert _backend_pid(database) == pid  # still pooled, and out of autocommit again
+
+
+def test_a_lean_read_without_a_database_fails_as_a_lost_connection(settings: Settings) -> None:
+    database = Database()
+    database.configure(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    with pytest.raises(DBAPIError) as failed:  # the API's 503, as for any other read
+        database.read_one(_PID, {})
+    assert isinstance(failed.value.orig, psycopg.OperationalError)
+    database.engine.dispose()
+
+
+def test_a_lean_read_refuses_a_statement_whose_literals_it_would_drop() -> None:
+    with pytest.raises(ValueError, match="bindparam"):
+        Read.of(select(func.sqrt(4.0)), scalar_row)

@@ -15,8 +15,8 @@ from typing import Any, TypeVar, cast
 from flask import g
 
 from blueprints.common.auth import auth_required, me
-from models import TeamMember
 from services.core import permissions
+from services.core.permissions import Membership
 from services.teams.teams import load_membership
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +50,6 @@ def team_permission(
     return decorator
 
 
-def current_membership() -> TeamMember:
+def current_membership() -> Membership:
     """The caller's membership of the route's team (inside a `team_permission` view)."""
-    return cast(TeamMember, g.team_membership)
+    return cast(Membership, g.team_membership)

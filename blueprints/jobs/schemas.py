@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from flask import url_for
 from pydantic import BaseModel, Field
-from sqlalchemy import Row
 
 from blueprints.common.schemas import ListQuery, Strict
 from models import Job
 from services.jobs import dead_letters
+from services.jobs.queries import JobView
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "retrying", "dead", "cancelled"]
 
@@ -104,7 +104,7 @@ class PingIn(Strict):
     fail_attempts: int = Field(0, ge=0, le=10)
 
 
-def job_out(job: Job | Row[Any]) -> JobOut:
+def job_out(job: Job | JobView) -> JobOut:
     return JobOut(**_job_fields(job))
 
 
@@ -126,7 +126,7 @@ def admin_job_out(job: Job) -> AdminJobOut:
     )
 
 
-def _job_fields(job: Job | Row[Any]) -> dict[str, Any]:
+def _job_fields(job: Job | JobView) -> dict[str, Any]:
     self_url = url_for("jobs.get_job", job_id=job.id)
     result_url = (job.result or {}).get("url") if job.status == "succeeded" else None
     return {

@@ -17,11 +17,12 @@ from flask import current_app
 from sqlalchemy import select
 
 from extensions import db
-from models import Job, Subscription, TeamMember, User
+from models import Job, Subscription, User
 from services.billing.subscription_mirror import apply_changes
 from services.core import plans
 from services.core.audit import record_audit
 from services.core.errors import Conflict, NotFound
+from services.core.permissions import Membership
 from services.core.plans import Plan
 from services.jobs import names
 from services.jobs.outbox import enqueue
@@ -47,7 +48,7 @@ class TeamPlan:
     seats_used: int
 
 
-def get_team_plan(membership: TeamMember) -> TeamPlan:
+def get_team_plan(membership: Membership) -> TeamPlan:
     """The team's plan and live subscription; a team without one is on the free plan."""
     team_id = membership.team_id
     return TeamPlan(

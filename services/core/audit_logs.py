@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from models import AuditLog, TeamMember
+from models import AuditLog
 from services.core.audit_verify import ChainReport, verify_chain
 from services.core.pagination import Page, paginate_by_id
+from services.core.permissions import Membership
 
 
 def list_team_audit_logs(
-    membership: TeamMember,
+    membership: Membership,
     *,
     action: str | None,
     actor_id: uuid.UUID | None,
@@ -35,7 +36,7 @@ def list_team_audit_logs(
     return paginate_by_id(query, AuditLog, limit, cursor)
 
 
-def verify_team_chain(membership: TeamMember, cursor: str | None) -> ChainReport:
+def verify_team_chain(membership: Membership, cursor: str | None) -> ChainReport:
     """Check the next page of the team's signed chain (AUDIT_VERIFY_MAX_ROWS rows at most)
     and report the first row that does not fit, or the cursor to continue from."""
     return verify_chain(membership.team_id, cursor=cursor)

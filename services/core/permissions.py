@@ -7,11 +7,24 @@ on every team-scoped route, and README.md's "Permissions" table is generated fro
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import Final
 
 from models.team import ROLES
 
 OWNER, ADMIN, MEMBER, VIEWER = ROLES
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A caller's role in a live team, as the team guard found it (a plain value, not the
+    `TeamMember` row: reading it costs one SELECT and no ORM identity)."""
+
+    team_id: uuid.UUID
+    user_id: uuid.UUID
+    role: str
+
 
 # action -> (the least powerful role allowed, what it lets you do). Roles are ordered,
 # so a role may do everything the roles below it may.

@@ -22,11 +22,12 @@ from sqlalchemy import Select, Table, insert, select
 
 from extensions import db
 from integrations.storage import ObjectStorage
-from models import Export, Job, TeamMember, User
+from models import Export, Job, User
 from services.core import permissions
 from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound, ServiceError, ValidationFailed
 from services.core.pagination import Page, paginate
+from services.core.permissions import Membership
 from services.jobs import names
 from services.jobs.outbox import enqueue
 
@@ -89,7 +90,7 @@ _INSERT_EXPORT = insert(_EXPORTS).returning(_EXPORTS.c.created_at, _EXPORTS.c.up
 
 def create_export(
     user: User,
-    membership: TeamMember,
+    membership: Membership,
     *,
     resource: str,
     format_: str,
@@ -126,7 +127,7 @@ def create_export(
     return export, job
 
 
-def list_exports(membership: TeamMember, *, limit: int, cursor: str | None) -> Page[ExportView]:
+def list_exports(membership: Membership, *, limit: int, cursor: str | None) -> Page[ExportView]:
     """The team's exports of resources the caller may read, newest first."""
     readable = [r for r, action in RESOURCE_PERMISSION.items()
                 if permissions.allows(membership.role, action)]  # fmt: skip
@@ -140,7 +141,7 @@ def list_exports(membership: TeamMember, *, limit: int, cursor: str | None) -> P
     return Page(views, page.next_cursor)
 
 
-def get_export(membership: TeamMember, export_id: uuid.UUID) -> ExportView:
+def get_export(membership: Membership, export_id: uuid.UUID) -> ExportView:
     """One export of the team (404 otherwise; 403 if its resource is not readable)."""
     export = db.session.get(Export, export_id)
     if export is None or export.team_id != membership.team_id:
@@ -150,7 +151,7 @@ def get_export(membership: TeamMember, export_id: uuid.UUID) -> ExportView:
     return ExportView(export, job)
 
 
-def download_url(membership: TeamMember, export_id: uuid.UUID, storage: ObjectStorage) -> str:
+def download_url(membership: Membership, export_id: uuid.UUID, storage: ObjectStorage) -> str:
     """A short-lived signed URL of a ready export; 409 while not ready, 410 once expired.
 
     The caller's permission is checked now, not when the export was made: a member who

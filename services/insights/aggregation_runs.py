@@ -14,10 +14,11 @@ from flask import current_app
 from sqlalchemy import func, select, text
 
 from extensions import db
-from models import Job, TeamMember, User
+from models import Job, User
 from models.job import RUNNABLE
 from services.core.audit import record_audit
 from services.core.errors import Conflict, TooManyRequests, ValidationFailed
+from services.core.permissions import Membership
 from services.jobs import names
 from services.jobs.outbox import enqueue
 
@@ -27,7 +28,7 @@ PENDING: Final = RUNNABLE | {"running"}
 
 
 def request_run(
-    user: User, membership: TeamMember, start: datetime | None, end: datetime | None
+    user: User, membership: Membership, start: datetime | None, end: datetime | None
 ) -> Job:
     """An admin's on-demand run of their team: fold the team's new events now and, given
     a window, rebuild the team's rollups over it (whole UTC days). One transaction: the

@@ -41,6 +41,7 @@ from logs import get_logger
 from models import InventoryItem, Job, Payment, Refund, Subscription, TeamMember, User
 from services.core import permissions, plans, redis_batch
 from services.core.commit_hooks import after_commit
+from services.core.permissions import Membership
 from services.messaging import notifications
 
 log = get_logger(__name__)
@@ -91,7 +92,7 @@ class Dashboard:
     cache: CacheResult
 
 
-def get_dashboard(user: User, membership: TeamMember) -> Dashboard:
+def get_dashboard(user: User, membership: Membership) -> Dashboard:
     """The dashboard of `membership`'s team as its role may see it, with `user`'s unread
     notification count. Read-only; the team-wide part comes from the cache when current."""
     summary, cache = _team_summary(membership.team_id)

@@ -34,6 +34,7 @@ from models import TeamMember, User
 from models.search import SearchDocument
 from services.core import permissions
 from services.core.errors import ValidationFailed
+from services.core.permissions import Membership
 
 MEMBER = "member"
 # subject_type -> the permission needed to find it.
@@ -123,7 +124,7 @@ def readable_types(role: str) -> list[str]:
     return [t for t, action in TYPES.items() if permissions.allows(role, action)]
 
 
-def search(membership: TeamMember, q: str, type: str | None, limit: int) -> list[Hit]:
+def search(membership: Membership, q: str, type: str | None, limit: int) -> list[Hit]:
     """The best `limit` matches in the member's team: an exact (case-insensitive) title
     match first, then by `ts_rank_cd`; each with a «highlighted» snippet."""
     tsquery = func.to_tsquery("simple", prefix_query(q))

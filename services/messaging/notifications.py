@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from psycopg.rows import scalar_row
 from sqlalchemy import Boolean, Table, Uuid, any_, bindparam, case, func, null, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.sql.dml import ReturningInsert
 
-from extensions import db
+from extensions import Read, db
 from models import Job, Notification, NotificationPreference, TeamMember, User
 from services.core import tokens
 from services.core.audit import record_audit
@@ -323,14 +324,19 @@ def list_notifications(
     return paginate(query, Notification, limit, cursor)
 
 
-# On every dashboard read: built once.
-_UNREAD = select(func.count()).where(
-    Notification.user_id == bindparam("user_id"), Notification.read_at.is_(None)
+# On every dashboard read: compiled once, run on its own (db.read_one).
+_UNREAD = Read.of(
+    select(func.count()).where(
+        Notification.user_id == bindparam("user_id"), Notification.read_at.is_(None)
+    ),
+    scalar_row,
 )
 
 
 def unread_count(user: User) -> int:
-    return int(db.session.scalar(_UNREAD, {"user_id": user.id}) or 0)
+    """The user's unread notifications, counted on a connection of its own: it sees what
+    is committed, not what the caller's session holds (it serves read-only requests)."""
+    return int(db.read_one(_UNREAD, {"user_id": user.id}) or 0)
 
 
 def mark_read(user: User, notification_id: uuid.UUID) -> Notification:

@@ -25,6 +25,7 @@ from services.core import permissions, plans, tokens
 from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from services.core.pagination import Page, paginate
+from services.core.permissions import Membership
 from services.insights import search
 from services.messaging import mail
 from services.messaging.notifications import notify
@@ -42,7 +43,7 @@ def invite_status(invite: TeamInvite, now: datetime | None = None) -> str:
     return "expired" if invite.expires_at <= (now or datetime.now(UTC)) else "pending"
 
 
-def list_invites(membership: TeamMember, *, limit: int, cursor: str | None) -> Page[TeamInvite]:
+def list_invites(membership: Membership, *, limit: int, cursor: str | None) -> Page[TeamInvite]:
     """The team's open invitations (pending or expired), newest first."""
     query = select(TeamInvite).where(
         TeamInvite.team_id == membership.team_id,

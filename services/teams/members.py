@@ -16,6 +16,7 @@ from services.core import permissions
 from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from services.core.pagination import Page, paginate
+from services.core.permissions import Membership
 from services.insights import search
 from services.messaging.notifications import notify
 from services.teams.teams import load_membership
@@ -25,7 +26,7 @@ SEARCH_TYPE = "member"
 
 
 def list_members(
-    membership: TeamMember, *, limit: int, cursor: str | None
+    membership: Membership, *, limit: int, cursor: str | None
 ) -> Page[tuple[TeamMember, User]]:
     """The team's members with their accounts, most recently joined first."""
     query = select(TeamMember).where(TeamMember.team_id == membership.team_id)
@@ -44,7 +45,7 @@ def update_member_role(
 ) -> tuple[TeamMember, User]:
     """Change a member's role within the caller's powers. One transaction."""
     actor = load_membership(user, team_id, "members.update_role", lock=True)
-    target = actor if target_id == user.id else _member(team_id, target_id)
+    target = _member(team_id, target_id)  # the caller's own row too: its role may change
     refusal = permissions.role_change_refusal(actor.role, target.role, role)
     if refusal:
         raise Forbidden(refusal)
@@ -76,7 +77,7 @@ def remove_member(user: User, team_id: uuid.UUID, target_id: uuid.UUID) -> None:
     actor = load_membership(
         user, team_id, "members.leave" if leaving else "members.remove", lock=True
     )
-    target = actor if leaving else _member(team_id, target_id)
+    target = _member(team_id, target_id)
     refusal = None if leaving else permissions.removal_refusal(actor.role, target.role)
     if refusal:
         raise Forbidden(refusal)
@@ -105,7 +106,7 @@ def transfer_ownership(
     user: User, team_id: uuid.UUID, target_id: uuid.UUID
 ) -> tuple[TeamMember, User]:
     """Make another member the owner; the caller becomes an admin. One transaction."""
-    actor = load_membership(user, team_id, "ownership.transfer", lock=True)
+    load_membership(user, team_id, "ownership.transfer", lock=True)
     if target_id == user.id:
         raise ValidationFailed(
             "You already own this team.", errors={"user_id": ["Choose another member."]}
@@ -123,7 +124,8 @@ def transfer_ownership(
             errors={"user_id": ["Not a member of this team."]},
         )
     target_before = target.role
-    target.role, actor.role = OWNER, ADMIN
+    caller = _member(team_id, user.id)
+    target.role, caller.role = OWNER, ADMIN
     record_audit(
         "team.ownership_transferred",
         actor_id=user.id,

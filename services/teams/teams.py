@@ -15,14 +15,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
+from psycopg.rows import class_row
 from sqlalchemy import bindparam, delete, select
 
-from extensions import db
+from extensions import Read, db
 from models import Job, Subscription, Team, TeamInvite, TeamMember, User
 from services.core import permissions
 from services.core.audit import record_audit
 from services.core.errors import Conflict, Forbidden, NotFound
 from services.core.pagination import Page, paginate
+from services.core.permissions import Membership
 from services.insights import aggregation, dashboard, search
 from services.jobs import names
 from services.jobs.outbox import enqueue
@@ -30,18 +32,19 @@ from services.jobs.outbox import enqueue
 _PENDING_JOB = ("queued", "retrying", "running")
 
 
-# Every team route runs it: built once (building it cost as much CPU as running it).
+# Every team route runs it: built once (building it cost as much CPU as running it), on
+# the tables' plain columns, and read into a Membership, never a TeamMember entity.
+_MEMBERS, _TEAMS = TeamMember.__table__.c, Team.__table__.c
 _MEMBERSHIP = (
-    select(TeamMember)
-    .join(Team, Team.id == TeamMember.team_id)
+    select(_MEMBERS.team_id, _MEMBERS.user_id, _MEMBERS.role)
+    .join(Team.__table__, _TEAMS.id == _MEMBERS.team_id)
     .where(
-        TeamMember.team_id == bindparam("team_id"),
-        TeamMember.user_id == bindparam("user_id"),
-        Team.deleted_at.is_(None),
+        _MEMBERS.team_id == bindparam("team_id"),
+        _MEMBERS.user_id == bindparam("user_id"),
+        _TEAMS.deleted_at.is_(None),
     )
-    # The guard may have loaded this row earlier in the request; re-read the role.
-    .execution_options(populate_existing=True)
 )
+_READ_MEMBERSHIP = Read.of(_MEMBERSHIP, class_row(Membership))
 
 
 @dataclass(frozen=True)
@@ -52,19 +55,26 @@ class TeamWithRole:
 
 def load_membership(
     user: User, team_id: uuid.UUID, action: str, *, lock: bool = False
-) -> TeamMember:
+) -> Membership:
     """The caller's membership of a live team whose role allows `action`.
 
     404 for non-members and deleted teams (their existence is not leaked), 403 for a role
-    too weak. With `lock`, the team row is locked first (until the caller commits).
+    too weak. Without `lock` (the HTTP guard) one SELECT of committed rows outside the
+    session (`db.read_one`); with `lock`, in the session's transaction after locking the
+    team row (held until the caller commits), so the role read is the one that holds.
     """
+    params = {"team_id": team_id, "user_id": user.id}
+    membership: Membership | None
     if lock:
         locked = db.session.scalar(
             select(Team.id).where(Team.id == team_id, Team.deleted_at.is_(None)).with_for_update()
         )
         if locked is None:
             raise NotFound("No such team.")
-    membership = db.session.scalar(_MEMBERSHIP, {"team_id": team_id, "user_id": user.id})
+        row = db.session.execute(_MEMBERSHIP, params).first()
+        membership = Membership(*row) if row is not None else None
+    else:
+        membership = db.read_one(_READ_MEMBERSHIP, params)
     if membership is None:
         raise NotFound("No such team.")
     if not permissions.allows(membership.role, action):
@@ -113,7 +123,7 @@ def create_team(user: User, name: str) -> TeamWithRole:
     return TeamWithRole(team, permissions.OWNER)
 
 
-def get_team(membership: TeamMember) -> TeamWithRole:
+def get_team(membership: Membership) -> TeamWithRole:
     """The team of a membership the guard has already checked."""
     team = db.session.get(Team, membership.team_id)
     if team is None:

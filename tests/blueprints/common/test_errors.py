@@ -244,13 +244,20 @@ def test_unexpected_error_is_500_without_details(
 # 503 ------------------------------------------------------------------------------------
 
 
-def test_database_down_is_503_with_retry_after(app: APIFlask, private_stack: PrivateStacks) -> None:
+# A list reads through the session; a job's status through the lean read (db.read_one).
+@pytest.mark.parametrize("path", ["/api/v1/jobs", f"/api/v1/jobs/{uuid.UUID(int=1)}"])
+def test_database_down_is_503_with_retry_after(
+    app: APIFlask, private_stack: PrivateStacks, path: str
+) -> None:
     headers = auth_headers(make_user())
+    # Signed in a moment ago: the process may know the user without reading its row, so
+    # the read behind `path` can be the first to need the database.
+    assert app.test_client().get("/api/v1/jobs", headers=headers).status_code == 200
     db.session.remove()  # the next request must open a connection to the dead database
     dead_db = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"
     down = private_stack(database_url=dead_db).app
 
-    response = down.test_client().get("/api/v1/jobs", headers=headers)
+    response = down.test_client().get(path, headers=headers)
     body = problem_body(response, 503)
     assert response.headers["Retry-After"] == "5"  # ours, not inflated by the rate limiter
     assert body["type"].endswith("/dependency-unavailable")
