@@ -5,10 +5,13 @@ attempts left, or one running on a worker that is provably gone. A finished job,
 alive elsewhere, is skipped, so a duplicate delivery is harmless; a job whose deliveries
 all died is buried (`dead`) once its attempts are used up.
 
-The usual claim is one UPDATE ... RETURNING whose row lock serialises concurrent
-deliveries (the loser re-checks the row after the winner's commit and matches nothing),
-committed on its own before the work starts, so the job reads `running` while it runs
-and the attempt counts even if the worker dies.
+Two ways to take the row, both one UPDATE ... RETURNING whose row lock serialises
+concurrent deliveries (the loser re-checks the row after the winner's commit and
+matches nothing):
+- `claim`: committed on its own before the work starts (autocommit: one round trip), so
+  the job reads `running` while it runs and the attempt counts even if the worker dies;
+- `claim_with_work`: left open in the work's transaction, to commit with the work's
+  first commit (for short jobs: one commit per job instead of two; see jobs.runner).
 """
 
 from __future__ import annotations
@@ -80,6 +83,25 @@ def claim(job_id: uuid.UUID, me: str) -> JobContext | None:
     session.commit()  # (autocommit: no round trip, only the after-commit hooks)
     signals.status_changed.send(job)  # realtime `job.progress` (running), after the commit
     return context(job, me)
+
+
+def claim_with_work(job_id: uuid.UUID, me: str) -> tuple[JobContext, Job] | None:
+    """Mark a queued (or retrying) job running in the session's transaction, left open:
+    the claim commits with the work. None, with nothing changed, if the job is not one
+    that the usual claim would take (`claim` then decides what to do with it).
+
+    Until that commit the row stays locked and reads as before (`queued`): a duplicate
+    delivery waits for the commit and then finds the job finished. Returns the context
+    and the row as claimed, for the caller to announce once the claim has committed."""
+    session = db.session
+    params = {"job_id": job_id, "me": me, "now": datetime.now(UTC)}
+    row = session.connection().execute(_CLAIM, params).first()
+    if row is None:
+        session.rollback()
+        return None
+    job = running(row)
+    signals.row_changed.send(job)
+    return context(job, me), job
 
 
 def running(row: Row[Any]) -> Job:
