@@ -107,8 +107,8 @@ def test_until_it_commits_the_job_reads_queued_and_a_duplicate_delivery_waits_th
         def duplicate_waits_for_the_row() -> bool:
             with other_connection() as conn:
                 row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'UPDATE jobs%%'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs%%'"
                 ).fetchone()
                 return bool(row and row[0] == 1)
 

@@ -217,8 +217,12 @@ def other_connection(autocommit: bool = True) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=autocommit)
 
 
-# Sessions waiting for a lock in the fan-out's insert.
-INSERT_WAITS = " WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO notifications%'"
+# Sessions of this test's database waiting for a lock in the fan-out's insert (the server
+# may hold other suites' databases).
+INSERT_WAITS = (
+    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    " AND query LIKE 'INSERT INTO notifications%'"
+)
 
 
 def inserts_waiting(conn: psycopg.Connection[Any]) -> int:
