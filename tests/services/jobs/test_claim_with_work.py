@@ -71,9 +71,10 @@ def test_the_whole_job_is_one_transaction_and_one_redis_round_trip(
     done = fetch_job(job_id)
     assert done.status == "succeeded" and done.attempts == 1
     assert done.started_at is not None and done.published_at is not None
-    # BEGIN, the claim, the audience, the preferences, the insert, `succeeded`, COMMIT:
-    # one commit where a claim committed on its own makes two.
+    # BEGIN, the claim, the notification (audience, preferences and insert in one
+    # statement), `succeeded`, COMMIT: one commit where a claim of its own makes two.
     assert [end.strip('"').split()[0] for end in ends if end != "Sync"] == ["BEGIN", "COMMIT"]
+    assert ends.count("Sync") == 3  # the claim, the notification's one statement, `succeeded`
     assert len(sent) == 1  # everything announced after that commit, in one round trip
     after = counters()
     for outcome in ("started", "succeeded"):
@@ -158,8 +159,9 @@ def test_a_fan_out_commits_its_claim_with_its_first_chunk_and_then_reports_progr
 ) -> None:
     owner_id, team_id, job_id = one_member_alert()
     add_member(team_id, make_user(), "member")
+    add_member(team_id, make_user(), "member")
     db.session.commit()
-    monkeypatch.setattr(notifications, "CHUNK", 1)
+    monkeypatch.setattr(notifications, "CHUNK", 2)
     seen: list[tuple[Any, ...]] = []
 
     def body(ctx: JobContext) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def test_a_fan_out_commits_its_claim_with_its_first_chunk_and_then_reports_progr
     assert seen == [("running", 1)]
     done = fetch_job(job_id)
     assert done.status == "succeeded" and done.attempts == 1
-    assert done.result == {"notified": 2, "chunks": 2}
+    assert done.result == {"notified": 3, "chunks": 2}
     assert events_of(owner_id)[0] == ("job.progress", "running")
 
 

@@ -221,7 +221,7 @@ def other_connection(autocommit: bool = True) -> psycopg.Connection[Any]:
 # may hold other suites' databases).
 INSERT_WAITS = (
     " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    " AND query LIKE 'INSERT INTO notifications%'"
+    " AND query LIKE 'WITH recipient AS%'"
 )
 
 
