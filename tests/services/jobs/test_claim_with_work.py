@@ -17,13 +17,14 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from extensions import db
+from extensions import redis as redis_ext
 from models import Notification
 from services.jobs import names
 from services.jobs.context import JobContext, record_external_effect
 from services.jobs.runner import run_job
 from services.messaging import notifications, realtime
 from tests.factories import add_member, make_user
-from tests.services.core.test_redis_batch import round_trips
+from tests.services.core.test_redis_batch import commands_sent, round_trips
 from tests.services.jobs.test_job_effects import (
     broker,  # noqa: F401 - the fixture
     counters,
@@ -65,7 +66,7 @@ def test_the_whole_job_is_one_transaction_and_one_redis_round_trip(
     counts, gen = counters(), generation(team_id)
     db.session.remove()
 
-    with database_round_trips() as ends, round_trips() as sent:
+    with database_round_trips() as ends, round_trips() as sent, commands_sent() as commands:
         run_job(fan_out, job_id, claim_with_work=True)
 
     done = fetch_job(job_id)
@@ -76,6 +77,10 @@ def test_the_whole_job_is_one_transaction_and_one_redis_round_trip(
     assert [end.strip('"').split()[0] for end in ends if end != "Sync"] == ["BEGIN", "COMMIT"]
     assert ends.count("Sync") == 3  # the claim, the notification's one statement, `succeeded`
     assert len(sent) == 1  # everything announced after that commit, in one round trip
+    # Three events to the owner's stream, which is trimmed and its expiry set once.
+    assert [commands.count(c) for c in ("XADD", "XTRIM")] == [3, 1]
+    ttl: int = redis_ext.client.ttl(realtime.stream_key(owner_id))  # type: ignore[assignment]
+    assert ttl > 0
     after = counters()
     for outcome in ("started", "succeeded"):
         assert after.get(f"{outcome}|{FAN_OUT}", 0) - counts.get(f"{outcome}|{FAN_OUT}", 0) == 1
