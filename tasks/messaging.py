@@ -50,9 +50,12 @@ def send_email(ctx: JobContext) -> dict[str, Any]:
     return result
 
 
-@job_task(names.NOTIFICATIONS_FAN_OUT)
+# Its rows are unique per (recipient, event_key): a second run writes nothing, so the claim
+# may commit with the work (one commit for a one-chunk audience; the runner explains).
+@job_task(names.NOTIFICATIONS_FAN_OUT, claim_with_work=True)
 def fan_out(ctx: JobContext) -> dict[str, Any]:
-    """Notify a whole audience (args: audience, team_id?, template, data, event_key)."""
+    """Notify a whole audience (args: audience, team_id?, template, data, event_key);
+    idempotent."""
     return deliveries.fan_out(ctx.args, ctx.progress)
 
 

@@ -14,7 +14,7 @@ thread's writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ class _Part:
 class _Batch:
     pipe: Pipeline | None = None
     parts: list[_Part] = field(default_factory=list)
+    once: set[Hashable] = field(default_factory=set)  # see first_in_batch
 
     def pipeline(self) -> Pipeline:
         if self.pipe is None:
@@ -94,6 +95,19 @@ def writes(failure_event: str, **fields: Any) -> Iterator[Pipeline]:
         current.parts.append(part)
     if own:
         _send(current)
+
+
+def first_in_batch(key: Hashable) -> bool:
+    """False if `key` was already claimed in the current batch, else True (always outside
+    a batch): for upkeep that one round trip needs once however many writers ask, such
+    as trimming a stream that a job's settle appends three events to."""
+    pending = _current.get()
+    if pending is None:
+        return True
+    if key in pending.once:
+        return False
+    pending.once.add(key)
+    return True
 
 
 def _send(pending: _Batch) -> None:

@@ -39,6 +39,10 @@ class JobContext:
     # The job row's `result` when this attempt claimed it: what an earlier attempt
     # recorded with `record_external_effect`, if anything.
     earlier_result: dict[str, Any] | None = None
+    # True while the claim waits to commit with the work's first commit (a folded claim,
+    # see jobs.runner): until then the row is locked by this job's own transaction and
+    # reads as not started, so nothing may touch it from another connection.
+    claim_pending: bool = field(default=False, init=False, repr=False)
     _progress_announced_at: float = field(default=float("-inf"), init=False, repr=False)
     stopwatch: task_metrics.Stopwatch = field(
         default_factory=task_metrics.Stopwatch, init=False, repr=False
@@ -46,6 +50,10 @@ class JobContext:
 
     def progress(self, percent: int) -> None:
         """Record progress (visible at once) and stop if cancellation was requested."""
+        if self.claim_pending:
+            # Nothing of this job is visible before its claim commits, its progress neither,
+            # and no cancellation can be requested meanwhile (it waits for the row lock).
+            return
         stored = max(0, min(99, percent))
         with db.engine.begin() as conn:
             row = conn.execute(
@@ -83,6 +91,10 @@ def record_external_effect(
     finds it (`ctx.earlier_result`) and does not repeat it. Only a worker killed in the
     moment between the effect and this commit can still repeat it.
     """
+    if ctx.claim_pending:
+        # The job row is locked by the job's own open transaction: this commit would wait
+        # for it for ever. A job with outside effects must claim before its work.
+        raise RuntimeError("record_external_effect in a job whose claim commits with its work")
     deadline = time.monotonic() + give_up_after
     while True:
         try:

@@ -1,38 +1,45 @@
 """The one way to declare a job-backed task: `@job_task("domain.verb")`.
 
 Every task goes through `run_job`, which makes it safe to deliver twice:
-1. claim the job row (queued/retrying, or running on a worker that is provably dead);
-   a finished job or one alive elsewhere is skipped, so redelivery is harmless;
+1. claim the job row (jobs.claims: queued/retrying, or running on a worker that is
+   provably dead); a finished job or one alive elsewhere is skipped, so redelivery is
+   harmless;
 2. heartbeat while running, so the reaper can tell a dead worker from a slow one;
 3. run the work in a session and commit its effects TOGETHER with `succeeded`, so a
    crash before the commit leaves neither (the redelivery redoes both, once);
 4. on error: retry with exponential backoff and jitter (the delay is bounded far below
    the broker's visibility timeout), then `dead`; `PermanentError` fails at once.
+
+A short job whose work is idempotent by a unique key may claim in the work's own
+transaction instead (`claim_with_work=True`): one commit per job, not two. Each commit
+waits for the database's WAL flush, which took ~1.2 ms here, longer than such a job's
+own statements.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from celery import Task
 from flask import current_app
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from extensions import celery_app, db
 from logs import bind_request_id, get_logger
 from models import Job
-from models.job import RUNNABLE
 from services.core import redis_batch
+from services.core.commit_hooks import after_commit
 from services.jobs import metrics as task_metrics
 from services.jobs import signals
+from services.jobs.claims import claim, claim_with_work, worker_id
 from services.jobs.context import JobContext, TaskBody
 from services.jobs.errors import DatabaseUnavailable, JobCancelled, PermanentError
 from services.jobs.heartbeat import Heartbeat
@@ -42,26 +49,36 @@ log = get_logger(__name__)
 
 
 def job_task(
-    name: str, *, permanent: tuple[type[Exception], ...] = ()
+    name: str, *, permanent: tuple[type[Exception], ...] = (), claim_with_work: bool = False
 ) -> Callable[[TaskBody], Task]:
     """Register `body` as the Celery task `name`, run through `run_job`.
 
     `permanent`: exceptions that fail the job at once, like `PermanentError`. It is how a
     task maps a lower layer's "retrying cannot help" (a gateway refusing the request as
     invalid) without that layer knowing about jobs.
+
+    `claim_with_work`: for short jobs whose work is idempotent by a unique key (writing it
+    twice writes it once): the claim commits with the work's first commit, not before it
+    (see `run_job`). Only on a message's first delivery: a redelivered one (its worker
+    died, or it sat unacknowledged) claims first, so a job that kills its worker still
+    uses up its attempts. Until its first commit such a body must leave its job row to
+    the runner: `ctx.progress` does nothing then and `record_external_effect` refuses.
     """
     permanent_errors: tuple[type[Exception], ...] = (PermanentError, *permanent)
 
     def decorator(body: TaskBody) -> Task:
         def run(self: Task, job_id: str) -> None:
-            request_id = (self.request.headers or {}).get("request_id")
+            request = self.request
+            request_id = (request.headers or {}).get("request_id")
+            redelivered = bool((request.delivery_info or {}).get("redelivered"))
             try:
-                run_job(body, job_id, request_id=request_id, permanent=permanent_errors)
+                run_job(body, job_id, request_id=request_id, permanent=permanent_errors,
+                        claim_with_work=claim_with_work and not redelivered)  # fmt: skip
             except DatabaseUnavailable as exc:
                 # The job row could not even be read: acking this delivery (what Celery
                 # does with a task that raised) would leave the job `queued` with no
                 # message anywhere. Send it again shortly instead; the claim decides then.
-                raise self.retry(countdown=backoff_seconds(self.request.retries + 1),
+                raise self.retry(countdown=backoff_seconds(request.retries + 1),
                                  max_retries=None, exc=exc) from exc  # fmt: skip
 
         run.__doc__ = body.__doc__
@@ -74,36 +91,32 @@ def job_task(
     return decorator
 
 
-def worker_id() -> str:
-    # Computed per call: a prefork child has its own pid, not the parent's.
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def run_job(
     body: TaskBody,
     job_id: str,
     *,
     request_id: str | None = None,
     permanent: tuple[type[Exception], ...] = (PermanentError,),
+    claim_with_work: bool = False,
 ) -> None:
-    """Claim, run and settle one job; safe to call any number of times for the same id."""
-    me = worker_id()
+    """Claim, run and settle one job; safe to call any number of times for the same id.
+
+    `claim_with_work`: claim in the work's transaction (see `job_task`), when the job is
+    one the usual claim would take; anything else (finished, running elsewhere, out of
+    attempts) is decided by the usual claim."""
+    me, job_uuid = worker_id(), uuid.UUID(job_id)
+    if claim_with_work and _run_claimed_with_work(body, job_uuid, me, request_id, permanent):
+        return
     # The claim's Redis writes after its commit (dashboard bump, realtime `running`, the
     # `started` metric) go out in one round trip, and so do the settle's below.
     with redis_batch.batch():
-        try:
-            ctx = _claim(uuid.UUID(job_id), me)
-        except DBAPIError as exc:
-            db.session.rollback()
-            if exc.connection_invalidated or isinstance(exc, OperationalError):
-                raise DatabaseUnavailable(str(exc.orig)) from exc
-            raise
+        with _reaching_the_database():
+            ctx = claim(job_uuid, me)
         if ctx is None:
             return
-        bind_request_id(request_id or ctx.request_id)
-        log.info("job_started", job_id=job_id, attempt=ctx.attempt)
+        _started(ctx, request_id)
         task_metrics.record(ctx.job_type, "started")
-    beat = Heartbeat(ctx.job_id, me, current_app.config["SETTINGS"].job_heartbeat_seconds)
+    beat = _heartbeat(ctx)
     beat.start()
     try:
         result = body(ctx)
@@ -121,109 +134,114 @@ def run_job(
         _settle_success(ctx, me, result)
 
 
-# The two statements every job runs, built once (building and keying a statement costs
-# more than the database takes to run it). Each is one UPDATE ... RETURNING instead of
-# SELECT ... FOR UPDATE, a check and an UPDATE. Their row lock serialises a concurrent
-# delivery the same way: it re-checks the row after our commit and matches nothing. The
-# ORM's session synchronisation is off: RETURNING refreshes the one object they touch.
-_RETURNING_JOB = {"populate_existing": True, "synchronize_session": False}
-# The usual delivery: a queued (or retrying) job with attempts left. A delivered job was
-# published: the claim marks it so if the publisher's batched mark has not landed yet
-# (jobs.outbox), so that mark is never needed once a worker has the job.
-_CLAIM = (
-    update(Job)
-    .where(Job.id == bindparam("job_id"), Job.status.in_(sorted(RUNNABLE)),
-           Job.attempts < Job.max_attempts)
-    .values(status="running", attempts=Job.attempts + 1, worker=bindparam("me"),
-            heartbeat_at=bindparam("now"),
-            started_at=func.coalesce(Job.started_at, bindparam("now")),
-            published_at=func.coalesce(Job.published_at, bindparam("now")))
-    .returning(Job)
-    .execution_options(**_RETURNING_JOB)
-)  # fmt: skip
-# Success, only while this worker still owns the job (the reaper may have taken it over).
-_SUCCEED = (
-    update(Job)
-    .where(Job.id == bindparam("job_id"), Job.status == "running", Job.worker == bindparam("me"))
-    .values(status="succeeded", progress=100, result=bindparam("result", type_=Job.result.type),
-            finished_at=bindparam("now"), error=None, traceback=None)
-    .returning(Job)
-    .execution_options(**_RETURNING_JOB)
-)  # fmt: skip
+def _run_claimed_with_work(
+    body: TaskBody, job_id: uuid.UUID, me: str, request_id: str | None,
+    permanent: tuple[type[Exception], ...],
+) -> bool:  # fmt: skip
+    """Run a job whose claim commits with the work's first commit; False (nothing done)
+    if the usual claim must decide what to do with it.
 
-
-def _claim(job_id: uuid.UUID, me: str) -> JobContext | None:
-    """Mark the job running for this worker, or None if it must not run here now."""
-    session = db.session
-    now = datetime.now(UTC)
-    autocommit = not session().in_transaction()
-    if autocommit:
-        # The usual claim is one statement and was committed right after it: in autocommit
-        # it is its own transaction, the same commit in one round trip instead of three
-        # (BEGIN, UPDATE, COMMIT). The work then runs in a transaction of its own, as before.
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    job = session.scalar(_CLAIM, {"job_id": job_id, "me": me, "now": now})
-    if job is not None:
-        signals.row_changed.send(job)
-    else:
-        if autocommit:
-            session.commit()  # nothing was changed; what follows needs a real transaction
-        job = _claim_unusual(job_id, me, now)
-        if job is None:
-            return None
-    session.commit()  # (autocommit: no round trip, only the after-commit hooks)
-    signals.status_changed.send(job)  # realtime `job.progress` (running), after the commit
-    return JobContext(
-        job.id, dict(job.args), job.attempts, job.user_id, job.team_id, me, job.request_id,
-        job.type, earlier_result=job.result,
-    )  # fmt: skip
-
-
-def _claim_unusual(job_id: uuid.UUID, me: str, now: datetime) -> Job | None:
-    """Everything but the usual claim: a missing or finished job, one running elsewhere
-    (taken over if its worker is gone), a poison job out of attempts."""
-    session = db.session
-    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None:
-        session.rollback()
-        log.warning("job_missing", job_id=str(job_id))
-        return None
-    if not (job.status in RUNNABLE or (job.status == "running" and _owner_is_gone(job))):
-        session.rollback()
-        log.info("job_skipped", job_id=str(job_id), status=job.status)
-        return None
-    if job.attempts >= job.max_attempts:
-        # Each delivery that died mid-run counted an attempt: a poison job stops here.
-        job.status, job.finished_at = "dead", now
-        job.error = job.error or "Gave up: the worker died on every attempt."
-        session.commit()
-        log.error("job_dead", job_id=str(job_id), attempts=job.attempts)
-        signals.status_changed.send(job)  # realtime `job.finished` (dead), after the commit
-        return None
-    job.status = "running"
-    job.attempts += 1
-    job.worker = me
-    job.heartbeat_at = now
-    job.started_at = job.started_at or now
-    job.published_at = job.published_at or now  # delivered, so published (see _CLAIM)
-    return job
-
-
-def _owner_is_gone(job: Job) -> bool:
-    """A running job may be taken over if its worker stopped heartbeating or is dead here."""
-    stale = current_app.config["SETTINGS"].job_stale_seconds
-    if job.heartbeat_at is None or job.heartbeat_at < datetime.now(UTC) - timedelta(seconds=stale):
-        return True
-    host, _, pid = (job.worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    A single-transaction job costs one commit: BEGIN, the claim, the work, `succeeded`,
+    COMMIT, and one Redis round trip for everything announced after it. Until that
+    commit the job reads as queued, its row locked: a duplicate delivery waits and then
+    finds it finished; a worker killed meanwhile leaves no trace, and the redelivered
+    message claims it the usual way. A body that commits on its way (a fan-out's chunks)
+    commits the claim with its first chunk and then runs as any job does."""
+    with _reaching_the_database():
+        claimed = claim_with_work(job_id, me)
+    if claimed is None:
         return False
+    ctx, job = claimed
+    ctx.claim_pending = True
+    beat = _heartbeat(ctx)
+    # What the usual claim does once committed; the announcements then go out on the
+    # Redis batch of the commit that carried the claim (the settle's, for most jobs).
+    after_commit(partial(_claim_committed, ctx, job, beat))
+    _started(ctx, request_id)
     try:
-        os.kill(int(pid), 0)  # the previous owner ran on this host: is it still alive?
-    except ProcessLookupError:
+        try:
+            result = body(ctx)
+        except Exception as exc:  # noqa: BLE001 - as in run_job
+            db.session.rollback()
+            with redis_batch.batch():
+                if ctx.claim_pending:
+                    _claim_and_fail(ctx, me, exc, permanent)
+                else:
+                    _settle_failure(ctx, me, exc, permanent)
+            return True
+        try:
+            with redis_batch.batch():
+                _settle_success(ctx, me, result)
+        except Exception as exc:
+            if not ctx.claim_pending:
+                raise  # as in run_job: the row is running here; the reaper takes it over
+            # Nothing of the job committed, its claim neither (the job reads queued, and
+            # its message is acked after this): record it as a failed attempt.
+            db.session.rollback()
+            with redis_batch.batch():
+                _claim_and_fail(ctx, me, exc, permanent)
         return True
-    except PermissionError:
-        return False
-    return False
+    finally:
+        beat.stop()
+
+
+def _claim_committed(ctx: JobContext, job: Job, beat: Heartbeat) -> None:
+    """After the commit that carried a claim made with the work: the job is visibly
+    running now (or finished, when that commit also settled it)."""
+    ctx.claim_pending = False
+    beat.start()  # stopped by the runner when the job ends
+    task_metrics.record(ctx.job_type, "started")
+    signals.status_changed.send(job)  # realtime `job.progress` (running)
+
+
+def _claim_and_fail(
+    ctx: JobContext, me: str, exc: Exception, permanent: tuple[type[Exception], ...]
+) -> None:
+    """A job failed before its claim committed: nothing of it stands. Claim it the usual
+    way, so that the attempt counts, and settle the failure as any attempt's."""
+    with _reaching_the_database():
+        claimed = claim(ctx.job_id, me)
+    if claimed is None:
+        return  # another delivery took the job meanwhile: its run counts
+    claimed.stopwatch = ctx.stopwatch
+    task_metrics.record(ctx.job_type, "started")
+    _settle_failure(claimed, me, exc, permanent)
+
+
+@contextmanager
+def _reaching_the_database() -> Iterator[None]:
+    """A claim that cannot reach the database raises DatabaseUnavailable (job_task then
+    sends the message again shortly instead of acking it)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        db.session.rollback()
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            raise DatabaseUnavailable(str(exc.orig)) from exc
+        raise
+
+
+def _started(ctx: JobContext, request_id: str | None) -> None:
+    """Logs from here on carry the request that asked for the job."""
+    bind_request_id(request_id or ctx.request_id)
+    log.info("job_started", job_id=str(ctx.job_id), attempt=ctx.attempt)
+
+
+def _heartbeat(ctx: JobContext) -> Heartbeat:
+    return Heartbeat(ctx.job_id, ctx.worker, current_app.config["SETTINGS"].job_heartbeat_seconds)
+
+
+_JOBS = cast(Table, Job.__table__)
+# Success, only while this worker still owns the job (the reaper may have taken it over).
+# Core, built once: the runner already holds everything the signals need of the row.
+_SUCCEED = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.status == "running",
+           _JOBS.c.worker == bindparam("me"))
+    .values(status="succeeded", progress=100,
+            result=bindparam("result", type_=_JOBS.c.result.type),
+            finished_at=bindparam("now"), error=None, traceback=None)
+)  # fmt: skip
 
 
 def _locked_own_job(ctx: JobContext, me: str) -> Job | None:
@@ -237,11 +255,13 @@ def _locked_own_job(ctx: JobContext, me: str) -> Job | None:
 
 def _settle_success(ctx: JobContext, me: str, result: dict[str, Any] | None) -> None:
     params = {"job_id": ctx.job_id, "me": me, "result": result, "now": datetime.now(UTC)}
-    job = db.session.scalar(_SUCCEED, params)
-    if job is None:
+    if db.write(_SUCCEED, params).rowcount != 1:
         log.warning("job_lost_ownership", job_id=str(ctx.job_id))
         db.session.rollback()  # someone else owns it now: drop our effects, theirs count
         return
+    job = Job(id=ctx.job_id, type=ctx.job_type, status="succeeded", user_id=ctx.user_id,
+              team_id=ctx.team_id, progress=100, attempts=ctx.attempt, result=result,
+              error=None)  # fmt: skip
     signals.row_changed.send(job)
     db.session.commit()  # the work's effects and `succeeded`, atomically
     log.info("job_succeeded", job_id=str(ctx.job_id), attempt=ctx.attempt)

@@ -31,18 +31,18 @@ def fan_out(args: dict[str, Any], progress: Callable[[int], None]) -> dict[str, 
     chunks; idempotent: rows are unique per (user, event_key) and each chunk commits."""
     team_id = uuid.UUID(args["team_id"]) if args.get("team_id") else None
     written = chunks = 0
-    for user_ids in notifications.audience_chunks(args):
-        if chunks:
-            # A checkpoint between chunks: a rerun skips what is written. The last chunk
-            # commits with `succeeded` instead, so a one-chunk audience (most of them)
-            # costs one transaction, not three (chunk, progress, settle).
-            db.session.commit()
-            progress(min(99, chunks))
-        written += len(
-            notifications.write_chunk(user_ids, args["template"], args["data"],
-                                      event_key=args["event_key"], team_id=team_id)
-        )  # fmt: skip
+    after = uuid.UUID(int=0)
+    while recipients := notifications.write_audience_chunk(args, after, team_id):
+        written += sum(1 for r in recipients if r.new_id is not None)
         chunks += 1
+        if len(recipients) < notifications.CHUNK:
+            # The last chunk commits with `succeeded`, so a one-chunk audience (most of
+            # them) costs one transaction, not three (chunk, progress, settle).
+            break
+        # A checkpoint between chunks: a rerun skips what is written.
+        db.session.commit()
+        progress(min(99, chunks))
+        after = recipients[-1].user_id
     return {"notified": written, "chunks": chunks}
 
 

@@ -9,26 +9,23 @@ re-running any of it adds nothing. Security notices ignore opt-outs.
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from psycopg.rows import scalar_row
-from sqlalchemy import Boolean, Table, Uuid, any_, bindparam, case, func, null, select, update
-from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy import bindparam, func, select, update
 
 from extensions import Read, db
-from models import Job, Notification, NotificationPreference, TeamMember, User
+from models import Job, Notification, NotificationPreference, User
 from services.core import tokens
 from services.core.audit import record_audit
 from services.core.commit_hooks import after_commit
 from services.core.errors import NotFound, ValidationFailed
 from services.jobs import names
-from services.messaging import realtime
+from services.messaging import notification_rows, realtime
 from services.messaging.catalog import CATEGORIES, TEMPLATES, render
 
 __all__ = ["CATEGORIES", "CHUNK", "notify", "notify_all_users", "notify_team"]
@@ -182,29 +179,6 @@ def _fan_out(
     )
 
 
-def audience_chunks(args: dict[str, Any]) -> Iterable[list[uuid.UUID]]:
-    """The fan-out's recipients in id order, CHUNK at a time (keyset, constant memory)."""
-    last = uuid.UUID(int=0)
-    while True:
-        if args["audience"] == "team":
-            query = select(TeamMember.user_id).where(
-                TeamMember.team_id == uuid.UUID(args["team_id"]), TeamMember.user_id > last
-            )
-            if args.get("roles"):
-                query = query.where(TeamMember.role.in_(args["roles"]))
-            query = query.order_by(TeamMember.user_id)
-        else:
-            query = select(User.id).where(
-                User.is_active.is_(True), User.deleted_at.is_(None), User.id > last
-            ).order_by(User.id)  # fmt: skip
-        ids = list(db.session.scalars(query.limit(CHUNK)))
-        if ids:
-            yield ids
-        if len(ids) < CHUNK:  # the last chunk: no query to find out there is no next one
-            return
-        last = ids[-1]
-
-
 def write_chunk(
     user_ids: list[uuid.UUID], template: str, data: dict[str, Any], *, event_key: str,
     team_id: uuid.UUID | None, email: bool = True,
@@ -213,102 +187,52 @@ def write_chunk(
     job for the chunk and the live events after commit. No commit; returns new row ids."""
     if not user_ids:
         return []
+    unique = list(dict.fromkeys(user_ids))  # one row, one email, one event per user
+    recipients = _deliver("ids", {"user_ids": unique}, template, data, event_key=event_key,
+                          team_id=team_id, email=email)  # fmt: skip
+    return [r.new_id for r in recipients if r.new_id is not None]
+
+
+def write_audience_chunk(
+    args: dict[str, Any], after: uuid.UUID, team_id: uuid.UUID | None
+) -> list[notification_rows.Recipient]:
+    """The fan-out's work for its next CHUNK recipients (in id order, after `after`), as
+    `write_chunk`; every recipient of the chunk (fewer than CHUNK: it was the last)."""
+    params: dict[str, Any] = {"after": after, "limit": CHUNK}
+    source: notification_rows.Source = "all"
+    if args["audience"] == "team":
+        params["team_id"] = uuid.UUID(args["team_id"])
+        source = "team"
+        if args.get("roles"):
+            source, params["roles"] = "team_roles", list(args["roles"])
+    return _deliver(source, params, args["template"], args["data"],
+                    event_key=args["event_key"], team_id=team_id)  # fmt: skip
+
+
+def _deliver(
+    source: notification_rows.Source, params: dict[str, Any], template: str,
+    data: dict[str, Any], *, event_key: str, team_id: uuid.UUID | None, email: bool = True,
+) -> list[notification_rows.Recipient]:  # fmt: skip
     title, body, link = render(template, data)
     category = TEMPLATES[template].category
-    prefs = _preferences_bulk(user_ids, category)
-    inserted = db.session.execute(
-        _insert_chunk(),
-        {"user_ids": user_ids,
-         # A user who switched in-app off still gets the row (it backs the email), read.
-         "in_app": [prefs[uid][0] for uid in user_ids],
-         "digest": [email and prefs[uid][1] == "digest" for uid in user_ids],
-         "team_id": team_id, "category": category, "event_key": event_key,
-         "title": title[:300], "body": body,
-         "data": {**data, "link": link, "template": template}},
-    ).all()  # fmt: skip
-    new_ids = [row.id for row in inserted]
-    emailed = [row.id for row in inserted if email and prefs[row.user_id][1] == "now"]
+    recipients = notification_rows.write(
+        source, params, category=category, event_key=event_key, team_id=team_id, title=title,
+        body=body, data={**data, "link": link, "template": template}, email=email,
+    )  # fmt: skip
+    inserted = [r for r in recipients if r.new_id is not None]
+    emailed = [str(r.new_id) for r in inserted if email and r.email == "now"]
     if emailed:
-        ids = [str(i) for i in emailed]
-        enqueue(names.NOTIFICATIONS_SEND_EMAILS, args={"notification_ids": ids}, team_id=team_id)
-    live = [row.user_id for row in inserted if prefs[row.user_id][0]]
+        enqueue(names.NOTIFICATIONS_SEND_EMAILS, args={"notification_ids": emailed},
+                team_id=team_id)  # fmt: skip
+    live = [r.user_id for r in inserted if r.in_app]
     if live:
         event = {"category": category, "title": title, "body": body, "link": link}
         after_commit(lambda: _publish_live(live, event))
-    return new_ids
-
-
-@functools.cache
-def _insert_chunk() -> ReturningInsert[uuid.UUID, uuid.UUID]:
-    """INSERT one notification per recipient from arrays (unnest), skipping existing ones.
-
-    One small statement whatever the chunk's size, so SQLAlchemy and psycopg compile it
-    once: a multi-row VALUES list of a thousand rows (ten thousand parameters) was built,
-    compiled and converted anew for every chunk, and cost far more than the insert.
-    Per recipient: user id, in-app on (else the row is created read) and digest pending.
-    """
-    recipients = (
-        func.unnest(
-            bindparam("user_ids", type_=ARRAY(Uuid())),
-            bindparam("in_app", type_=ARRAY(Boolean())),
-            bindparam("digest", type_=ARRAY(Boolean())),
-        )
-        .table_valued("user_id", "in_app", "digest")
-        .render_derived("recipient")
-    )
-    table = cast(Table, Notification.__table__)  # Core: the ORM would take the params as rows
-    columns = table.c
-    rows = select(
-        func.gen_random_uuid(),
-        recipients.c.user_id,
-        bindparam("team_id", type_=columns.team_id.type),
-        bindparam("category", type_=columns.category.type),
-        bindparam("event_key", type_=columns.event_key.type),
-        bindparam("title", type_=columns.title.type),
-        bindparam("body", type_=columns.body.type),
-        bindparam("data", type_=columns.data.type),
-        recipients.c.digest,
-        case((recipients.c.in_app, null()), else_=func.now()),
-    ).select_from(recipients)
-    names = ["id", "user_id", "team_id", "category", "event_key", "title", "body", "data",
-             "digest_pending", "read_at"]  # fmt: skip
-    return (
-        insert(table)
-        .from_select(names, rows)
-        .on_conflict_do_nothing(index_elements=["user_id", "event_key"])
-        .returning(columns.id, columns.user_id)
-    )
+    return recipients
 
 
 def _publish_live(user_ids: list[uuid.UUID], event: dict[str, Any]) -> None:
     realtime.publish(user_ids, "notification.created", event)
-
-
-def _preferences_bulk(
-    user_ids: list[uuid.UUID], category: str
-) -> dict[uuid.UUID, tuple[bool, str]]:
-    """Per user: (in-app on?, email "now" | "digest" | "off") for one category."""
-    spec = CATEGORIES[category]
-    if spec.mandatory:
-        return {uid: (True, "now") for uid in user_ids}
-    # Plain rows, not ORM objects, and `= ANY(array)`, not IN with a thousand parameters
-    # (a new statement to render and convert for every chunk): one cached statement.
-    rows = db.session.execute(
-        select(NotificationPreference.user_id, NotificationPreference.channel,
-               NotificationPreference.enabled, NotificationPreference.digest).where(
-            NotificationPreference.user_id
-            == any_(bindparam("user_ids", user_ids, type_=ARRAY(Uuid()))),
-            NotificationPreference.category == category,
-        )
-    )  # fmt: skip
-    stored = {(r.user_id, r.channel): r for r in rows}
-    result = {}
-    for uid in user_ids:
-        in_app, email = stored.get((uid, "in_app")), stored.get((uid, "email"))
-        wants_email = email.enabled if email else spec.email_default
-        mode = "off" if not wants_email else ("digest" if email and email.digest else "now")
-        result[uid] = (in_app.enabled if in_app else True, mode)
-    return result
 
 
 # --- reading -----------------------------------------------------------------------------

@@ -125,8 +125,12 @@ def publish(user_ids: Iterable[uuid.UUID | None], event: str, data: dict[str, An
         for user_id in targets:
             key = stream_key(user_id)
             pipe.xadd(key, fields, maxlen=MAX_EVENTS_PER_USER, approximate=True)  # type: ignore[arg-type]
-            pipe.xtrim(key, minid=oldest_kept, approximate=False)
-            pipe.expire(key, ttl)
+            # Retention and expiry once per stream and round trip (a job's owner gets
+            # `running`, maybe a notification, and `finished` in one): later appends in
+            # the same batch are newer than the cut and keep the key's TTL.
+            if redis_batch.first_in_batch(("events-upkeep", key)):
+                pipe.xtrim(key, minid=oldest_kept, approximate=False)
+                pipe.expire(key, ttl)
 
 
 def publish_job(job: Job) -> None:

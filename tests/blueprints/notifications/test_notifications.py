@@ -61,6 +61,28 @@ def test_email_off_still_shows_in_the_app(
     assert [n["title"] for n in listed] == ["Maintenance tonight"] and listed[0]["read"] is False
 
 
+def test_in_app_off_still_mails_and_files_the_notification_as_read(
+    client: FlaskClient, worker: Worker, mailbox: Mailbox
+) -> None:
+    owner, quiet = make_user(), make_user()
+    team_id = make_team(owner, members=[(quiet, "member")])
+    changed = client.put(PREFS, json={"preferences": {"operations": {"in_app": False}}},
+                         headers=auth_headers(quiet))  # fmt: skip
+    assert changed.status_code == 200
+    job = notifications.notify_team(team_id, "operator_notice",
+                                    {"title": "Team notice", "body": "Read me."},
+                                    event_key=f"notice:{uuid.uuid4()}")  # fmt: skip
+    db.session.commit()
+    wait_job(job.id, "succeeded", describe=worker.describe)
+
+    mailbox.wait_for(quiet.email, "Team notice")  # email as before
+    mailbox.wait_for(owner.email, "Team notice")
+    listed = client.get("/api/v1/notifications", headers=auth_headers(quiet)).get_json()["items"]
+    assert [(n["title"], n["read"]) for n in listed] == [("Team notice", True)]
+    listed = client.get("/api/v1/notifications", headers=auth_headers(owner)).get_json()["items"]
+    assert [(n["title"], n["read"]) for n in listed] == [("Team notice", False)]
+
+
 def unsubscribe_token(message: Any) -> str:
     match = re.search(r"/unsubscribe\?token=([A-Za-z0-9._%-]+)", Mailbox.text_of(message))
     assert match, Mailbox.text_of(message)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+import redis.client
 import redis.connection
 
 from extensions import redis as redis_ext
@@ -61,6 +62,38 @@ def test_a_batch_sends_every_writers_commands_once_in_one_round_trip(app: object
             sent.clear()
         assert len(sent) == 1
     assert (client.get("batch:a"), client.get("batch:b")) == (b"1", b"1")
+
+
+@contextmanager
+def commands_sent() -> Iterator[list[str]]:
+    """The names of the commands this process sends in pipelines meanwhile."""
+    names: list[str] = []
+    original = redis.client.Pipeline.execute
+
+    def recording(self: Any, raise_on_error: bool = True) -> Any:
+        names.extend(str(args[0]).upper() for args, _options in self.command_stack)
+        return original(self, raise_on_error)
+
+    redis.client.Pipeline.execute = recording  # type: ignore[method-assign]
+    try:
+        yield names
+    finally:
+        redis.client.Pipeline.execute = original  # type: ignore[method-assign]
+
+
+def test_upkeep_one_batch_needs_once_is_queued_once(app: object) -> None:
+    client = redis_ext.client
+    client.delete("batch:a")
+    with commands_sent() as names, redis_batch.batch():
+        for _ in range(3):
+            with redis_batch.writes("a_failed") as pipe:
+                pipe.incr("batch:a")
+                if redis_batch.first_in_batch(("upkeep", "batch:a")):
+                    pipe.expire("batch:a", 60)
+    assert names == ["INCRBY", "EXPIRE", "INCRBY", "INCRBY"]  # redis-py sends INCR so
+    ttl: int = client.ttl("batch:a")  # type: ignore[assignment]
+    assert client.get("batch:a") == b"3" and 0 < ttl <= 60
+    assert redis_batch.first_in_batch(("upkeep", "batch:a"))  # outside a batch: always
 
 
 def test_a_failing_part_logs_its_own_warning_and_the_others_still_apply(

@@ -12,21 +12,26 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psutil
+import psycopg
 import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
-from sqlalchemy import event, update
+from sqlalchemy import event, func, select, update
 
 from config import Settings
 from extensions import db
-from models import Job
+from models import Job, Notification
 from scripts.devservices import RedisServer
 from services.jobs import names
 from services.jobs.outbox import Message, enqueue, publish
 from services.jobs.reaper import reap_orphans
 from services.jobs.relay import relay_outbox, requeue_unclaimed
-from tests.factories import auth_headers, make_user
+from services.messaging import notifications
+from tests.factories import auth_headers, make_team, make_user
+from tests.services.jobs.test_job_effects import LOW_STOCK
 from tests.services.jobs.test_pipeline import pings_recorded, start_ping
 from tests.support import (
     LOGS,
@@ -170,6 +175,64 @@ def test_worker_killed_mid_job_is_redelivered_and_finishes_once(
     assert done.attempts == 2
     assert done.worker != first_owner  # a new pool process took it over at once
     assert pings_recorded(job["id"]) == 1
+
+
+def test_a_worker_killed_before_a_job_claimed_with_its_work_commits_leaves_no_trace(
+    own_redis: tuple[RedisServer, Settings],
+) -> None:
+    # notifications.fan_out claims with its work (one commit per job): killed before that
+    # commit, the job has not started as far as anyone can tell. Its redelivered message
+    # claims first, the usual way, so a job that kills its worker uses up its attempts.
+    _server, settings = own_redis
+    member = make_user()
+    team_id = make_team(member)
+    with other_connection() as watcher, other_connection(autocommit=False) as blocker:
+        # Holding the member's user row: the job's insert (its foreign key check) waits.
+        blocker.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (member.id,))
+        with running_worker(settings, LOGS / "claim-with-work-kill.log", concurrency=1) as worker:
+            data = {**LOW_STOCK, "team_id": str(team_id)}
+            job = notifications.notify_team(team_id, "inventory_low_stock", data,
+                                            event_key=f"test:{uuid.uuid4()}")  # fmt: skip
+            db.session.commit()
+            wait_for(lambda: inserts_waiting(watcher) == 1, 30, worker.describe)
+            assert committed(watcher, job.id) == ("queued", 0)  # the claim is not visible
+            assert worker.process is not None
+            (pool_process,) = psutil.Process(worker.process.pid).children()
+            pool_process.kill()
+            # Its database session ends once PostgreSQL notices the client is gone (at the
+            # end of the statement it waits in); here, at once.
+            watcher.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity{INSERT_WAITS}")
+            # The redelivery: claimed (and committed) before its insert waits in turn.
+            wait_for(lambda: committed(watcher, job.id) == ("running", 1), 60, worker.describe)
+            blocker.rollback()
+            done = wait_job(job.id, "succeeded", timeout=60, describe=worker.describe)
+    assert done.attempts == 1
+    assert db.session.scalar(
+        select(func.count()).where(Notification.user_id == member.id)
+    ) == 1  # fmt: skip
+
+
+def other_connection(autocommit: bool = True) -> psycopg.Connection[Any]:
+    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(url, autocommit=autocommit)
+
+
+# Sessions of this test's database waiting for a lock in the fan-out's insert (the server
+# may hold other suites' databases).
+INSERT_WAITS = (
+    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    " AND query LIKE 'WITH recipient AS%'"
+)
+
+
+def inserts_waiting(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(f"SELECT count(*) FROM pg_stat_activity{INSERT_WAITS}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def committed(conn: psycopg.Connection[Any], job_id: uuid.UUID) -> tuple[Any, ...]:
+    row = conn.execute("SELECT status, attempts FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    return tuple(row or ())
 
 
 def test_sigterm_lets_the_running_job_finish_before_the_worker_exits(
