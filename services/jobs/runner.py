@@ -146,7 +146,14 @@ def _run_claimed_with_work(
     commit the job reads as queued, its row locked: a duplicate delivery waits and then
     finds it finished; a worker killed meanwhile leaves no trace, and the redelivered
     message claims it the usual way. A body that commits on its way (a fan-out's chunks)
-    commits the claim with its first chunk and then runs as any job does."""
+    commits the claim with its first chunk and then runs as any job does.
+
+    The price: with no committed claim there is no heartbeat for the reaper to find stale.
+    A pool process killed mid-job is redelivered at once by its worker (as any job), but
+    a whole worker host lost mid-job leaves a job that reads queued and a message in the
+    broker's unacked set: recovered as any message lost before its claim, by the relay
+    once the job's queue is empty (jobs.relay.requeue_unclaimed) or by the broker's
+    visibility timeout, not within the reaper's stale threshold."""
     with _reaching_the_database():
         claimed = claim_with_work(job_id, me)
     if claimed is None:
