@@ -1,13 +1,14 @@
 """Nothing lost, nothing duplicated: a mixed workload while processes and servers fail.
 
 `make test-faults` (FAULTS_PROFILE=full: at least 2,000 accepted requests) and CI (ci: a
-shorter run with the same faults). While client threads drive payments, exports, uploads
-and analytics batches over HTTP (tests/faults/workload.py), the harness (tests/faults/stack.py)
-SIGKILLs a worker, SIGTERMs a worker, restarts Redis, restarts PostgreSQL, takes the
-payment gateway and the SMTP server away for a while, and runs two beats all along. Then,
-once every job has settled, the ledger: every accepted payment charged exactly once at the
-gateway with exactly one receipt email, every accepted export exactly one file, every
-accepted event stored and counted in the rollups once, no job left unfinished, and no 5xx
+shorter run with the same faults). While client threads drive payments, exports, uploads,
+analytics batches and stock alerts over HTTP (tests/faults/workload.py), the harness
+(tests/faults/stack.py) SIGKILLs a worker, SIGTERMs a worker, restarts Redis, restarts
+PostgreSQL, takes the payment gateway and the SMTP server away for a while, and runs two
+beats all along. Then, once every job has settled, the ledger: every accepted payment
+charged exactly once at the gateway with exactly one receipt email, every accepted export
+exactly one file, every accepted event stored and counted in the rollups once, every
+accepted stock alert one notification and one email, no job left unfinished, and no 5xx
 but 503 with Retry-After.
 """
 
@@ -31,7 +32,7 @@ from sqlalchemy import func, select, text
 from app import create_app
 from extensions import db
 from integrations.stripe_gateway import get_gateway
-from models import Export, Job, TeamMember
+from models import Export, Job, Notification, TeamMember
 from models.file import UserFile
 from services.insights import aggregation
 from services.messaging.mail import format_money
@@ -225,6 +226,29 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
         else:
             verified += 1
 
+    # Stock alerts: the owner notified once (the fan-out job, which claims in its work's
+    # transaction) and mailed once (one Message-ID; a resend of the same one is counted
+    # apart, as for receipts).
+    alert_mail = [m for m in stack.mailbox.to(owner_email)
+                  if str(m["Subject"]).endswith(" is running low")]  # fmt: skip
+    distinct_alerts = {(str(m["Subject"]), str(m["Message-ID"])) for m in alert_mail}
+    alert_ids = Counter(subject for subject, _ in distinct_alerts)
+    for adjustment_id, (item_id, sku) in ledger.alerts.items():
+        rows = db.session.scalar(select(func.count()).select_from(Notification).where(
+            Notification.event_key == f"low_stock:{item_id}:{adjustment_id}"
+        ))  # fmt: skip
+        for what, seen in (("notification", rows or 0),
+                           ("email", alert_ids[f"{sku} is running low"])):  # fmt: skip
+            if seen == 1:
+                verified += 1
+            elif seen == 0:
+                lost += 1
+                problems.append(f"stock alert {sku}: no {what}")
+            else:
+                duplicated += seen - 1
+                problems.append(f"stock alert {sku}: {seen} x {what}")
+    report_resent += len(alert_mail) - sum(alert_ids.values())
+
     # Analytics: every accepted event stored once and counted once by the aggregation.
     stored = set(db.session.scalars(text("SELECT dedup_id FROM analytics_events")))
     missing = ledger.events - stored
@@ -258,7 +282,7 @@ def _print_table(injected: list[str], ledger: Ledger, report: dict[str, object])
         f"| HTTP requests sent (retries included) | {ledger.requests} |",
         f"| requests accepted (2xx) | {ledger.accepted} (payments {len(ledger.payments)}, "
         f"exports {len(ledger.exports)}, uploads {len(ledger.uploads)}, "
-        f"analytics batches {len(ledger.events) // 20}) |",
+        f"stock alerts {len(ledger.alerts)}, analytics batches {len(ledger.events) // 20}) |",
         f"| 503 + Retry-After during outages | {ledger.outage_503} |",
         f"| other 5xx | {len(ledger.bad_5xx)} |",
         f"| abandoned (never answered) | {dict(ledger.abandoned) or 0} |",

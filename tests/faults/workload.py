@@ -1,6 +1,8 @@
 """A steady mixed workload over HTTP, and the record of what the server accepted.
 
-Each client thread loops over payments, exports, uploads and analytics batches. Every POST carries
+Each client thread loops over payments, exports, uploads, analytics batches and stock alerts
+(an item taken below its low-stock threshold, which notifies and mails the team's owner
+through the fan-out job, the one job that claims in its work's transaction). Every POST carries
 an Idempotency-Key (analytics batches: dedup ids) and is retried with the SAME key after a
 503 or a broken connection, as a well-behaved frontend does, until it gets an answer or
 gives up. What counts later: the requests answered 2xx (accepted), the keys given up on
@@ -33,6 +35,7 @@ class Ledger:
     exports: dict[str, str] = field(default_factory=dict)  # export id -> job id
     events: set[str] = field(default_factory=set)  # dedup ids of accepted batches
     uploads: dict[str, str] = field(default_factory=dict)  # file id -> processing job id
+    alerts: dict[str, tuple[str, str]] = field(default_factory=dict)  # adjustment -> item, sku
     abandoned: dict[str, int] = field(default_factory=dict)  # kind -> keys given up on
     bad_5xx: list[str] = field(default_factory=list)  # 5xx other than 503 + Retry-After
     outage_503: int = 0
@@ -41,7 +44,7 @@ class Ledger:
 
     @property
     def accepted(self) -> int:
-        return (len(self.payments) + len(self.exports) + len(self.uploads)
+        return (len(self.payments) + len(self.exports) + len(self.uploads) + len(self.alerts)
                 + len(self.events) // BATCH_EVENTS)  # fmt: skip
 
     def count(self, counter: str) -> None:
@@ -65,7 +68,8 @@ class Client(threading.Thread):
         for n in itertools.count():
             if self.stop_event.is_set():
                 return
-            kind = ("payment", "analytics", "payment", "export", "analytics", "upload")[n % 6]
+            kind = ("payment", "analytics", "payment", "export", "analytics", "upload",
+                    "stock_alert")[n % 7]  # fmt: skip
             getattr(self, kind)()
 
     # --- the operations ----------------------------------------------------------------
@@ -111,6 +115,20 @@ class Client(threading.Thread):
         done = self._post(f"{uploads}/{file_id}/complete", None, f"complete-{file_id}", "upload")
         if done is not None:
             self.ledger.uploads[file_id] = done["job"]["id"]
+
+    def stock_alert(self) -> None:
+        """A new item (10 in stock, threshold 5) taken down by 6: one low-stock crossing."""
+        sku = f"SKU-{uuid.uuid4().hex[:12]}"  # unique: the alert email's subject names it
+        items = f"/api/v1/teams/{self.team_id}/inventory"
+        body = {"sku": sku, "name": "Widget", "quantity": 10, "low_stock_threshold": 5}
+        created = self._post(items, body, f"item-{sku}", "stock_alert")
+        if created is None:
+            return
+        item_id = created["item"]["id"]
+        path = f"{items}/{item_id}/adjustments"
+        done = self._post(path, {"delta": -6}, f"adjust-{sku}", "stock_alert")
+        if done is not None:
+            self.ledger.alerts[done["adjustment"]["id"]] = (item_id, sku)
 
     # --- one request, retried until answered ------------------------------------------
 
