@@ -103,6 +103,7 @@ class Database:
             settings.database_url,
             settings.db_pool_size,
             settings.db_statement_timeout_ms,
+            max_overflow=settings.db_max_overflow,
         )
         app.teardown_appcontext(self._remove_session)
 
@@ -112,6 +113,8 @@ class Database:
         pool_size: int = 5,
         statement_timeout_ms: int = 30_000,
         ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
+        *,
+        max_overflow: int = 0,
     ) -> None:
         if (
             self._engine is not None
@@ -125,7 +128,7 @@ class Database:
         self._engine = create_engine(
             url,
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=max_overflow,
             pool_timeout=5,
             connect_args=connect_args,
         )

@@ -14,8 +14,9 @@ Sized for Server-Sent Events next to ordinary requests (GET /api/v1/events/strea
   few minutes and a worker told to stop (deploy, max_requests) has no stream older than
   that; clients resume with Last-Event-ID, so cutting them loses nothing.
 - Database: streams give their connection back before streaming, so only the other
-  threads use the pool (DB_POOL_SIZE 10 + 10 overflow = 20 per worker, above the 8
-  reserved threads; a burst beyond 20 waits up to 5 s for a connection).
+  threads use the pool (DB_POOL_SIZE 20 per worker, kept open, above the 8 reserved
+  threads; a burst beyond 20 waits up to 5 s for a connection rather than opening and
+  closing overflow connections: see config.py).
 """
 
 import gc
