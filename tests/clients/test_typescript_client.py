@@ -56,5 +56,6 @@ def test_the_typed_client_registers_pays_exports_uploads_refreshes_and_logs_out(
             env=env, capture_output=True, text=True, timeout=240, check=False,
         )  # fmt: skip
     output = f"{run.stdout}\n{run.stderr}"
+    print(run.stdout)  # each step and its time (pytest -rP shows it)
     assert run.returncode == 0, f"{output}\n{web.describe()}\n{worker.describe()}"
     assert "e2e: every step passed" in run.stdout, output

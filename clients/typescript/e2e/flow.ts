@@ -20,10 +20,12 @@ import {
   isExpired,
   postUploadForm,
   ProblemError,
+  streamEvents,
   tokenExpiry,
   unwrap,
   waitForJob,
   type Job,
+  type StreamEvent,
 } from "../src/index.js";
 import { sleep } from "../src/sleep.js";
 import { linkToken } from "./mail.js";
@@ -58,6 +60,30 @@ async function main(): Promise<void> {
   let signedOut = 0;
   const client = createMaycoleClient({ baseUrl, onSignedOut: () => (signedOut += 1) });
   const { api } = client;
+
+  /** The event stream, open (its `ready` received), read on demand until a wanted event. */
+  async function openStream(timeoutMs = 60_000) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error(`no awaited event in ${timeoutMs} ms`)), timeoutMs);
+    const events = streamEvents(client, { signal: controller.signal });
+    const first = await events.next();
+    assert.ok(!first.done && first.value.event === "ready", "a stream starts with ready");
+    return {
+      async until(wanted: (event: StreamEvent) => boolean): Promise<StreamEvent[]> {
+        const seen: StreamEvent[] = [];
+        for (let next = await events.next(); !next.done; next = await events.next()) {
+          seen.push(next.value);
+          if (wanted(next.value)) return seen;
+        }
+        throw new Error(`the stream ended; saw ${JSON.stringify(seen)}`);
+      },
+      close(): void {
+        clearTimeout(timer);
+        controller.abort();
+        void events.return(undefined);
+      },
+    };
+  }
   const email = `ts-client-${randomUUID()}@example.com`;
   const password = `Sturdy-${randomUUID()}`;
 
@@ -90,8 +116,12 @@ async function main(): Promise<void> {
   assert.equal(problem.kind, "not-found");
   assert.ok(problem.problem.request_id, "a problem carries the request id");
 
+  // Opened before paying, so the payment job's own events must come through it.
+  const stream = await step("open the event stream", () => openStream());
+
   const payment = await step("pay with an idempotency key, replayed for the same intent", async () => {
-    const body = { amount: 1250, currency: "usd", description: "Order 42", payment_method: "pm_card_visa" };
+    // No `description`: it has a default, and the types must not demand it.
+    const body = { amount: 1250, currency: "usd", payment_method: "pm_card_visa" };
     const pay = new Intent();
     const send = (key: string) =>
       api.POST("/api/v1/teams/{team_id}/payments", {
@@ -122,17 +152,22 @@ async function main(): Promise<void> {
   });
 
   await step("wait for the payment's job by the event stream", async () => {
-    const seen: string[] = [];
-    const job: Job = await waitForJob(client, payment, {
-      via: "stream",
-      timeoutMs: 60_000,
-      onProgress: ({ status }) => seen.push(status),
-    });
+    const jobId = unwrap(payment).job.id;
+    const events = await stream.until(
+      (e) => e.event === "job.finished" && e.data.job_id === jobId,
+    );
+    const finished = events.at(-1);
+    assert.ok(finished?.event === "job.finished");
+    assert.equal(finished.data.status, "succeeded", JSON.stringify(events));
+    assert.equal(finished.data.type, "payments.charge");
+    stream.close();
+    // The helper, on a stream of its own: the job finished before it opened, and the
+    // `ready` it starts with makes it read the job instead of waiting for an event.
+    const job: Job = await waitForJob(client, payment, { via: "stream", timeoutMs: 60_000 });
     assert.equal(job.status, "succeeded", JSON.stringify(job));
-    const paymentId = unwrap(payment).payment.id;
     const shown = unwrap(
       await api.GET("/api/v1/teams/{team_id}/payments/{payment_id}", {
-        params: { path: { team_id, payment_id: paymentId } },
+        params: { path: { team_id, payment_id: unwrap(payment).payment.id } },
       }),
     );
     assert.equal(shown.payment.status, "succeeded");
