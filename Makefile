@@ -66,14 +66,16 @@ bench: $(STAMP)  ## B1-B9 against same-run baselines (bench/README.md); BENCH="h
 migrate: $(STAMP)  ## apply migrations to the configured (or local) database
 	@APP_ENV=$${APP_ENV:-development} $(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
 
-lint: $(STAMP)  ## ruff, and the import contract (edge -> domains -> job kernel -> core)
+lint: $(STAMP) $(NODE_STAMP)  ## ruff, the import contract (edge -> domains -> job kernel -> core), prettier
 	ruff check --no-cache .
 	ruff format --no-cache --check .
 	PYTHONPATH=. lint-imports --no-cache
+	npm --prefix $(CLIENT) run --silent lint
 
-format: $(STAMP)
+format: $(STAMP) $(NODE_STAMP)
 	ruff check --fix .
 	ruff format .
+	npm --prefix $(CLIENT) run --silent format
 
 typecheck: $(STAMP) $(NODE_STAMP)
 	mypy .

@@ -25,6 +25,7 @@ import {
   unwrap,
   waitForJob,
   type Job,
+  type MaycoleClient,
   type StreamEvent,
 } from "../src/index.js";
 import { sleep } from "../src/sleep.js";
@@ -56,34 +57,37 @@ async function expectProblem(status: number, run: () => Promise<unknown>): Promi
   throw new Error(`expected a ${status} problem`);
 }
 
+/** The event stream, open (its `ready` received), read on demand until a wanted event. */
+async function openStream(client: MaycoleClient, timeoutMs = 60_000) {
+  const controller = new AbortController();
+  const timer = setTimeout(
+    () => controller.abort(new Error(`no awaited event in ${timeoutMs} ms`)),
+    timeoutMs,
+  );
+  const events = streamEvents(client, { signal: controller.signal });
+  const first = await events.next();
+  assert.ok(!first.done && first.value.event === "ready", "a stream starts with ready");
+  return {
+    async until(wanted: (event: StreamEvent) => boolean): Promise<StreamEvent[]> {
+      const seen: StreamEvent[] = [];
+      for (let next = await events.next(); !next.done; next = await events.next()) {
+        seen.push(next.value);
+        if (wanted(next.value)) return seen;
+      }
+      throw new Error(`the stream ended; saw ${JSON.stringify(seen)}`);
+    },
+    close(): void {
+      clearTimeout(timer);
+      controller.abort();
+      void events.return(undefined);
+    },
+  };
+}
+
 async function main(): Promise<void> {
   let signedOut = 0;
   const client = createMaycoleClient({ baseUrl, onSignedOut: () => (signedOut += 1) });
   const { api } = client;
-
-  /** The event stream, open (its `ready` received), read on demand until a wanted event. */
-  async function openStream(timeoutMs = 60_000) {
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(new Error(`no awaited event in ${timeoutMs} ms`)), timeoutMs);
-    const events = streamEvents(client, { signal: controller.signal });
-    const first = await events.next();
-    assert.ok(!first.done && first.value.event === "ready", "a stream starts with ready");
-    return {
-      async until(wanted: (event: StreamEvent) => boolean): Promise<StreamEvent[]> {
-        const seen: StreamEvent[] = [];
-        for (let next = await events.next(); !next.done; next = await events.next()) {
-          seen.push(next.value);
-          if (wanted(next.value)) return seen;
-        }
-        throw new Error(`the stream ended; saw ${JSON.stringify(seen)}`);
-      },
-      close(): void {
-        clearTimeout(timer);
-        controller.abort();
-        void events.return(undefined);
-      },
-    };
-  }
   const email = `ts-client-${randomUUID()}@example.com`;
   const password = `Sturdy-${randomUUID()}`;
 
@@ -110,52 +114,55 @@ async function main(): Promise<void> {
 
   const problem = await step("problem+json errors as a typed value", () =>
     expectProblem(404, async () =>
-      unwrap(await api.GET("/api/v1/jobs/{job_id}", { params: { path: { job_id: randomUUID() } } })),
+      unwrap(
+        await api.GET("/api/v1/jobs/{job_id}", { params: { path: { job_id: randomUUID() } } }),
+      ),
     ),
   );
   assert.equal(problem.kind, "not-found");
   assert.ok(problem.problem.request_id, "a problem carries the request id");
 
   // Opened before paying, so the payment job's own events must come through it.
-  const stream = await step("open the event stream", () => openStream());
+  const stream = await step("open the event stream", () => openStream(client));
 
-  const payment = await step("pay with an idempotency key, replayed for the same intent", async () => {
-    // No `description`: it has a default, and the types must not demand it.
-    const body = { amount: 1250, currency: "usd", payment_method: "pm_card_visa" };
-    const pay = new Intent();
-    const send = (key: string) =>
-      api.POST("/api/v1/teams/{team_id}/payments", {
-        params: { path: { team_id }, header: { "Idempotency-Key": key } },
-        body,
-      });
-    const first = await pay.send(send);
-    const accepted = unwrap(first);
-    assert.equal(first.response.status, 202);
-    assert.equal(accepted.payment.status, "pending");
-    // The same intent again (a double click, a retry after a timeout): one payment.
-    const again = await pay.send(send);
-    assert.equal(again.response.headers.get("Idempotent-Replayed"), "true");
-    assert.equal(unwrap(again).payment.id, accepted.payment.id);
-    // The same key for something else is refused, not carried out.
-    const misuse = await expectProblem(422, async () =>
-      unwrap(
-        await pay.send((key) =>
-          api.POST("/api/v1/teams/{team_id}/payments", {
-            params: { path: { team_id }, header: { "Idempotency-Key": key } },
-            body: { ...body, amount: 9999 },
-          }),
+  const payment = await step(
+    "pay with an idempotency key, replayed for the same intent",
+    async () => {
+      // No `description`: it has a default, and the types must not demand it.
+      const body = { amount: 1250, currency: "usd", payment_method: "pm_card_visa" };
+      const pay = new Intent();
+      const send = (key: string) =>
+        api.POST("/api/v1/teams/{team_id}/payments", {
+          params: { path: { team_id }, header: { "Idempotency-Key": key } },
+          body,
+        });
+      const first = await pay.send(send);
+      const accepted = unwrap(first);
+      assert.equal(first.response.status, 202);
+      assert.equal(accepted.payment.status, "pending");
+      // The same intent again (a double click, a retry after a timeout): one payment.
+      const again = await pay.send(send);
+      assert.equal(again.response.headers.get("Idempotent-Replayed"), "true");
+      assert.equal(unwrap(again).payment.id, accepted.payment.id);
+      // The same key for something else is refused, not carried out.
+      const misuse = await expectProblem(422, async () =>
+        unwrap(
+          await pay.send((key) =>
+            api.POST("/api/v1/teams/{team_id}/payments", {
+              params: { path: { team_id }, header: { "Idempotency-Key": key } },
+              body: { ...body, amount: 9999 },
+            }),
+          ),
         ),
-      ),
-    );
-    assert.ok(misuse.problem.errors?.["Idempotency-Key"]);
-    return first;
-  });
+      );
+      assert.ok(misuse.problem.errors?.["Idempotency-Key"]);
+      return first;
+    },
+  );
 
   await step("wait for the payment's job by the event stream", async () => {
     const jobId = unwrap(payment).job.id;
-    const events = await stream.until(
-      (e) => e.event === "job.finished" && e.data.job_id === jobId,
-    );
+    const events = await stream.until((e) => e.event === "job.finished" && e.data.job_id === jobId);
     const finished = events.at(-1);
     assert.ok(finished?.event === "job.finished");
     assert.equal(finished.data.status, "succeeded", JSON.stringify(events));
@@ -209,7 +216,9 @@ async function main(): Promise<void> {
     const job = await waitForJob(client, completed, { via: "stream", timeoutMs: 60_000 });
     assert.equal(job.status, "succeeded", JSON.stringify(job));
     const { file } = unwrap(
-      await api.GET("/api/v1/teams/{team_id}/uploads/{file_id}", { params: { path: { team_id, file_id } } }),
+      await api.GET("/api/v1/teams/{team_id}/uploads/{file_id}", {
+        params: { path: { team_id, file_id } },
+      }),
     );
     assert.equal(file.state, "ready", JSON.stringify(file));
     const downloaded = unwrap(
@@ -221,32 +230,38 @@ async function main(): Promise<void> {
     assert.deepEqual(new Uint8Array(downloaded), bytes);
   });
 
-  await step("refresh: an expired access token is refreshed once and the call repeated", async () => {
-    const before = client.tokens.get();
-    assert.ok(before);
-    const exp = tokenExpiry(signedIn.access_token);
-    assert.ok(exp !== null, "the access token carries its expiry");
-    const wait = exp * 1000 - Date.now() + 1_000;
-    assert.ok(wait < 90_000, "start the server with ACCESS_TOKEN_MINUTES=1 (the run waits for expiry)");
-    await sleep(Math.max(0, wait));
-    assert.ok(isExpired(before.access_token));
-    // The server refuses the expired token itself...
-    const raw = await fetch(`${baseUrl}/api/v1/me`, {
-      headers: { Authorization: `Bearer ${before.access_token}` },
-    });
-    assert.equal(raw.status, 401);
-    // ...and the client gets through with it, rotating both tokens on the way.
-    assert.equal(unwrap(await api.GET("/api/v1/me")).user.email, email);
-    const after = client.tokens.get();
-    assert.ok(after);
-    assert.notEqual(after.access_token, before.access_token);
-    assert.notEqual(after.refresh_token, before.refresh_token);
-    // And on demand.
-    const rotated = await client.refresh();
-    assert.ok(rotated);
-    assert.notEqual(rotated.refresh_token, after.refresh_token);
-    assert.equal(unwrap(await api.GET("/api/v1/me")).user.email, email);
-  });
+  await step(
+    "refresh: an expired access token is refreshed once and the call repeated",
+    async () => {
+      const before = client.tokens.get();
+      assert.ok(before);
+      const exp = tokenExpiry(signedIn.access_token);
+      assert.ok(exp !== null, "the access token carries its expiry");
+      const wait = exp * 1000 - Date.now() + 1_000;
+      assert.ok(
+        wait < 90_000,
+        "start the server with ACCESS_TOKEN_MINUTES=1 (the run waits for expiry)",
+      );
+      await sleep(Math.max(0, wait));
+      assert.ok(isExpired(before.access_token));
+      // The server refuses the expired token itself...
+      const raw = await fetch(`${baseUrl}/api/v1/me`, {
+        headers: { Authorization: `Bearer ${before.access_token}` },
+      });
+      assert.equal(raw.status, 401);
+      // ...and the client gets through with it, rotating both tokens on the way.
+      assert.equal(unwrap(await api.GET("/api/v1/me")).user.email, email);
+      const after = client.tokens.get();
+      assert.ok(after);
+      assert.notEqual(after.access_token, before.access_token);
+      assert.notEqual(after.refresh_token, before.refresh_token);
+      // And on demand.
+      const rotated = await client.refresh();
+      assert.ok(rotated);
+      assert.notEqual(rotated.refresh_token, after.refresh_token);
+      assert.equal(unwrap(await api.GET("/api/v1/me")).user.email, email);
+    },
+  );
 
   await step("log out", async () => {
     const last = client.tokens.get();
@@ -267,6 +282,6 @@ main().then(
   () => console.log("e2e: every step passed"),
   (error: unknown) => {
     console.error(error);
-    process.exitCode = 1;
+    process.exit(1); // now: an open stream or timer must not keep a failed run waiting
   },
 );

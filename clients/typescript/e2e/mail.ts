@@ -24,7 +24,12 @@ async function messagesTo(dir: string, address: string): Promise<string[]> {
 }
 
 /** The `token` of the newest link to `path` (e.g. "/verify-email") mailed to `address`. */
-export async function linkToken(dir: string, address: string, path: string, timeoutMs = 30_000): Promise<string> {
+export async function linkToken(
+  dir: string,
+  address: string,
+  path: string,
+  timeoutMs = 30_000,
+): Promise<string> {
   const pattern = new RegExp(`${path.replace(/[/.]/g, "\\$&")}\\?token=([A-Za-z0-9._-]+)`);
   const deadline = Date.now() + timeoutMs;
   for (;;) {

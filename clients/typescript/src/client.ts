@@ -42,7 +42,12 @@ export function createMaycoleClient(options: MaycoleClientOptions): MaycoleClien
   const baseUrl = options.baseUrl.replace(/\/+$/, "");
   const tokens = options.tokens ?? memoryTokenStore();
   const baseFetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
-  const auth = createAuthFetch({ baseUrl, tokens, fetch: baseFetch, onSignedOut: options.onSignedOut });
+  const auth = createAuthFetch({
+    baseUrl,
+    tokens,
+    fetch: baseFetch,
+    onSignedOut: options.onSignedOut,
+  });
   const api = createClient<paths>({
     baseUrl,
     fetch: (request: Request) => auth.fetch(request),

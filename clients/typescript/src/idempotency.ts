@@ -34,7 +34,9 @@ export function isRetryable(response: Response): boolean {
   // 409 with Retry-After: the first request with this key is still running. A 409 without
   // it is an answer (a conflict, or "carried out but its answer was lost": look it up).
   // 429 with Retry-After: rate limited, or payments paused for a while.
-  return (response.status === 409 || response.status === 429) && response.headers.has("Retry-After");
+  return (
+    (response.status === 409 || response.status === 429) && response.headers.has("Retry-After")
+  );
 }
 
 /** One intent of the user, carrying its key across every try. */

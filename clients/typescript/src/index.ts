@@ -20,7 +20,13 @@ export {
   type TokenStore,
   type Tokens,
 } from "./auth.js";
-export { Intent, idempotent, isRetryable, newIdempotencyKey, type SendOptions } from "./idempotency.js";
+export {
+  Intent,
+  idempotent,
+  isRetryable,
+  newIdempotencyKey,
+  type SendOptions,
+} from "./idempotency.js";
 export {
   FINISHED_STATUSES,
   JobWaitTimeout,

@@ -52,13 +52,22 @@ function locationOf(client: MaycoleClient, started: Started | string): { id: str
     throw new Error(`not a started job: ${started.response.status} without Location or job`);
   }
   // An absolute path (the API's) resolves against the API's origin.
-  const url = location ? new URL(location, `${client.baseUrl}/`).toString() : locationOf(client, id).url;
+  const url = location
+    ? new URL(location, `${client.baseUrl}/`).toString()
+    : locationOf(client, id).url;
   return { id, url };
 }
 
 /** The job behind a Location, now. */
-export async function fetchJob(client: MaycoleClient, url: string, signal?: AbortSignal): Promise<Job> {
-  const response = await client.fetch(url, { headers: { Accept: "application/json" }, ...(signal ? { signal } : {}) });
+export async function fetchJob(
+  client: MaycoleClient,
+  url: string,
+  signal?: AbortSignal,
+): Promise<Job> {
+  const response = await client.fetch(url, {
+    headers: { Accept: "application/json" },
+    ...(signal ? { signal } : {}),
+  });
   if (!response.ok) throw new ProblemError(await readProblem(response), response);
   return ((await response.json()) as JobEnvelope).job;
 }

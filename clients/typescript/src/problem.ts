@@ -30,7 +30,11 @@ void _fits;
 export function isProblem(value: unknown): value is Problem {
   if (typeof value !== "object" || value === null) return false;
   const v = value as Record<string, unknown>;
-  return typeof v["type"] === "string" && typeof v["status"] === "number" && typeof v["title"] === "string";
+  return (
+    typeof v["type"] === "string" &&
+    typeof v["status"] === "number" &&
+    typeof v["title"] === "string"
+  );
 }
 
 /** Thrown for an answer that is not a success; `problem` says why, `response` is the answer. */
