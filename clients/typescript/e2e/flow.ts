@@ -1,8 +1,9 @@
 /**
  * End to end through the typed client against a live stack: register, verify the email,
  * log in, pay with an idempotency key (and see the replay), wait for the payment's job by
- * the event stream, export and download, upload and download, refresh (an expired access
- * token, then on demand), problem+json errors, log out.
+ * the event stream, export and download (by the job's Location, and as an API key's
+ * script), upload and download, refresh (an expired access token, three calls sharing one
+ * refresh, then on demand), problem+json errors, log out.
  *
  * Environment: MAYCOLE_API_URL (the API's base URL) and MAYCOLE_MAIL_DIR (a folder the
  * stack's mail lands in as .eml files). The server's access tokens must live one minute
@@ -199,6 +200,35 @@ async function main(): Promise<void> {
     assert.ok(csv.includes(unwrap(payment).payment.id), csv);
   });
 
+  await step("an API key's client waits by polling (streams are for signed-in users)", async () => {
+    const created = unwrap(
+      await api.POST("/api/v1/auth/api-keys", {
+        body: { name: "e2e script", scopes: ["read", "write"] },
+      }),
+    );
+    const answers: string[] = []; // "status path" of every answer the script got
+    const script = createMaycoleClient({
+      baseUrl,
+      headers: { "X-API-Key": created.secret },
+      fetch: async (input, init) => {
+        const response = await fetch(input, init);
+        answers.push(`${response.status} ${new URL(response.url).pathname}`);
+        return response;
+      },
+    });
+    const started = await idempotent((key) =>
+      script.api.POST("/api/v1/teams/{team_id}/exports", {
+        params: { path: { team_id }, header: { "Idempotency-Key": key } },
+        body: { resource: "payments", format: "jsonl" },
+      }),
+    );
+    unwrap(started);
+    const job = await waitForJob(script, started, { timeoutMs: 60_000 });
+    assert.equal(job.status, "succeeded", JSON.stringify(job));
+    assert.ok(answers.includes("403 /api/v1/events/stream"), answers.join(", "));
+    assert.ok(answers.includes(`200 /api/v1/jobs/${job.id}`), answers.join(", "));
+  });
+
   await step("upload a file, wait for its check, download it", async () => {
     const bytes = new TextEncoder().encode(`hello from the typed client ${randomUUID()}\n`);
     const created = unwrap(
@@ -249,8 +279,17 @@ async function main(): Promise<void> {
         headers: { Authorization: `Bearer ${before.access_token}` },
       });
       assert.equal(raw.status, 401);
-      // ...and the client gets through with it, rotating both tokens on the way.
-      assert.equal(unwrap(await api.GET("/api/v1/me")).user.email, email);
+      // ...and the client gets through with it, rotating both tokens on the way. Three
+      // calls at once share one refresh: a second would present the spent refresh token,
+      // which ends the whole sign-in (and the calls after it would fail).
+      const [mine, myTeams, myJobs] = await Promise.all([
+        api.GET("/api/v1/me"),
+        api.GET("/api/v1/teams"),
+        api.GET("/api/v1/jobs"),
+      ]);
+      assert.equal(unwrap(mine).user.email, email);
+      assert.equal(unwrap(myTeams).items.length, 1);
+      assert.ok(unwrap(myJobs).items.length >= 3, "the payment, export and upload jobs");
       const after = client.tokens.get();
       assert.ok(after);
       assert.notEqual(after.access_token, before.access_token);

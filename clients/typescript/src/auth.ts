@@ -56,6 +56,8 @@ export interface AuthFetchOptions {
   baseUrl: string;
   tokens: TokenStore;
   fetch: typeof globalThis.fetch;
+  /** Headers every request gets unless it sets them itself (e.g. `X-API-Key`). */
+  headers?: Record<string, string> | undefined;
   /** Called when the sign-in is over (the refresh token was refused): show a sign-in page. */
   onSignedOut?: (() => void) | undefined;
 }
@@ -66,7 +68,7 @@ export function createAuthFetch(options: AuthFetchOptions): {
   fetch: typeof globalThis.fetch;
   refresh: () => Promise<Tokens | null>;
 } {
-  const { baseUrl, tokens, fetch: baseFetch, onSignedOut } = options;
+  const { baseUrl, tokens, fetch: baseFetch, onSignedOut, headers: defaults = {} } = options;
   let refreshing: Promise<Tokens | null> | null = null;
 
   async function refreshNow(): Promise<Tokens | null> {
@@ -101,14 +103,20 @@ export function createAuthFetch(options: AuthFetchOptions): {
     return refreshing;
   }
 
-  function authorised(request: Request, accessToken: string): Request {
+  function withHeaders(request: Request, extra: Record<string, string>, replace: boolean): Request {
+    const missing = Object.entries(extra).filter(([n]) => replace || !request.headers.has(n));
+    if (missing.length === 0) return request;
     const headers = new Headers(request.headers);
-    headers.set("Authorization", `Bearer ${accessToken}`);
+    for (const [name, value] of missing) headers.set(name, value);
     return new Request(request, { headers });
   }
 
+  function authorised(request: Request, accessToken: string): Request {
+    return withHeaders(request, { Authorization: `Bearer ${accessToken}` }, true);
+  }
+
   const authFetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
-    const request = new Request(input, init);
+    const request = withHeaders(new Request(input, init), defaults, false);
     const sent = tokens.get();
     // The caller's own credentials (an API key, a stream token) win over the sign-in.
     if (!sent || request.headers.has("Authorization") || request.headers.has("X-API-Key")) {

@@ -46,13 +46,11 @@ export function createMaycoleClient(options: MaycoleClientOptions): MaycoleClien
     baseUrl,
     tokens,
     fetch: baseFetch,
+    headers: options.headers,
     onSignedOut: options.onSignedOut,
   });
-  const api = createClient<paths>({
-    baseUrl,
-    fetch: (request: Request) => auth.fetch(request),
-    ...(options.headers ? { headers: options.headers } : {}),
-  });
+  // `headers` are added by auth.fetch, so `client.fetch` (streams, jobs) sends them too.
+  const api = createClient<paths>({ baseUrl, fetch: (request: Request) => auth.fetch(request) });
 
   return {
     api,

@@ -23,9 +23,11 @@ export interface SendOptions {
   signal?: AbortSignal;
 }
 
-/** A new key: random, unguessable, at most 255 characters as the API requires. */
+/** A new key: 128 random bits as hex (the API takes up to 255 characters). Not
+ * `crypto.randomUUID`: browsers offer it on https and localhost only. */
 export function newIdempotencyKey(): string {
-  return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** Whether an answer means "the same request may succeed later": send it again, same key. */

@@ -131,8 +131,10 @@ export async function waitForJob(
     try {
       return await byStream(client, id, url, controller.signal, onProgress);
     } catch (error) {
-      // No stream for this caller (an API key: 401), or none free now (429, 503): poll.
-      const cannotStream = error instanceof ProblemError && [401, 429, 503].includes(error.status);
+      // No stream for this caller (an API key: 403; no sign-in: 401), or none free now
+      // (429, 503): poll the Location instead.
+      const cannotStream =
+        error instanceof ProblemError && [401, 403, 429, 503].includes(error.status);
       if (via === "stream" || !cannotStream) throw error;
       return await byLocation(client, url, controller.signal, onProgress);
     }
