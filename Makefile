@@ -24,8 +24,12 @@ TEST_WORKERS ?= -n 2 --dist loadfile
 # The benchmark's database (rebuilt by every run; must end in _bench) and Redis db.
 BENCH_DATABASE ?= maycole_bench
 BENCH_REDIS_DB ?= 3
+# The typed TypeScript client; its npm dependencies are reinstalled (npm ci) when its lock
+# file changes, as the .venv's are when the requirements change.
+CLIENT := clients/typescript
+NODE_STAMP := $(CLIENT)/node_modules/.installed-$(shell cksum < $(CLIENT)/package-lock.json | cut -d' ' -f1)
 
-.PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean
+.PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean client client-check
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -33,12 +37,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): $(CLIENT)/package.json $(CLIENT)/package-lock.json
+	@bash scripts/ensure_node.sh
+	@echo "installing the TypeScript client's dependencies into $(CLIENT)/node_modules ..."
+	@npm ci --prefix $(CLIENT) --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP)
 
 run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it started)
 	@$(DEV) $(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
 
-test: $(STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
+test: $(STAMP) $(NODE_STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
 	@$(TESTENV) $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter
@@ -56,19 +66,34 @@ bench: $(STAMP)  ## B1-B9 against same-run baselines (bench/README.md); BENCH="h
 migrate: $(STAMP)  ## apply migrations to the configured (or local) database
 	@APP_ENV=$${APP_ENV:-development} $(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
 
-lint: $(STAMP)  ## ruff, and the import contract (edge -> domains -> job kernel -> core)
+lint: $(STAMP) $(NODE_STAMP)  ## ruff, the import contract (edge -> domains -> job kernel -> core), prettier
 	ruff check --no-cache .
 	ruff format --no-cache --check .
 	PYTHONPATH=. lint-imports --no-cache
+	npm --prefix $(CLIENT) run --silent lint
 
-format: $(STAMP)
+format: $(STAMP) $(NODE_STAMP)
 	ruff check --fix .
 	ruff format .
+	npm --prefix $(CLIENT) run --silent format
 
-typecheck: $(STAMP)
+typecheck: $(STAMP) $(NODE_STAMP)
 	mypy .
+	npm --prefix $(CLIENT) run --silent typecheck
+
+# The document is dumped by the app itself (no servers needed to build it); openapi-typescript
+# turns it into src/schema.ts, and the helpers and the e2e flow must still type-check.
+client: $(STAMP) $(NODE_STAMP)  ## regenerate the TypeScript client's types from the OpenAPI document
+	@mkdir -p $(CLIENT)/build
+	@$(DEV) $(PY) -m flask --app app:create_app spec --quiet --output $(CLIENT)/build/openapi.json
+	npm --prefix $(CLIENT) run --silent generate
+	npm --prefix $(CLIENT) run --silent typecheck
+
+client-check: client  ## fail when the committed client is not what the document generates
+	@git diff --exit-code -- $(CLIENT) && test -z "$$(git status --porcelain -- $(CLIENT))" \
+		|| { git status --short -- $(CLIENT); echo "clients/typescript is out of date: run make client and commit it" >&2; exit 1; }
 
 check: lint typecheck test
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache $(CLIENT)/build $(CLIENT)/dist

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as email_policy
+from pathlib import Path
 from typing import Any
 
 from tests.support.polling import wait_for
@@ -20,6 +23,7 @@ class Mailbox:
 
         self.messages: list[EmailMessage] = []
         self._lock = threading.Lock()
+        self._folder: Path | None = None
         self.controller = Controller(self, hostname="127.0.0.1", port=port)
         self.url = f"smtp://127.0.0.1:{port}"
 
@@ -28,6 +32,10 @@ class Mailbox:
         assert isinstance(message, EmailMessage)
         with self._lock:
             self.messages.append(message)
+            if self._folder is not None:  # whole files only: write, then rename
+                path = self._folder / f"{len(self.messages):05d}.eml"
+                path.with_suffix(".part").write_bytes(envelope.content)
+                path.with_suffix(".part").rename(path)
         return "250 Message accepted for delivery"
 
     def start(self) -> None:
@@ -35,6 +43,17 @@ class Mailbox:
 
     def stop(self) -> None:
         self.controller.stop()
+
+    @contextmanager
+    def saving_to(self, folder: Path) -> Iterator[Path]:
+        """Also write each message received meanwhile to `folder` as a .eml file, as the
+        development mail sink does (for readers outside this process)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self._folder = folder
+        try:
+            yield folder
+        finally:
+            self._folder = None
 
     def to(self, address: str) -> list[EmailMessage]:
         with self._lock:
