@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+T = TypeVar("T")
 
 # The payment gateway (Stripe) takes at most eight digits of minor units ($999,999.99,
 # ¥99,999,999): a larger amount is refused here instead of failing in the charge job.
@@ -14,6 +17,14 @@ GatewayAmount = Annotated[int, Field(gt=0, le=GATEWAY_MAX_AMOUNT, strict=True)]
 # A gateway object id (pm_card_visa, pm_1Nx...): it ends up in the gateway's URL paths,
 # so it is a plain token, never a URL or a path.
 GatewayId = Annotated[str, Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
+
+# A PATCH field that may be left out (None in the model: keep the stored value) but is
+# never null on the wire (its column is NOT NULL, and the model's validator refuses null):
+# the document shows the type alone, neither nullable nor with a default.
+if TYPE_CHECKING:  # to mypy it is the Optional the model holds
+    NotNull: TypeAlias = T | None
+else:
+    NotNull = T | SkipJsonSchema[None]
 
 
 class Strict(BaseModel):
