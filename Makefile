@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 DEVSERVICES := $(PY) scripts/devservices.py run
+# The Node tooling (OpenAPI linters) installs like .venv: node and npm from the system's
+# packages where missing (scripts/ensure_node.sh), then exactly package-lock.json.
+OPENAPI_TOOLS := tools/openapi
+NODE_STAMP := $(OPENAPI_TOOLS)/node_modules/.installed-$(shell cat $(OPENAPI_TOOLS)/package-lock.json | cksum | cut -d' ' -f1)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
@@ -25,13 +29,19 @@ TEST_WORKERS ?= -n 2 --dist loadfile
 BENCH_DATABASE ?= maycole_bench
 BENCH_REDIS_DB ?= 3
 
-.PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean
+.PHONY: run test test-faults fuzz audit test-fast migrate lint openapi-lint format typecheck check bench install clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "installing dependencies into $(VENV) ..."
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+$(NODE_STAMP): $(OPENAPI_TOOLS)/package.json $(OPENAPI_TOOLS)/package-lock.json
+	@scripts/ensure_node.sh
+	@echo "installing the OpenAPI linters into $(OPENAPI_TOOLS)/node_modules ..."
+	@cd $(OPENAPI_TOOLS) && npm ci --loglevel=error
+	@rm -f $(OPENAPI_TOOLS)/node_modules/.installed-* && touch $(NODE_STAMP)
 
 install: $(STAMP)
 
@@ -60,6 +70,14 @@ lint: $(STAMP)  ## ruff, and the import contract (edge -> domains -> job kernel 
 	ruff check --no-cache .
 	ruff format --no-cache --check .
 	PYTHONPATH=. lint-imports --no-cache
+
+openapi-lint: $(STAMP) $(NODE_STAMP)  ## /openapi.json against Redocly's recommended and Spectral's oas rules
+	@mkdir -p var
+	@$(DEV) flask --app app:create_app spec --quiet --output var/openapi.json
+	cd $(OPENAPI_TOOLS) && REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
+		npx --no-install redocly lint ../../var/openapi.json --config redocly.yaml
+	cd $(OPENAPI_TOOLS) && npx --no-install spectral lint ../../var/openapi.json \
+		--ruleset .spectral.yaml --fail-severity warn
 
 format: $(STAMP)
 	ruff check --fix .
