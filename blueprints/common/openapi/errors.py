@@ -64,8 +64,7 @@ IDEMPOTENCY_KEY_DESCRIPTION = (
     "A unique key per intent (a UUID, say), kept for 24 hours and scoped to the caller. "
     "Sending it again with the same body replays the first answer (status and body, with "
     "`Idempotent-Replayed: true`) instead of acting twice; the same key with another body is "
-    "a 422, and while the first request is still running a 409 (retry after Retry-After). "
-    "See the README's API contract."
+    "a 422, and while the first request is still running a 409 (retry after Retry-After)."
 )
 
 

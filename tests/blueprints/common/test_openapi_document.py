@@ -58,7 +58,7 @@ def walk(node: Any) -> Iterator[dict[str, Any]]:
 
 
 def test_every_operation_has_a_unique_verb_noun_operation_id(spec: dict[str, Any]) -> None:
-    ids = [op.get("operationId") for _, _, op in operations(spec)]
+    ids = [str(op.get("operationId", "")) for _, _, op in operations(spec)]
     assert all(ids), "an operation without an operationId"
     assert [i for i, n in Counter(ids).items() if n > 1] == []
     assert [i for i in ids if not re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", i)] == []
@@ -176,9 +176,8 @@ def test_downloads_are_redirects_with_a_location_and_no_body(spec: dict[str, Any
         redirect = spec["paths"][path]["get"]["responses"]["302"]
         assert "content" not in redirect
         assert headers_of(spec, path, "get", "302")["Location"]["required"] is True
-    assert "409" in spec["paths"][f"{V1}/teams/{{team_id}}/uploads/{{file_id}}/download"]["get"][
-        "responses"
-    ]
+    upload = spec["paths"][f"{V1}/teams/{{team_id}}/uploads/{{file_id}}/download"]["get"]
+    assert "409" in upload["responses"]  # not ready yet
 
 
 def test_the_storage_operations_document_their_token_and_body(spec: dict[str, Any]) -> None:
