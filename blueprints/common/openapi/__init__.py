@@ -5,10 +5,10 @@ the API does, in steps of their own:
 
 - `schemas`: one component per pydantic model, requests in validation mode and responses
   in serialization mode, query parameters from their models;
-- `errors`: the problem+json body on every error, and the statuses of each kind of
-  operation (auth, body, query, idempotency);
 - `operations`: operationIds, tags, who may call (security, `[]` on public operations;
   a sentence on roles and scopes), and what views declare themselves (`operation_doc`);
+- `errors`: the problem+json body on every error, and the statuses of each kind of
+  operation (auth, body, query, idempotency, rate limit);
 - `headers`: the response headers the server sends (components/headers, referenced).
 
 Views mark what the document needs to know: `@auth_required` and `@admin_required` their
@@ -58,8 +58,8 @@ def process_spec(app: APIFlask, spec: dict[str, Any]) -> dict[str, Any]:
     """APIFlask's document, made to say what the API does (the steps in the module doc)."""
     views = _views_by_operation(app)
     component_schemas(spec, views)
+    describe_operations(spec, views)  # first: the errors of an operation follow its security
     document_errors(spec, views, _uuid_arguments(app))
-    describe_operations(spec, views)
     document_headers(spec, views)
     return spec
 

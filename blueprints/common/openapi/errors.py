@@ -11,7 +11,7 @@ repeat them on ~90 views, this spec processor adds them by what an operation is:
   role, or not an operator);
 - ones with a body: 413 (too large) and 422; a JSON body also 400 (malformed JSON) and 415
   (not JSON), which a form upload never answers;
-- ones with query parameters: 422;
+- ones whose query parameters a model validates: 422;
 - `@idempotent` ones: the `Idempotency-Key` header, 409 (the first request still runs)
   and 422 (the key reused with another body).
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from flask_limiter.util import get_qualified_name
 
-from blueprints.common.openapi.marks import IDEMPOTENCY_MARK, SECURITY_MARK
+from blueprints.common.openapi.marks import IDEMPOTENCY_MARK
 from blueprints.common.problems import PROBLEM_MIMETYPE
 from blueprints.common.ratelimits import limiter
 
@@ -84,8 +84,6 @@ def document_errors(
             if operation is None:
                 continue
             view = views.get((path, method))
-            if view is not None and getattr(view, SECURITY_MARK, None):
-                operation["security"] = getattr(view, SECURITY_MARK)
             _document_uuid_parameters(operation, uuid_arguments.get(path, set()))
             for status in _statuses_of(path, operation, view):
                 operation.setdefault("responses", {}).setdefault(str(status), {})
@@ -113,8 +111,8 @@ def _statuses_of(path: str, operation: dict[str, Any], view: Callable[..., Any] 
         statuses |= {413, 422}
         if "application/json" in operation["requestBody"].get("content", {}):
             statuses |= {400, 415}
-    if any(p.get("in") == "query" for p in operation.get("parameters", [])):
-        statuses.add(422)
+    if any(location == "query" for _, location in getattr(view, "_spec", {}).get("args", [])):
+        statuses.add(422)  # its query model refused the parameters
     if view is not None and hasattr(view, IDEMPOTENCY_MARK):
         statuses |= {409, 422}
     return statuses

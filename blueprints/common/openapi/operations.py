@@ -5,9 +5,10 @@
   (`login` is `log_in`). Generators name their methods after it, so it never changes.
 - tags: one entry per tag, each described here (APIFlask lists a tag once per blueprint,
   and three blueprints share theirs).
-- security: `[]` on public operations (APIFlask leaves it out, which reads as "unknown"),
-  and a sentence saying who may call: the team action and the roles it takes, the API-key
-  scope, operators only, or anyone.
+- security: what the guards marked (`@auth_required`, `@admin_required`: a `doc` above
+  them cannot erase it), `[]` on public operations (APIFlask leaves it out, which reads
+  as "unknown"), and a sentence saying who may call: the team action and the roles it
+  takes, the API-key scope, operators only, or anyone.
 - `@operation_doc(...)`: what APIFlask cannot infer from a view that reads a form or a
   signed link itself (its request body, its parameters, its responses' headers).
 """
@@ -19,7 +20,12 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from blueprints.common.openapi.errors import METHODS
-from blueprints.common.openapi.marks import OPERATION_MARK, OPERATORS_MARK, SCOPE_MARK
+from blueprints.common.openapi.marks import (
+    OPERATION_MARK,
+    OPERATORS_MARK,
+    SCOPE_MARK,
+    SECURITY_MARK,
+)
 from models.team import ROLES
 from services.core import permissions
 
@@ -95,6 +101,8 @@ def describe_operations(
             if operation is None or view is None:
                 continue
             operation["operationId"] = view.__name__
+            if getattr(view, SECURITY_MARK, None):
+                operation["security"] = getattr(view, SECURITY_MARK)
             _merge(operation, getattr(view, OPERATION_MARK, {}))
             operation.setdefault("security", [])
             _say_who_may_call(operation, view)
