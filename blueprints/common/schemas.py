@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, TypeAlias, TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 T = TypeVar("T")
 
@@ -18,13 +19,25 @@ GatewayAmount = Annotated[int, Field(gt=0, le=GATEWAY_MAX_AMOUNT, strict=True)]
 # so it is a plain token, never a URL or a path.
 GatewayId = Annotated[str, Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
 
+
+class _NeverNull:
+    """Leaves `null` out of a field's JSON schema; validation stays the Optional's (errors
+    keep the field's own name as their key, unlike a union's per-branch ones)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        choices = [c for c in json_schema.get("anyOf", []) if c != {"type": "null"}]
+        if len(choices) != 1:
+            return json_schema
+        return {**choices[0], **{k: v for k, v in json_schema.items() if k != "anyOf"}}
+
+
 # A PATCH field that may be left out (None in the model: keep the stored value) but is
 # never null on the wire (its column is NOT NULL, and the model's validator refuses null):
 # the document shows the type alone, neither nullable nor with a default.
-if TYPE_CHECKING:  # to mypy it is the Optional the model holds
-    NotNull: TypeAlias = T | None
-else:
-    NotNull = T | SkipJsonSchema[None]
+NotNull = Annotated[T | None, _NeverNull()]
 
 
 class Strict(BaseModel):
