@@ -16,6 +16,7 @@ Where the server sends what (README "API contract"):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -93,7 +94,7 @@ def document_headers(
     spec: dict[str, Any], views: dict[tuple[str, str], Callable[..., Any]]
 ) -> dict[str, Any]:
     """Reference the headers each response carries; define them once in components."""
-    spec.setdefault("components", {})["headers"] = HEADERS
+    spec.setdefault("components", {})["headers"] = copy.deepcopy(HEADERS)
     for path, operations in spec.get("paths", {}).items():
         for method in METHODS:
             operation = operations.get(method)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -90,7 +91,7 @@ def describe_operations(
 ) -> dict[str, Any]:
     """operationIds, tags, security and who may call, and each view's own fields."""
     spec.setdefault("info", {}).update(INFO)
-    spec["servers"] = SERVERS
+    spec["servers"] = copy.deepcopy(SERVERS)
     for name, scheme in spec.get("components", {}).get("securitySchemes", {}).items():
         scheme["description"] = SECURITY_SCHEMES[name]
     used: set[str] = set()
