@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 DEVSERVICES := $(PY) scripts/devservices.py run
+# The Node tooling (OpenAPI linters) installs like .venv: node and npm from the system's
+# packages where missing (scripts/ensure_node.sh), then exactly package-lock.json.
+OPENAPI_TOOLS := tools/openapi
+OPENAPI_STAMP := $(OPENAPI_TOOLS)/node_modules/.installed-$(shell cat $(OPENAPI_TOOLS)/package-lock.json | cksum | cut -d' ' -f1)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
@@ -29,7 +33,7 @@ BENCH_REDIS_DB ?= 3
 CLIENT := clients/typescript
 NODE_STAMP := $(CLIENT)/node_modules/.installed-$(shell cksum < $(CLIENT)/package-lock.json | cut -d' ' -f1)
 
-.PHONY: run test test-faults fuzz audit test-fast migrate lint format typecheck check bench install clean client client-check
+.PHONY: run test test-faults fuzz audit test-fast migrate lint openapi-lint format typecheck check bench install clean client client-check
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -43,7 +47,13 @@ $(NODE_STAMP): $(CLIENT)/package.json $(CLIENT)/package-lock.json
 	@npm ci --prefix $(CLIENT) --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
 
-install: $(STAMP) $(NODE_STAMP)
+$(OPENAPI_STAMP): $(OPENAPI_TOOLS)/package.json $(OPENAPI_TOOLS)/package-lock.json
+	@scripts/ensure_node.sh
+	@echo "installing the OpenAPI linters into $(OPENAPI_TOOLS)/node_modules ..."
+	@cd $(OPENAPI_TOOLS) && npm ci --loglevel=error
+	@rm -f $(OPENAPI_TOOLS)/node_modules/.installed-* && touch $(OPENAPI_STAMP)
+
+install: $(STAMP) $(NODE_STAMP) $(OPENAPI_STAMP)
 
 run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it started)
 	@$(DEV) $(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
@@ -71,6 +81,14 @@ lint: $(STAMP) $(NODE_STAMP)  ## ruff, the import contract (edge -> domains -> j
 	ruff format --no-cache --check .
 	PYTHONPATH=. lint-imports --no-cache
 	npm --prefix $(CLIENT) run --silent lint
+
+openapi-lint: $(STAMP) $(OPENAPI_STAMP)  ## /openapi.json against Redocly's recommended and Spectral's oas rules
+	@mkdir -p var
+	@$(DEV) flask --app app:create_app spec --quiet --output var/openapi.json
+	cd $(OPENAPI_TOOLS) && REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
+		npx --no-install redocly lint ../../var/openapi.json --config redocly.yaml
+	cd $(OPENAPI_TOOLS) && npx --no-install spectral lint ../../var/openapi.json \
+		--ruleset .spectral.yaml --fail-severity warn
 
 format: $(STAMP) $(NODE_STAMP)
 	ruff check --fix .

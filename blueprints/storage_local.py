@@ -14,6 +14,7 @@ from typing import IO, Any
 from apiflask import APIBlueprint
 from flask import current_app, request, send_file
 
+from blueprints.common.openapi import header_ref, operation_doc
 from blueprints.common.request_hooks import accepts_any_content
 from integrations.storage_backends import get_storage
 from integrations.storage_local import LocalStorage, TokenExpired, TokenInvalid
@@ -62,6 +63,39 @@ def _limited(stream: IO[bytes], max_size: int) -> Iterator[bytes]:
         raise ValidationFailed("The file is empty.", errors={"file": ["Empty file."]})
 
 
+_TOKEN = (
+    "The signed token: it names the object, the expiry, the size allowed and the content "
+    "type. It is the only authorisation, like an S3 presigned URL's signature."
+)
+_UPLOAD_BODY = {
+    "required": True,
+    "description": "The upload's form: its `fields` (the `token`) first, then the file.",
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["token", "file"],
+                "properties": {
+                    "token": {"type": "string", "description": _TOKEN},
+                    "Content-Type": {
+                        "type": "string",
+                        "description": "The file's type, if not the file part's own; it "
+                        "must be the one the upload was created with.",
+                    },
+                    "file": {"type": "string", "format": "binary"},
+                },
+            },
+            "encoding": {"file": {"contentType": "*/*"}},
+        }
+    },
+}
+_DOWNLOAD_TOKEN = {
+    "name": "token",
+    "in": "query",
+    "required": True,
+    "description": _TOKEN,
+    "schema": {"type": "string"},
+}
 _LINK_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "The signed token is not valid"},
     404: {"description": "Local storage is not enabled, or the file is gone"},
@@ -71,6 +105,7 @@ _LINK_ERRORS: dict[int | str, dict[str, Any]] = {
 
 @bp.post("/upload")
 @accepts_any_content
+@operation_doc(operation_id="upload_file", requestBody=_UPLOAD_BODY, security=[])
 @bp.doc(responses={
     204: {"description": "Stored"},
     **_LINK_ERRORS,
@@ -98,10 +133,16 @@ def upload() -> Any:
 
 
 @bp.get("/download")
+@operation_doc(operation_id="download_file", parameters=[_DOWNLOAD_TOKEN], security=[])
 @bp.doc(responses={
     200: {
         "description": "The file, as an attachment of its stored type",
-        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        # Its stored type, whatever it is; octet-stream first, which generators read.
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "*/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+        "headers": {"Content-Disposition": header_ref("Content-Disposition")},
     },
     **_LINK_ERRORS,
 })  # fmt: skip

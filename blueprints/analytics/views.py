@@ -19,6 +19,7 @@ from blueprints.analytics.schemas import (
     MetricsQuery,
 )
 from blueprints.common.auth import me
+from blueprints.common.openapi import operation_doc
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.jobs.schemas import JobEnvelope, job_out
 from blueprints.jobs.views import accepted
@@ -75,6 +76,7 @@ def get_metric(team_id: uuid.UUID, query: MetricsQuery) -> MetricSeriesOut:
 
 
 @bp.post("/<uuid:team_id>/analytics/aggregate")
+@operation_doc(operation_id="aggregate_analytics")
 @team_permission("analytics.aggregate")
 @bp.input(AggregateIn, location="json", arg_name="body")
 @bp.output(JobEnvelope, status_code=202)

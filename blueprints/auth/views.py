@@ -30,6 +30,7 @@ from blueprints.auth.schemas import (
 )
 from blueprints.common.auth import auth_required, me
 from blueprints.common.idempotency import idempotent
+from blueprints.common.openapi import operation_doc
 from blueprints.common.ratelimits import client_ip, configured, email_key, limiter, principal_key
 from models import ApiKey, User, UserSession
 from services.identity import accounts, api_keys, sessions
@@ -81,6 +82,7 @@ def _known_device() -> bool:
 
 
 @bp.post("/register")
+@operation_doc(operation_id="register_account")
 @limiter.limit(configured("ratelimit_register"), key_func=client_ip)
 @bp.input(RegisterIn, location="json", arg_name="body")
 @idempotent()
@@ -121,6 +123,7 @@ def resend_verification() -> Accepted:
 
 
 @bp.post("/login")
+@operation_doc(operation_id="log_in")
 @limiter.limit(configured("ratelimit_login"), key_func=client_ip)
 # Failures only (flask-limiter checks the limit before the view and counts the attempt
 # after it, when it failed): strictly per account and address; loosely per account from
@@ -148,6 +151,7 @@ def login(body: LoginIn) -> TokensOut:
 
 
 @bp.post("/refresh")
+@operation_doc(operation_id="refresh_tokens")
 @limiter.limit(configured("ratelimit_login"), key_func=client_ip)
 @bp.input(RefreshIn, location="json", arg_name="body")
 @bp.output(TokensOut)
@@ -158,6 +162,7 @@ def refresh(body: RefreshIn) -> TokensOut:
 
 
 @bp.post("/logout")
+@operation_doc(operation_id="log_out")
 @auth_required(api_keys=False)
 @bp.output({}, status_code=204)
 def logout() -> tuple[str, int]:

@@ -36,7 +36,7 @@ from werkzeug.exceptions import BadRequest
 
 from blueprints.common import ratelimits
 from blueprints.common.bearer import verify_access_token
-from blueprints.common.openapi import SECURITY_MARK
+from blueprints.common.openapi.marks import OPERATORS_MARK, SCOPE_MARK, SECURITY_MARK
 from extensions import db
 from models import ApiKey, User
 from services.core.errors import Forbidden
@@ -159,12 +159,16 @@ def verified_caller() -> Caller:
     return cast(Caller, verdict)
 
 
-def _document_security(view: Callable[..., Any], api_keys: bool) -> None:
-    # A mark, not APIFlask's `_spec["security"]`: `@bp.doc(...)` rewrites every key of
+def _document_security(
+    view: Callable[..., Any], api_keys: bool, scope: str | None = None, operators: bool = False
+) -> None:
+    # Marks, not APIFlask's `_spec["security"]`: `@bp.doc(...)` rewrites every key of
     # `_spec` it is given (security=None too), so a `doc` above this decorator would
-    # document the operation as open. blueprints.common.openapi writes the mark out.
+    # document the operation as open. blueprints.common.openapi writes the marks out.
     either: list[Any] = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
     setattr(view, SECURITY_MARK, either if api_keys else [{"BearerAuth": []}])
+    setattr(view, SCOPE_MARK, scope)
+    setattr(view, OPERATORS_MARK, operators)
 
 
 def authenticate(*, scope: str | None = None, api_keys: bool = True) -> User:
@@ -198,7 +202,7 @@ def auth_required(
             authenticate(scope=scope, api_keys=api_keys)
             return func(*args, **kwargs)
 
-        _document_security(wrapper, api_keys)
+        _document_security(wrapper, api_keys, scope)
         return cast(F, wrapper)
 
     return decorator(view) if view is not None else decorator
@@ -214,7 +218,7 @@ def admin_required(view: F) -> F:
             raise Forbidden("This operation is for administrators only.")
         return view(*args, **kwargs)
 
-    _document_security(wrapper, api_keys=False)
+    _document_security(wrapper, api_keys=False, operators=True)
     return cast(F, wrapper)
 
 

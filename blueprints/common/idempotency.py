@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Response, g, make_response, request
 
-from blueprints.common.openapi import IDEMPOTENCY_MARK
+from blueprints.common.openapi.marks import IDEMPOTENCY_MARK
 from services.core.errors import ValidationFailed
 from services.core.idempotency import (
     StoredResponse,

@@ -19,6 +19,7 @@ from flask_jwt_extended import get_jwt
 from redis.exceptions import RedisError
 
 from blueprints.common.auth import auth_required, authenticate, me
+from blueprints.common.openapi import operation_doc
 from blueprints.common.ratelimits import configured, limiter, principal_key
 from blueprints.events.schemas import StreamQuery, StreamTokenOut
 from config import Settings
@@ -102,6 +103,7 @@ def create_stream_token() -> StreamTokenOut:
 
 
 @bp.get("/stream")
+@operation_doc(operation_id="stream_events")
 @limiter.limit(configured("ratelimit_events_stream"), key_func=_stream_rate_key)
 @bp.input(StreamQuery, location="query", arg_name="query")
 @bp.doc(

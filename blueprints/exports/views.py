@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 
 from blueprints.common.auth import me
 from blueprints.common.idempotency import idempotent
+from blueprints.common.openapi import header_ref, operation_doc
 from blueprints.common.schemas import ListQuery
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.exports.schemas import (
@@ -91,6 +92,9 @@ def get_export(team_id: uuid.UUID, export_id: uuid.UUID) -> ExportEnvelope:
     409: "Not ready yet (Retry-After) or failed (the job's error)",
     410: "Expired: request a new export",
 })  # fmt: skip
+@operation_doc(
+    responses={409: {"headers": {"Retry-After": header_ref("Retry-After-If-Retryable")}}}
+)
 def download_export(team_id: uuid.UUID, export_id: uuid.UUID) -> Response:
     """Download a ready export: a redirect to a signed URL valid DOWNLOAD_URL_SECONDS."""
     url = exports.download_url(current_membership(), export_id, get_storage())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from blueprints.common.schemas import ListQuery, Strict
+from blueprints.common.schemas import ListQuery, NotNull, Strict
 from services.inventory.items import MAX_QUANTITY
 
 
@@ -25,12 +25,12 @@ class ItemIn(Strict):
 class ItemPatch(Strict):
     """Editable fields; `quantity` is not one (adjust stock through /adjustments)."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = Field(None, max_length=5000)
-    unit_price: int | None = Field(None, ge=0, le=MAX_QUANTITY, strict=True)
-    currency: str | None = Field(None, pattern=r"^[A-Za-z]{3}$")
-    low_stock_threshold: int | None = Field(None, ge=0, le=MAX_QUANTITY, strict=True)
-    archived: bool | None = None
+    name: NotNull[Annotated[str, Field(min_length=1, max_length=200)]] = None
+    description: str | None = Field(None, max_length=5000, description="null clears it.")
+    unit_price: NotNull[Annotated[int, Field(ge=0, le=MAX_QUANTITY, strict=True)]] = None
+    currency: NotNull[Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")]] = None
+    low_stock_threshold: NotNull[Annotated[int, Field(ge=0, le=MAX_QUANTITY, strict=True)]] = None
+    archived: NotNull[bool] = None
 
     @field_validator("name", "unit_price", "currency", "low_stock_threshold", "archived")
     @classmethod

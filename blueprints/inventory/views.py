@@ -10,6 +10,7 @@ from flask import url_for
 
 from blueprints.common.auth import me
 from blueprints.common.idempotency import idempotent
+from blueprints.common.openapi import header_ref, operation_doc
 from blueprints.common.schemas import ListQuery
 from blueprints.common.teams import team_permission
 from blueprints.inventory.schemas import (
@@ -56,6 +57,7 @@ def list_items(team_id: uuid.UUID, query: ItemListQuery) -> ItemPage:
 @idempotent()
 @bp.output(ItemEnvelope, status_code=201)
 @bp.doc(responses={409: "An item with this SKU already exists in the team"})
+@operation_doc(responses={201: {"headers": {"Location": header_ref("Location")}}})
 def create_item(team_id: uuid.UUID, body: ItemIn) -> Any:
     """Add a stock item (SKUs are unique per team: a duplicate is 409)."""
     item = inventory.create_item(me(), team_id, **body.model_dump())
@@ -92,6 +94,7 @@ def delete_item(team_id: uuid.UUID, item_id: uuid.UUID) -> tuple[str, int]:
 
 
 @bp.post("/<uuid:team_id>/inventory/<uuid:item_id>/adjustments")
+@operation_doc(operation_id="adjust_stock")
 @team_permission("inventory.write")
 @bp.input(AdjustmentIn, location="json", arg_name="body")
 @idempotent()

@@ -10,6 +10,7 @@ from flask import g, url_for
 
 from blueprints.common.auth import admin_required, auth_required, me
 from blueprints.common.idempotency import idempotent
+from blueprints.common.openapi import operation_doc
 from blueprints.jobs.schemas import (
     AdminJobEnvelope,
     AdminJobPage,
@@ -106,6 +107,7 @@ def retry_job(job_id: uuid.UUID) -> Any:
 
 
 @admin_bp.post("/retry")
+@operation_doc(operation_id="retry_all_jobs")
 @admin_required
 @admin_bp.input(RetryAllIn, location="json", arg_name="body")
 @idempotent()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from blueprints.auth.schemas import UserOut
-from blueprints.common.schemas import Strict
+from blueprints.common.schemas import NotNull, Strict
 from blueprints.jobs.schemas import JobOut
 
 
@@ -26,10 +26,10 @@ class ProfileEnvelope(BaseModel):
 class ProfilePatch(Strict):
     """Only these fields can change here: email, role, admin and verification cannot."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    avatar_file_id: uuid.UUID | None = None
-    timezone: str | None = Field(None, max_length=64)
-    locale: str | None = Field(None, pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$")
+    name: NotNull[Annotated[str, Field(min_length=1, max_length=200)]] = None
+    avatar_file_id: uuid.UUID | None = Field(None, description="null removes the avatar.")
+    timezone: NotNull[Annotated[str, Field(max_length=64)]] = None
+    locale: NotNull[Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$")]] = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> ProfilePatch:

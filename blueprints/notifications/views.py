@@ -7,6 +7,7 @@ import uuid
 from apiflask import APIBlueprint
 
 from blueprints.common.auth import auth_required, me
+from blueprints.common.openapi import operation_doc
 from blueprints.common.ratelimits import client_ip, configured, limiter
 from blueprints.common.request_hooks import accepts_any_content
 from blueprints.notifications.schemas import (
@@ -61,6 +62,7 @@ def list_notifications(query: NotificationQuery) -> NotificationPage:
 
 
 @bp.get("/unread-count")
+@operation_doc(operation_id="count_unread_notifications")
 @auth_required
 @bp.output(UnreadCount)
 def unread_count() -> UnreadCount:
@@ -69,6 +71,7 @@ def unread_count() -> UnreadCount:
 
 
 @bp.post("/<uuid:notification_id>/read")
+@operation_doc(operation_id="mark_notification_read")
 @auth_required
 @bp.output(NotificationEnvelope)
 def mark_read(notification_id: uuid.UUID) -> NotificationEnvelope:
@@ -104,6 +107,7 @@ def update_preferences(body: PreferencesIn) -> PreferencesOut:
 
 
 @bp.post("/unsubscribe")
+@operation_doc(operation_id="unsubscribe_category")
 @limiter.limit(configured("ratelimit_register"), key_func=client_ip)
 @accepts_any_content  # RFC 8058 one-click posts a form body, not JSON
 @bp.input(UnsubscribeQuery, location="query", arg_name="query")

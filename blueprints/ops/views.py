@@ -10,8 +10,10 @@ from apiflask import APIBlueprint
 from flask import Response, abort, current_app, request, url_for
 
 from blueprints.common import http_metrics
+from blueprints.common.openapi import operation_doc
 from blueprints.common.problems import problem
 from blueprints.common.ratelimits import limiter
+from blueprints.ops.schemas import ApiIndexOut, HealthOut, ReadyOut
 from services.ops import metrics as metric_exposition
 from services.ops.health import readiness
 
@@ -37,15 +39,19 @@ AREAS = {
 
 
 @bp.get("/healthz")
+@operation_doc(operation_id="check_health")
 @limiter.exempt
+@bp.output(HealthOut)
 def healthz() -> dict[str, str]:
     """The process is alive (no dependency checks)."""
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@operation_doc(operation_id="check_readiness")
 @limiter.exempt
-@bp.doc(responses={200: "Ready", 503: "Not ready: the failing checks are named"})
+@bp.output(ReadyOut, description="Ready")
+@bp.doc(responses={503: "Not ready: the failing checks are named"})
 def readyz() -> Any:
     """Ready to serve: PostgreSQL (at migration head), Redis and the broker reachable."""
     checks = readiness()
@@ -75,6 +81,7 @@ _METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @bp.get("/metrics")
+@operation_doc(operation_id="get_metrics")
 @limiter.exempt
 @bp.doc(responses=_METRICS_RESPONSES)
 def metrics() -> Response:
@@ -111,6 +118,8 @@ def _is_loopback(address: str | None) -> bool:
 
 
 @bp.get("/api")
+@operation_doc(operation_id="get_api_index")
+@bp.output(ApiIndexOut)
 def api_index() -> dict[str, Any]:
     """Where everything is: the areas of the API and its documentation."""
     return {

@@ -11,6 +11,7 @@ from flask import request
 from blueprints.common.auth import me
 from blueprints.common.idempotency import HEADER as IDEMPOTENCY_HEADER
 from blueprints.common.idempotency import idempotent
+from blueprints.common.openapi import operation_doc
 from blueprints.common.ratelimits import limiter
 from blueprints.common.request_hooks import accepts_any_content
 from blueprints.common.teams import team_permission
@@ -111,6 +112,7 @@ class InvalidSignature(ServiceError):
 
 
 @webhooks_bp.post("/stripe")
+@operation_doc(operation_id="receive_stripe_event")
 @limiter.exempt  # the gateway retries from many addresses; the signature is the guard
 @accepts_any_content
 @webhooks_bp.output(WebhookReceived)

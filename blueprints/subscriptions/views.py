@@ -15,6 +15,7 @@ from apiflask import APIBlueprint
 
 from blueprints.common.auth import me
 from blueprints.common.idempotency import idempotent
+from blueprints.common.openapi import operation_doc
 from blueprints.common.teams import current_membership, team_permission
 from blueprints.jobs.schemas import job_out
 from blueprints.jobs.views import accepted
@@ -87,6 +88,7 @@ def get_subscription(team_id: uuid.UUID) -> SubscriptionEnvelope:
 
 
 @bp.post("/<uuid:team_id>/subscription")
+@operation_doc(operation_id="create_subscription")
 @team_permission("subscription.manage")
 @bp.input(SubscribeIn, location="json", arg_name="body")
 @idempotent(required=True)

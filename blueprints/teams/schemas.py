@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
-from blueprints.common.schemas import ListQuery, Strict
+from blueprints.common.schemas import ListQuery, NotNull, Strict
 from blueprints.jobs.schemas import JobOut
 
 Role = Literal["owner", "admin", "member", "viewer"]
@@ -24,7 +24,7 @@ class TeamIn(Strict):
 
 
 class TeamPatch(Strict):
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: NotNull[Annotated[str, Field(min_length=1, max_length=200)]] = None
 
     @field_validator("name")
     @classmethod

@@ -15,6 +15,7 @@ from flask import request, url_for
 
 from blueprints.common.auth import auth_required, authenticate, me
 from blueprints.common.idempotency import idempotent
+from blueprints.common.openapi import header_ref, operation_doc
 from blueprints.common.ratelimits import configured, limiter
 from blueprints.common.schemas import ListQuery
 from blueprints.common.teams import current_membership, team_permission
@@ -105,6 +106,7 @@ def list_teams(query: ListQuery) -> TeamPage:
 @bp.input(TeamIn, location="json", arg_name="body")
 @idempotent()
 @bp.output(TeamEnvelope, status_code=201)
+@operation_doc(responses={201: {"headers": {"Location": header_ref("Location")}}})
 def create_team(body: TeamIn) -> Any:
     """Create a team; I become its owner."""
     created = teams.create_team(me(), body.name)

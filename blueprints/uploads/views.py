@@ -95,7 +95,10 @@ delete_upload.team_actions = ("files.upload", "files.delete")  # type: ignore[at
 
 @bp.get("/<uuid:team_id>/uploads/<uuid:file_id>/download")
 @team_permission("files.read")
-@bp.doc(responses={302: "Redirect to a presigned link valid DOWNLOAD_URL_SECONDS"})
+@bp.doc(responses={
+    302: "Redirect to a presigned link valid DOWNLOAD_URL_SECONDS",
+    409: "The file is not ready (pending, processing or rejected)",
+})  # fmt: skip
 def download_upload(team_id: uuid.UUID, file_id: uuid.UUID) -> Any:
     """Download a ready file: a redirect to a short-lived presigned link (409 if not ready)."""
     response = redirect(uploads.download_url(team_id, file_id), code=302)

@@ -1,15 +1,17 @@
-"""The OpenAPI document tells the truth about errors: one place documents them for every route.
+"""Errors in the document: one place documents them for every route.
 
 APIFlask documents 401, 404 and 422 on its own, as `application/json` bodies of its own
 shape. What the API really answers (API.md, blueprints/common/problems.py) is RFC 9457
 problem+json, and a few more statuses that any route of a kind can produce. Rather than
 repeat them on ~90 views, this spec processor adds them by what an operation is:
 
-- every operation under /api/: 429 (rate limited) and 503 (a dependency is down);
+- every rate-limited operation (all but the exempt ones): 429;
+- every operation under /api/: 503 (a dependency is down);
 - authenticated ones: 400 (both credentials sent), 401 and 403 (an API key's scope, or a
   role, or not an operator);
-- ones with a JSON body: 400 (malformed JSON), 413 (too large), 415 (not JSON), 422;
-- ones with query parameters: 422;
+- ones with a body: 413 (too large) and 422; a JSON body also 400 (malformed JSON) and 415
+  (not JSON), which a form upload never answers;
+- ones whose query parameters a model validates: 422;
 - `@idempotent` ones: the `Idempotency-Key` header, 409 (the first request still runs)
   and 422 (the key reused with another body).
 
@@ -19,13 +21,14 @@ Statuses only some routes produce (a duplicate SKU's 409, say) stay on those rou
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
-from apiflask import APIFlask
+from flask_limiter.util import get_qualified_name
 
+from blueprints.common.openapi.marks import IDEMPOTENCY_MARK
 from blueprints.common.problems import PROBLEM_MIMETYPE
+from blueprints.common.ratelimits import limiter
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -56,21 +59,13 @@ _DESCRIPTIONS = {
     429: "Rate limited (see Retry-After)",
     503: "A dependency is unavailable (see Retry-After)",
 }
-_METHODS = ("get", "put", "post", "patch", "delete")
-# `<uuid:team_id>` -> `{team_id}`, the way APIFlask writes Flask rules as OpenAPI paths.
-_RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
-_UUID_ARGUMENT = re.compile(r"<uuid:([^<>]+)>")
-IDEMPOTENCY_MARK = "idempotency_key"  # set on views by blueprints.common.idempotency
-SECURITY_MARK = "documented_security"  # set on views by blueprints.common.auth
-
-
-def register_openapi(app: APIFlask) -> None:
-    """Install the spec processor (once, in the app factory)."""
-
-    @app.spec_processor
-    def _document_errors(spec: dict[Any, Any] | str) -> dict[Any, Any] | str:
-        assert isinstance(spec, dict), "SPEC_FORMAT is json (config.py)"
-        return document_errors(spec, _views_by_operation(app), _uuid_arguments(app))
+METHODS = ("get", "put", "post", "patch", "delete")
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "A unique key per intent (a UUID, say), kept for 24 hours and scoped to the caller. "
+    "Sending it again with the same body replays the first answer (status and body, with "
+    "`Idempotent-Replayed: true`) instead of acting twice; the same key with another body is "
+    "a 422, and while the first request is still running a 409 (retry after Retry-After)."
+)
 
 
 def document_errors(
@@ -84,13 +79,11 @@ def document_errors(
     for name in ("HTTPError", "ValidationError"):  # APIFlask's shapes, which we never send
         schemas.pop(name, None)
     for path, operations in spec.get("paths", {}).items():
-        for method in _METHODS:
+        for method in METHODS:
             operation = operations.get(method)
             if operation is None:
                 continue
             view = views.get((path, method))
-            if view is not None and getattr(view, SECURITY_MARK, None):
-                operation["security"] = getattr(view, SECURITY_MARK)
             _document_uuid_parameters(operation, uuid_arguments.get(path, set()))
             for status in _statuses_of(path, operation, view):
                 operation.setdefault("responses", {}).setdefault(str(status), {})
@@ -108,17 +101,26 @@ def document_errors(
 
 def _statuses_of(path: str, operation: dict[str, Any], view: Callable[..., Any] | None) -> set[int]:
     statuses: set[int] = set()
+    if rate_limited(view):
+        statuses.add(429)
     if path.startswith("/api/"):
-        statuses |= {429, 503}
+        statuses.add(503)
     if operation.get("security"):
         statuses |= {400, 401, 403}
     if "requestBody" in operation:
-        statuses |= {400, 413, 415, 422}
-    if any(p.get("in") == "query" for p in operation.get("parameters", [])):
-        statuses.add(422)
+        statuses |= {413, 422}
+        if "application/json" in operation["requestBody"].get("content", {}):
+            statuses |= {400, 415}
+    if any(location == "query" for _, location in getattr(view, "_spec", {}).get("args", [])):
+        statuses.add(422)  # its query model refused the parameters
     if view is not None and hasattr(view, IDEMPOTENCY_MARK):
         statuses |= {409, 422}
     return statuses
+
+
+def rate_limited(view: Callable[..., Any] | None) -> bool:
+    """Whether requests to the view count against a rate limit (all but exempt views)."""
+    return view is not None and not limiter.is_exempt(get_qualified_name(view))
 
 
 def _document_idempotency_key(operation: dict[str, Any], *, required: bool) -> None:
@@ -130,7 +132,7 @@ def _document_idempotency_key(operation: dict[str, Any], *, required: bool) -> N
             "in": "header",
             "name": "Idempotency-Key",
             "required": required,
-            "description": "Replays the first response for a repeated key (API.md).",
+            "description": IDEMPOTENCY_KEY_DESCRIPTION,
             "schema": {"type": "string", "minLength": 1, "maxLength": 255},
         }
     )
@@ -141,19 +143,3 @@ def _document_uuid_parameters(operation: dict[str, Any], names: set[str]) -> Non
     for parameter in operation.get("parameters", []):
         if parameter.get("in") == "path" and parameter.get("name") in names:
             parameter["schema"] = {"type": "string", "format": "uuid"}
-
-
-def _uuid_arguments(app: APIFlask) -> dict[str, set[str]]:
-    return {
-        _RULE_ARGUMENT.sub(r"{\1}", rule.rule): set(_UUID_ARGUMENT.findall(rule.rule))
-        for rule in app.url_map.iter_rules()
-    }
-
-
-def _views_by_operation(app: APIFlask) -> dict[tuple[str, str], Callable[..., Any]]:
-    views: dict[tuple[str, str], Callable[..., Any]] = {}
-    for rule in app.url_map.iter_rules():
-        path = _RULE_ARGUMENT.sub(r"{\1}", rule.rule)
-        for method in rule.methods or ():
-            views[(path, method.lower())] = app.view_functions[rule.endpoint]
-    return views
