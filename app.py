@@ -14,6 +14,7 @@ from blueprints import (
     analytics,
     auth,
     dashboard,
+    docs,
     events,
     exports,
     inventory,
@@ -49,8 +50,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> APIFlask:
     """Build the web app (and configure Celery) from settings or the environment."""
     settings = settings or load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_json)
+    # /docs is ours (blueprints/docs): APIFlask's page loads Swagger UI from a CDN.
     app = APIFlask(
-        __name__, title="Maycole API", version="1.0.0", docs_path="/docs", spec_path="/openapi.json"
+        __name__, title="Maycole API", version="1.0.0", docs_path=None, spec_path="/openapi.json"
     )
     app.config.update(settings.flask_config())
     app.security_schemes = {
@@ -103,6 +105,7 @@ def register_blueprints(app: APIFlask) -> None:
     app.register_blueprint(payments.webhooks_bp)
     app.register_blueprint(teams.invites_bp)
     app.register_blueprint(subscriptions.plans_bp)
+    app.register_blueprint(docs.bp)
 
 
 def init_celery(app: APIFlask, settings: Settings) -> None:

@@ -10,10 +10,18 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Frontend dev servers allowed by CORS in development when CORS_ORIGINS is unset: React/
+# Next (3000), Vite (5173), Angular (4200), Vue CLI and webpack (8080), by either name.
+DEV_CORS_ORIGINS = tuple(
+    f"http://{host}:{port}"
+    for host in ("localhost", "127.0.0.1")
+    for port in (3000, 5173, 4200, 8080)
+)
 # Only for development and tests, which must say so (APP_ENV); production refuses it.
 DEV_SECRET = "dev-only-secret-change-me-0123456789abcdef"
 # The audit chain's key in development and tests only (see _require_audit_keys).
@@ -106,8 +114,16 @@ class Settings(BaseSettings):
 
     # Identity: token lifetimes and the links emails point to.
     frontend_url: str = "http://localhost:3000"
-    # This API's public address (one-click unsubscribe links in email point here).
-    public_api_url: str = "http://127.0.0.1:8000"
+    # This API's public address: one-click unsubscribe links in email and the local storage
+    # backend's upload and download links point here. Unset, development and test derive
+    # it from where the web process listens (BIND, else PORT: `PORT=18000 make run` hands
+    # out 18000 links); production must say it (behind a proxy the bind address is never
+    # the public one).
+    public_api_url: str = ""
+    # Where gunicorn listens (gunicorn.conf.py): BIND if set (host:port, unix:PATH), else
+    # loopback on PORT.
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    bind: str = ""
     verify_email_token_hours: int = 48
     password_reset_token_minutes: int = 60
     invite_days: int = 7
@@ -140,8 +156,10 @@ class Settings(BaseSettings):
     # logout or a password reset ends even a busy stream within seconds.
     events_credential_check_seconds: PositiveFloat = 5.0
 
-    # HTTP edge: comma-separated frontend origins allowed by CORS; how many proxies in
-    # front of us may set X-Forwarded-For/-Proto (0 = trust none, use the socket peer).
+    # HTTP edge: comma-separated frontend origins allowed by CORS (unset in development:
+    # the usual frontend dev servers, DEV_CORS_ORIGINS, and FRONTEND_URL's origin; unset
+    # elsewhere: none); how many proxies in front of us may set X-Forwarded-For/-Proto
+    # (0 = trust none, use the socket peer).
     cors_origins: str = ""
     trusted_proxies: int = 0
 
@@ -254,6 +272,18 @@ class Settings(BaseSettings):
     # (services/core/audit_chain.py): how long a row may wait for its place.
     audit_seal_interval_seconds: float = 2.0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_public_api_url(cls, data: Any) -> Any:
+        """Development and test without PUBLIC_API_URL: the address the web process binds."""
+        if not isinstance(data, dict) or data.get("public_api_url"):
+            return data
+        if data.get("app_env", "production") not in ("development", "test"):
+            return data  # production must name it (refused below when missing)
+        port = data.get("port") or 8000
+        address = web_bind_address(str(data.get("bind") or ""), port)
+        return {**data, "public_api_url": local_api_url(address, port)}
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.app_env != "production":
@@ -276,6 +306,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"METRICS_TOKEN ({MIN_SECRET_LENGTH}+ random characters) is required in "
                 "production; Prometheus sends it as `Authorization: Bearer <token>`"
+            )
+        if not self.public_api_url:
+            # Nothing to derive it from (behind a proxy, the bind address is not the public
+            # one): every unsubscribe link in email would point at an unreachable address.
+            raise ValueError(
+                "PUBLIC_API_URL (this API's public base URL, e.g. https://api.example.com) "
+                "is required in production"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_relative_public_api_url(self) -> Settings:
+        parts = urlsplit(self.public_api_url)
+        if self.public_api_url and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(
+                f"PUBLIC_API_URL must be an absolute http(s) URL, not {self.public_api_url!r}"
             )
         return self
 
@@ -335,7 +381,19 @@ class Settings(BaseSettings):
 
     @cached_property
     def cors_origin_list(self) -> list[str]:
-        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        """CORS_ORIGINS; unset in development, the usual frontend dev servers (and the
+        frontend emails link to), so a frontend on its own dev server works out of the box."""
+        configured = [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        if configured or self.app_env != "development":
+            return configured
+        frontend = urlsplit(self.frontend_url)
+        own = [f"{frontend.scheme}://{frontend.netloc}"] if frontend.netloc else []
+        return list(dict.fromkeys([*DEV_CORS_ORIGINS, *own]))
+
+    @cached_property
+    def web_bind(self) -> str:
+        """The address gunicorn binds (gunicorn.conf.py)."""
+        return web_bind_address(self.bind, self.port)
 
     def flask_config(self) -> dict[str, Any]:
         """The Flask/extension config keys derived from these settings."""
@@ -372,6 +430,30 @@ class Settings(BaseSettings):
             "SPEC_FORMAT": "json",
             "INFO": {"description": "Maycole backend API. Errors are RFC 9457 problem+json."},
         }
+
+
+def web_bind_address(bind: str, port: int | str) -> str:
+    """BIND, or loopback on PORT: where the web process listens."""
+    return bind.strip() or f"127.0.0.1:{port}"
+
+
+def local_api_url(bind: str, port: int | str) -> str:
+    """The URL of an API listening on gunicorn address `bind`, as seen from this machine.
+
+    A wildcard host (0.0.0.0, ::) is reached through loopback; an address without a TCP
+    port (a unix socket, an inherited descriptor) falls back to loopback on `port`.
+    """
+    if bind.startswith(("unix:", "fd://")):
+        return f"http://127.0.0.1:{port}"
+    host, bound_port = bind, "8000"  # gunicorn's own default for a bare host
+    if bind.startswith("["):  # [v6]:port
+        host, _, rest = bind[1:].partition("]")
+        bound_port = rest.removeprefix(":") or bound_port
+    elif bind.count(":") == 1:
+        host, bound_port = bind.split(":")
+    if host in ("", "0.0.0.0", "::", "*"):  # noqa: S104 - a wildcard read, not bound
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
 
 
 def parse_audit_keys(value: str) -> dict[str, bytes]:

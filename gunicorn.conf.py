@@ -34,8 +34,9 @@ from config import load_settings
 from logs import RedactSecrets
 
 _settings = load_settings()  # refuses to start on unsafe settings (config.py)
-# Loopback by default; deployments set BIND (e.g. 0.0.0.0:8000) behind their proxy.
-bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+# Loopback on PORT by default; deployments set BIND (e.g. 0.0.0.0:8000) behind their proxy.
+# The same address development derives PUBLIC_API_URL from (config.py).
+bind = _settings.web_bind
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
 # 24 streams + 8 threads for everything else (see the module docstring).

@@ -90,6 +90,7 @@ def production_settings(base: Settings, broker_url: str, **overrides: Any) -> Se
         "jwt_secret_key": secrets.token_hex(32),
         "audit_keys": f"bench:{secrets.token_hex(32)}",
         "metrics_token": secrets.token_hex(32),
+        "public_api_url": "http://127.0.0.1:8000",  # required in production; links unused here
         # wrk and the load scripts connect straight to gunicorn on loopback, no proxy.
         "allow_direct_loopback": True,
         "celery_broker_url": broker_url,

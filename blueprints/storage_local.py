@@ -155,9 +155,11 @@ def download() -> Any:
         raise NotFound("No such file.")
     response = send_file(
         storage.local_path(grant.key),
-        mimetype=info.content_type or "application/octet-stream",
         as_attachment=True,
         download_name=grant.filename or grant.key.rsplit("/", 2)[-2],
     )
+    # The stored type exactly, as S3 serves it: `mimetype=` would append werkzeug's own
+    # charset to any text type, after the one an export stores (`; charset=utf-8` twice).
+    response.headers["Content-Type"] = info.content_type or "application/octet-stream"
     response.headers["Cache-Control"] = "private, no-store"
     return response

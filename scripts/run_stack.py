@@ -12,6 +12,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config import load_settings  # noqa: E402 - after the path fix above
 
 
 def flower_credentials() -> str:
@@ -57,6 +60,15 @@ def point_local_gateway_webhooks(port: str) -> str | None:
         return f"{base} (could not configure webhooks: {exc})"
 
 
+def pin_public_api_url() -> str:
+    """PUBLIC_API_URL as configured, or derived from the web's PORT/BIND (config.py) and
+    exported: honcho gives every process a PORT of its own (web $PORT, worker +100, beat
+    +200, ...), so a worker deriving its own would mail links to a port nobody serves."""
+    if not os.environ.get("PUBLIC_API_URL"):
+        os.environ["PUBLIC_API_URL"] = load_settings().public_api_url
+    return os.environ["PUBLIC_API_URL"]
+
+
 def main() -> int:
     os.chdir(ROOT)
     # A development stack (local mail sink, localstripe, a generated Flower login): say so,
@@ -65,11 +77,12 @@ def main() -> int:
     flask = [sys.executable, "-m", "flask", "--app", "app:create_app"]
     subprocess.run([*flask, "db", "upgrade"], check=True)
     port, flower_port = os.environ.get("PORT", "8000"), os.environ.get("FLOWER_PORT", "5555")
+    api = pin_public_api_url().rstrip("/")
     auth = flower_credentials()
     print(
-        f"\n  API      http://127.0.0.1:{port}/api\n"
-        f"  Docs     http://127.0.0.1:{port}/docs\n"
-        f"  Ready    http://127.0.0.1:{port}/readyz\n"
+        f"\n  API      {api}/api\n"
+        f"  Docs     {api}/docs\n"
+        f"  Ready    {api}/readyz\n"
         f"  Flower   http://127.0.0.1:{flower_port}/  (login {auth.split(':', 1)[0]}, "
         f"password in var/flower-basic-auth, or as configured)\n"
         f"  Mail     {_mail_destination()}\n"

@@ -1,5 +1,8 @@
 """Beat's housekeeping: the job ledger's (the outbox relay and the reaper, services/jobs/),
-the audit chain's sealer, the pipeline's end-to-end probe, and periodic clean-up."""
+the audit chain's sealer, the pipeline's end-to-end probe, and periodic clean-up.
+
+The relay, the reaper and the sealer run every few seconds: they send no task events, so
+Flower's task history holds the business tasks only (README "Flower")."""
 
 from __future__ import annotations
 
@@ -16,20 +19,20 @@ from services.jobs.relay import relay_outbox, requeue_unclaimed
 from services.jobs.runner import job_task, periodic_task
 
 
-@periodic_task(names.JOBS_RELAY)
+@periodic_task(names.JOBS_RELAY, task_events=False)
 def relay() -> int:
     """Beat, every few seconds: publish the outbox backlog (see `relay_outbox`)."""
     return relay_outbox()
 
 
-@periodic_task(names.JOBS_REAP)
+@periodic_task(names.JOBS_REAP, task_events=False)
 def reap() -> int:
     """Beat, every 10 s: recover jobs of dead workers and jobs whose message was lost
     (see `reap_orphans` and `requeue_unclaimed`)."""
     return reap_orphans() + requeue_unclaimed()
 
 
-@periodic_task(names.AUDIT_SEAL)
+@periodic_task(names.AUDIT_SEAL, task_events=False)
 def seal_audit() -> int:
     """Beat, every few seconds: link pending audit rows into their chains (`seal_pending`;
     safe beside another sealer: each chain is sealed under its lock)."""

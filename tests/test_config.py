@@ -15,6 +15,7 @@ STRONG = {
     "jwt_secret_key": "j" * 40,
     "metrics_token": "m" * 32,
     "audit_keys": "k1:" + "a" * 40,
+    "public_api_url": "https://api.example.com",
 }
 
 
@@ -26,7 +27,8 @@ def environment_only(**values: Any) -> Settings:
 @pytest.fixture
 def bare_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A deploy's environment before anyone set APP_ENV or a secret."""
-    for name in ("APP_ENV", "SECRET_KEY", "JWT_SECRET_KEY", "METRICS_TOKEN", "AUDIT_KEYS"):
+    for name in ("APP_ENV", "SECRET_KEY", "JWT_SECRET_KEY", "METRICS_TOKEN", "AUDIT_KEYS",
+                 "PUBLIC_API_URL", "PORT", "BIND", "CORS_ORIGINS"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
 
 
@@ -127,3 +129,66 @@ def test_env_example_documents_every_setting() -> None:
 def test_production_refuses_a_short_jwt_secret() -> None:
     with pytest.raises(ValidationError, match="JWT_SECRET_KEY"):
         load_settings(**STRONG | {"app_env": "production", "jwt_secret_key": "short-secret"})
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, "http://127.0.0.1:8000"),
+        ({"PORT": "18000"}, "http://127.0.0.1:18000"),
+        ({"PORT": "18000", "BIND": "127.0.0.1:18001"}, "http://127.0.0.1:18001"),
+        ({"BIND": "0.0.0.0:9000"}, "http://127.0.0.1:9000"),
+        ({"BIND": "[::]:9000"}, "http://127.0.0.1:9000"),
+        ({"BIND": "[::1]:9000"}, "http://[::1]:9000"),
+        ({"BIND": "localhost:9000"}, "http://localhost:9000"),
+        ({"BIND": "unix:/run/maycole.sock", "PORT": "18000"}, "http://127.0.0.1:18000"),
+        ({"PORT": "18000", "PUBLIC_API_URL": "https://api.example.com"}, "https://api.example.com"),
+    ],
+)
+def test_development_links_follow_the_port_the_api_listens_on(
+    bare_environment: None,
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    expected: str,
+) -> None:
+    """`PORT=18000 make run` hands out upload and download links on 18000, not 8000."""
+    for env in ("development", "test"):
+        monkeypatch.setenv("APP_ENV", env)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        assert environment_only().public_api_url == expected
+
+
+def test_gunicorn_binds_bind_or_loopback_on_port(
+    bare_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_ENV", "development")
+    monkeypatch.setenv("PORT", "18000")
+    assert environment_only().web_bind == "127.0.0.1:18000"
+    monkeypatch.setenv("BIND", "0.0.0.0:9000")
+    assert environment_only().web_bind == "0.0.0.0:9000"
+
+
+def test_production_needs_its_public_address_spelled_out(
+    bare_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a proxy the bind address is never the public one: no guessing in production."""
+    monkeypatch.setenv("PORT", "18000")
+    without = {k: v for k, v in STRONG.items() if k != "public_api_url"}
+    with pytest.raises(ValidationError, match="PUBLIC_API_URL"):
+        environment_only(**without)
+    assert environment_only(**STRONG).public_api_url == "https://api.example.com"
+    with pytest.raises(ValidationError, match="absolute http"):
+        environment_only(**STRONG | {"public_api_url": "api.example.com"})
+
+
+def test_cors_defaults_to_frontend_dev_servers_in_development_only() -> None:
+    development = load_settings(app_env="development")
+    assert {"http://localhost:5173", "http://127.0.0.1:3000", "http://localhost:4200",
+            "http://localhost:8080"} <= set(development.cors_origin_list)  # fmt: skip
+    assert all(o.startswith(("http://localhost:", "http://127.0.0.1:"))
+               for o in development.cors_origin_list)  # fmt: skip
+    chosen = load_settings(app_env="development", cors_origins="https://app.example.com, ")
+    assert chosen.cors_origin_list == ["https://app.example.com"]
+    assert load_settings(app_env="test").cors_origin_list == []
+    assert load_settings(**STRONG | {"app_env": "production"}).cors_origin_list == []

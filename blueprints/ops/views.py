@@ -127,7 +127,7 @@ def api_index() -> dict[str, Any]:
         "areas": AREAS,
         "links": {
             "openapi": url_for("openapi.spec"),
-            "docs": url_for("openapi.docs"),
+            "docs": url_for("docs.page"),
             "health": url_for("ops.healthz"),
             "ready": url_for("ops.readyz"),
             "metrics": url_for("ops.metrics"),

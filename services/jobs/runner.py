@@ -316,10 +316,20 @@ def backoff_seconds(attempt: int) -> float:
     return round(random.uniform(ceiling / 2, ceiling), 3)
 
 
-def periodic_task(name: str) -> Callable[[Callable[[], Any]], Task]:
-    """Register a beat-driven housekeeping task (no job row; safe to run concurrently)."""
+def periodic_task(name: str, *, task_events: bool = True) -> Callable[[Callable[[], Any]], Task]:
+    """Register a beat-driven housekeeping task (no job row; safe to run concurrently).
+
+    `task_events=False`: workers send no task events for it (Celery's `Task.send_events`),
+    and beat no `task-sent` (tasks/runtime/beat_scheduler.py), so Flower, which builds its
+    task history from those events, never lists it. For the ticks every few seconds (the
+    relay, the reaper, the audit sealer) that would otherwise bury the business tasks
+    operators look for there; their runs are still in the worker's log.
+    """
 
     def decorator(body: Callable[[], Any]) -> Task:
-        return celery_app.task(name=name, ignore_result=True, acks_late=True)(body)  # type: ignore[no-any-return]
+        task = celery_app.task(
+            name=name, ignore_result=True, acks_late=True, send_events=task_events
+        )(body)
+        return task  # type: ignore[no-any-return]
 
     return decorator

@@ -55,6 +55,23 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
         # Never sleep past a renewal: the lease must outlive the longest sleep.
         return float(min(super().tick(*args, **kwargs), LEASE_SECONDS / 3))
 
+    def apply_async(
+        self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        """Send a due entry. A task that sends no task events (housekeeping every few
+        seconds, `periodic_task(task_events=False)`) gets no `task-sent` event either, even
+        with CELERY_TASK_SENT_EVENTS on: Flower would list each tick as waiting forever."""
+        task = self.app.tasks.get(entry.task)
+        conf = self.app.conf
+        if task is None or task.send_events or not conf.task_send_sent_event:
+            return super().apply_async(entry, producer, advance, **kwargs)
+        # Celery decides per app, not per call; beat sends from this one thread only.
+        conf.task_send_sent_event = False
+        try:
+            return super().apply_async(entry, producer, advance, **kwargs)
+        finally:
+            conf.task_send_sent_event = True
+
     def close(self) -> None:
         try:
             if self.leading:

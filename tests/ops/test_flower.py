@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -15,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apiflask import APIFlask
 from flask.testing import FlaskClient
 
 from config import Settings
+from extensions import celery_app
+from services.jobs import names
 from tests.factories import auth_headers, make_user
 from tests.support import ROOT, Worker, free_port, settings_env, wait_for, wait_job
 
@@ -105,6 +109,70 @@ def test_flower_lists_our_jobs_with_ids_only_and_refuses_strangers(
     assert get(f"{flower}/api/tasks")[0] == 401
     assert get(f"{flower}/api/tasks", "ops:wrong-password")[0] == 401
     assert get(f"{flower}/", None)[0] == 401
+
+
+HOUSEKEEPING = (names.JOBS_RELAY, names.JOBS_REAP, names.AUDIT_SEAL)
+
+
+def _runs_since(log: Path, offset: int, name: str) -> list[str]:
+    """Ids of the `name` tasks the worker finished since `offset` of its log."""
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    return re.findall(rf"Task {re.escape(name)}\[([0-9a-f-]+)\] succeeded", text)
+
+
+def test_flower_shows_business_tasks_but_not_the_housekeeping_every_few_seconds(
+    client: FlaskClient, settings: Settings, worker: Worker, flower: str, tmp_path: Path
+) -> None:
+    """The relay (5 s), the reaper (10 s) and the audit sealer (2 s) buried the business
+    tasks in Flower's history. They still run, from beat, on the worker; Flower sees
+    none of it, even with publishers' task-sent events on."""
+    offset = worker.log_path.stat().st_size
+    beat_log = tmp_path / "beat.log"
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "make_celery:celery_app", "beat",
+         "--loglevel=INFO", f"--schedule={tmp_path / 'beat-schedule'}"],
+        cwd=ROOT, env=settings_env(settings) | {"CELERY_TASK_SENT_EVENTS": "true"},
+        stdout=beat_log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+
+        def every_one_ran() -> dict[str, list[str]] | None:
+            runs = {name: _runs_since(worker.log_path, offset, name) for name in HOUSEKEEPING}
+            return runs if all(runs.values()) else None
+
+        ran = wait_for(
+            every_one_ran,
+            40,
+            lambda: f"housekeeping did not run; beat log:\n{beat_log.read_text()[-2000:]}",
+        )
+    finally:
+        beat.terminate()
+        beat.wait(20)
+    admin = make_user(admin=True)
+    response = client.post("/api/v1/admin/jobs/ping", json={}, headers=auth_headers(admin))
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job_id = response.get_json()["job"]["id"]
+    wait_job(job_id, "succeeded")
+
+    def listed() -> dict[str, Any] | None:
+        status, tasks = get(f"{flower}/api/tasks?limit=1000", LOGIN)
+        task = tasks.get(job_id) if status == 200 and tasks else None
+        return tasks if task and task.get("name") and task.get("state") == "SUCCESS" else None
+
+    tasks = wait_for(listed, 20, lambda: "Flower never saw the business task")
+    assert tasks is not None and tasks[job_id]["name"] == "maintenance.ping"
+    assert ran is not None
+    housekeeping_ids = {task_id for ids in ran.values() for task_id in ids}
+    assert housekeeping_ids.isdisjoint(tasks), "Flower lists housekeeping runs"
+    assert not [t for t in tasks.values() if t.get("name") in HOUSEKEEPING]
+
+
+def test_every_task_but_the_housekeeping_sends_events(app: APIFlask) -> None:
+    """Flower lists what sends events: every business task, not the every-few-seconds ticks."""
+    silent = {name for name, task in celery_app.tasks.items() if not task.send_events}
+    assert silent == set(HOUSEKEEPING)
 
 
 def test_flower_refuses_to_start_without_credentials(settings: Settings, tmp_path: Path) -> None:

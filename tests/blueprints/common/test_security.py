@@ -6,9 +6,11 @@ from apiflask import APIFlask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from config import Settings
 from extensions import db
 from models import AuditLog
 from scripts.devservices import free_port
+from tests.blueprints.common.test_edge_security import production_settings
 from tests.factories import PASSWORD, auth_headers, make_user
 from tests.support import PrivateStacks, problem_body
 
@@ -30,6 +32,52 @@ def test_cors_allows_only_configured_frontends(app: APIFlask, private_stack: Pri
     assert "Access-Control-Allow-Origin" not in ops.headers  # only /api/* is for browsers
     allowed = client.get("/api/v1/jobs", headers={"Origin": FRONTEND})
     assert "X-Request-ID" in allowed.headers["Access-Control-Expose-Headers"]
+
+
+def _preflight_allows(client: FlaskClient, origin: str) -> bool:
+    """Whether a browser on `origin` may send an authenticated JSON POST (the preflight)."""
+    response = client.options(
+        "/api/v1/auth/login",
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "Authorization, Content-Type"},
+    )  # fmt: skip
+    allowed = response.headers.get("Access-Control-Allow-Origin") == origin
+    if allowed:
+        assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
+    return allowed
+
+
+def test_development_answers_the_usual_frontend_dev_servers(
+    app: APIFlask, private_stack: PrivateStacks
+) -> None:
+    """A frontend on Vite, Next, Angular or Vue CLI talks to `make run` with no setting."""
+    dev = private_stack(keep="all", app_env="development").client()
+    for origin in ("http://localhost:5173", "http://127.0.0.1:3000", "http://localhost:4200",
+                   "http://127.0.0.1:8080", "http://localhost:3000"):  # fmt: skip
+        assert _preflight_allows(dev, origin), origin
+    for origin in ("http://localhost:9999", "https://localhost:5173", "https://evil.example.com"):
+        assert not _preflight_allows(dev, origin), origin
+    # The frontend emails link to (FRONTEND_URL) is one too, on whatever port it runs.
+    own = private_stack(
+        keep="all", app_env="development", frontend_url="http://localhost:3001/app"
+    ).client()
+    assert _preflight_allows(own, "http://localhost:3001")
+    # CORS_ORIGINS, once set, is the whole list, in development too.
+    configured = private_stack(keep="all", app_env="development", cors_origins=FRONTEND).client()
+    assert _preflight_allows(configured, FRONTEND)
+    assert not _preflight_allows(configured, "http://localhost:5173")
+
+
+def test_production_answers_only_the_configured_origins(
+    app: APIFlask, private_stack: PrivateStacks, settings: Settings
+) -> None:
+    """Production's list is CORS_ORIGINS and nothing else (no localhost by default)."""
+    production = private_stack(base=production_settings(settings)).client()
+    for origin in ("http://localhost:5173", "http://localhost:3000", FRONTEND):
+        assert not _preflight_allows(production, origin), origin
+    configured = private_stack(base=production_settings(settings, cors_origins=FRONTEND)).client()
+    assert _preflight_allows(configured, FRONTEND)
+    assert not _preflight_allows(configured, "http://localhost:5173")
 
 
 def test_security_headers_on_api_responses(client: FlaskClient) -> None:

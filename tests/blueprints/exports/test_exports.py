@@ -22,10 +22,12 @@ from extensions import db
 from integrations.storage import ObjectStorage
 from integrations.storage_backends import build_storage
 from models import AuditLog, Export, Notification, Payment
+from services.files.export_formats import CONTENT_TYPES
 from services.files.export_job import cleanup_expired
 from tests.factories import auth_headers, make_team, make_user, personal_team
 from tests.support import (
     LOGS,
+    PrivateStack,
     PrivateStacks,
     fetch_job,
     problem_body,
@@ -38,13 +40,16 @@ MEMORY_BUDGET_MB = 50
 
 
 @pytest.fixture
-def env(private_stack: PrivateStacks, tmp_path: Path) -> Settings:
-    """Settings with storage under tmp_path and a broker of our own, so only the worker a
+def env_stack(private_stack: PrivateStacks, tmp_path: Path) -> PrivateStack:
+    """An app with storage under tmp_path and a broker of our own, so only the worker a
     test starts (or none) consumes its export jobs."""
     keep = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key")
-    return private_stack(
-        keep=keep, broker=True, storage_local_dir=str(tmp_path / "storage")
-    ).settings
+    return private_stack(keep=keep, broker=True, storage_local_dir=str(tmp_path / "storage"))
+
+
+@pytest.fixture
+def env(env_stack: PrivateStack) -> Settings:
+    return env_stack.settings
 
 
 def request_export(client: FlaskClient, team_id: uuid.UUID, headers: Any, **body: Any) -> Any:
@@ -81,11 +86,11 @@ def add_payments(team_id: uuid.UUID, user_id: uuid.UUID, count: int) -> None:
 
 
 def test_payments_export_in_every_format_matches_the_api(
-    client: FlaskClient, env: Settings
+    client: FlaskClient, env: Settings, env_stack: PrivateStack
 ) -> None:
     user = make_user()
-    team_id, headers = personal_team(user), auth_headers(user)
-    add_payments(team_id, user.id, 25)
+    user_id, team_id, headers = user.id, personal_team(user), auth_headers(user)
+    add_payments(team_id, user_id, 25)
     accepted = {
         fmt: request_export(client, team_id, headers, resource="payments", format=fmt)
         for fmt in ("csv", "jsonl", "xlsx")
@@ -119,6 +124,11 @@ def test_payments_export_in_every_format_matches_the_api(
         data = stored_bytes(storage, row.storage_key)
         assert hashlib.sha256(data).hexdigest() == export["sha256"] == row.sha256
         assert len(data) == export["size"]
+        # The presigned link serves the file with its type, charset (CSV) named once.
+        served = env_stack.client().get(download.headers["Location"])
+        assert served.status_code == 200, served.get_data(as_text=True)
+        assert served.headers["Content-Type"] == CONTENT_TYPES[fmt]
+        assert served.data == data
         files[fmt] = data
 
     # CSV: a header and the API's rows in the API's order; formulas are defused.
@@ -139,7 +149,7 @@ def test_payments_export_in_every_format_matches_the_api(
     assert len(re.findall(r"<row ", sheet)) == 26
 
     # The requester was told, with the link to the download.
-    notes = list(db.session.scalars(select(Notification).where(Notification.user_id == user.id)))
+    notes = list(db.session.scalars(select(Notification).where(Notification.user_id == user_id)))
     ready_notes = [n for n in notes if n.title == "Your payments export is ready"]
     assert len(ready_notes) == 3, [n.title for n in notes]
     links = {n.data["link"] for n in ready_notes}

@@ -1,0 +1,3 @@
+from blueprints.docs.views import bp
+
+__all__ = ["bp"]
