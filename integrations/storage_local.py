@@ -77,7 +77,7 @@ class LocalStorage:
         """A form for POST /api/v1/storage/upload with one signed `token` field."""
         self._path(key)
         token = self._upload.dumps(
-            {"k": key, "t": content_type, "m": max_size, "x": int(time.time()) + expires_in}
+            {"k": key, "t": content_type, "m": max_size, "x": _expiry(expires_in)}
         )
         return PresignedPost(
             url=self.base_url + UPLOAD_PATH, fields={"token": token}, expires_in=expires_in
@@ -86,7 +86,7 @@ class LocalStorage:
     def presigned_get(self, key: str, *, expires_in: int, filename: str | None = None) -> str:
         """A link to GET /api/v1/storage/download?token=..."""
         self._path(key)
-        token = self._download.dumps({"k": key, "f": filename, "x": int(time.time()) + expires_in})
+        token = self._download.dumps({"k": key, "f": filename, "x": _expiry(expires_in)})
         return f"{self.base_url}{DOWNLOAD_PATH}?{urlencode({'token': token})}"
 
     @staticmethod
@@ -168,3 +168,9 @@ class LocalStorage:
         """Remove the file and its metadata; a missing one is fine."""
         self._path(key).unlink(missing_ok=True)
         self._meta_path(key).unlink(missing_ok=True)
+
+
+def _expiry(expires_in: int) -> float:
+    """When a token made now stops working: `expires_in` seconds from now, to the
+    millisecond. Whole seconds (truncated) made a 1-s link last anywhere from 0 to 1 s."""
+    return round(time.time() + expires_in, 3)
