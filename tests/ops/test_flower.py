@@ -85,21 +85,8 @@ def flower(settings: Settings, tmp_path: Path) -> Iterator[str]:
 def test_flower_lists_our_jobs_with_ids_only_and_refuses_strangers(
     client: FlaskClient, worker: Worker, flower: str
 ) -> None:
-    admin = make_user(admin=True)
-    response = client.post("/api/v1/admin/jobs/ping", json={}, headers=auth_headers(admin))
-    assert response.status_code == 202, response.get_data(as_text=True)
-    job_id = response.get_json()["job"]["id"]
-    wait_job(job_id, "succeeded")
-
-    def seen() -> dict[str, Any] | None:
-        status, tasks = get(f"{flower}/api/tasks?limit=200", LOGIN)
-        task = tasks.get(job_id) if status == 200 and tasks else None
-        # The worker's process and its pool child send events on connections of their
-        # own: Flower may hear `task-succeeded` before `task-received`, which names it.
-        return task if task and task.get("name") and task.get("state") == "SUCCESS" else None
-
-    task = wait_for(seen, 20, lambda: "Flower never saw the task")
-    assert task is not None
+    job_id = _ping(client)
+    task = _flower_tasks_once_it_saw(flower, job_id)[job_id]
     assert task["name"] == "maintenance.ping"
     assert task["state"] == "SUCCESS"
     # The message carries the job id and nothing else (no addresses, no tokens).
@@ -109,6 +96,31 @@ def test_flower_lists_our_jobs_with_ids_only_and_refuses_strangers(
     assert get(f"{flower}/api/tasks")[0] == 401
     assert get(f"{flower}/api/tasks", "ops:wrong-password")[0] == 401
     assert get(f"{flower}/", None)[0] == 401
+
+
+def _ping(client: FlaskClient) -> str:
+    """A business task (an operator's ping job), run to success; its job id."""
+    admin = make_user(admin=True)
+    response = client.post("/api/v1/admin/jobs/ping", json={}, headers=auth_headers(admin))
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job_id: str = response.get_json()["job"]["id"]
+    wait_job(job_id, "succeeded")
+    return job_id
+
+
+def _flower_tasks_once_it_saw(flower: str, task_id: str) -> dict[str, Any]:
+    """Flower's task list, once it holds `task_id` named and succeeded."""
+
+    def listed() -> dict[str, Any] | None:
+        status, tasks = get(f"{flower}/api/tasks?limit=1000", LOGIN)
+        task = tasks.get(task_id) if status == 200 and tasks else None
+        # The worker's process and its pool child send events on connections of their
+        # own: Flower may hear `task-succeeded` before `task-received`, which names it.
+        return tasks if task and task.get("name") and task.get("state") == "SUCCESS" else None
+
+    tasks = wait_for(listed, 20, lambda: f"Flower never saw task {task_id}")
+    assert tasks is not None
+    return tasks
 
 
 HOUSEKEEPING = (names.JOBS_RELAY, names.JOBS_REAP, names.AUDIT_SEAL)
@@ -150,19 +162,9 @@ def test_flower_shows_business_tasks_but_not_the_housekeeping_every_few_seconds(
     finally:
         beat.terminate()
         beat.wait(20)
-    admin = make_user(admin=True)
-    response = client.post("/api/v1/admin/jobs/ping", json={}, headers=auth_headers(admin))
-    assert response.status_code == 202, response.get_data(as_text=True)
-    job_id = response.get_json()["job"]["id"]
-    wait_job(job_id, "succeeded")
-
-    def listed() -> dict[str, Any] | None:
-        status, tasks = get(f"{flower}/api/tasks?limit=1000", LOGIN)
-        task = tasks.get(job_id) if status == 200 and tasks else None
-        return tasks if task and task.get("name") and task.get("state") == "SUCCESS" else None
-
-    tasks = wait_for(listed, 20, lambda: "Flower never saw the business task")
-    assert tasks is not None and tasks[job_id]["name"] == "maintenance.ping"
+    job_id = _ping(client)
+    tasks = _flower_tasks_once_it_saw(flower, job_id)
+    assert tasks[job_id]["name"] == "maintenance.ping"
     assert ran is not None
     housekeeping_ids = {task_id for ids in ran.values() for task_id in ids}
     assert housekeeping_ids.isdisjoint(tasks), "Flower lists housekeeping runs"
