@@ -25,6 +25,7 @@ from integrations.broker import broker_redis
 from integrations.redis_sentinel import parse_sentinel_url
 from scripts.devservices import HOST, SentinelTopology
 from services.messaging import realtime
+from tasks.runtime.worker_health import broker_eviction_problem
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.services.jobs.test_pipeline import pings_recorded, start_ping
 from tests.support import PrivateStack, PrivateStacks, make_settings, sentinel_redis, wait_job
@@ -112,6 +113,11 @@ def test_the_app_and_its_worker_run_on_redis_behind_sentinel(
     assert broker is not None
     broker.set("sentinel-test:probe", "1")
     assert master.get("sentinel-test:probe") == b"1"
+    # ... and so is the workers' eviction check.
+    url, name = topology.url(0), topology.master_name
+    assert broker_eviction_problem(url, name) is None
+    master.config_set("maxmemory-policy", "allkeys-lru")
+    assert "allkeys-lru" in (broker_eviction_problem(url, name) or "")
 
 
 def test_after_the_master_is_killed_everything_follows_the_promoted_replica(
