@@ -87,6 +87,8 @@ def test_the_app_and_its_worker_run_on_redis_behind_sentinel(
     master = _on(topology.master.port)
     admin = make_user(admin=True)
     headers = auth_headers(admin)
+    ready = client.get("/readyz")  # PostgreSQL, Redis and the broker, all reachable
+    assert ready.status_code == 200, ready.get_json()
 
     with stack.worker("sentinel-worker") as worker:
         job = start_ping(client, headers)
