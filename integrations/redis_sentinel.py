@@ -26,13 +26,12 @@ from redis.sentinel import Sentinel
 
 SCHEME: Final = "sentinel://"
 DEFAULT_SENTINEL_PORT: Final = 26379
-# Asking a sentinel which server is master: a dead sentinel must cost a second, not the
-# ~10 s of redis-py's default retry with backoff; the next sentinel in the list is asked.
-_SENTINEL_KWARGS: Final = {
-    "socket_timeout": 1,
-    "socket_connect_timeout": 1,
-    "retry": Retry(NoBackoff(), 0),
-}
+
+
+def _sentinel_kwargs() -> dict[str, Any]:
+    # Asking a sentinel which server is master: a dead sentinel must cost a second, not
+    # the ~10 s of redis-py's default retry with backoff; the next sentinel is asked.
+    return {"socket_timeout": 1, "socket_connect_timeout": 1, "retry": Retry(NoBackoff(), 0)}
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -88,6 +87,6 @@ def redis_client(url: str, master_name: str = "", **options: Any) -> redis_lib.R
         raise ValueError("a Sentinel URL needs the master's name (REDIS_SENTINEL_MASTER)")
     target = parse_sentinel_url(url)
     # redis-py's sentinel module has no type annotations
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=dict(_SENTINEL_KWARGS))  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs())  # type: ignore[no-untyped-call]
     master = sentinel.master_for(master_name, **target.master_kwargs(), **options)  # type: ignore[no-untyped-call]
     return cast(redis_lib.Redis, master)

@@ -21,8 +21,9 @@ from pydantic import ValidationError
 
 import celeryconfig
 from blueprints.common.ratelimits import SentinelWindowStorage, limiter
+from integrations.breaker import _bytes_client
 from integrations.broker import broker_redis
-from integrations.redis_sentinel import parse_sentinel_url
+from integrations.redis_sentinel import parse_sentinel_url, redis_client
 from scripts.devservices import HOST, SentinelTopology
 from services.messaging import realtime
 from tasks.runtime.worker_health import broker_eviction_problem
@@ -115,8 +116,12 @@ def test_the_app_and_its_worker_run_on_redis_behind_sentinel(
     assert broker is not None
     broker.set("sentinel-test:probe", "1")
     assert master.get("sentinel-test:probe") == b"1"
-    # ... and so is the workers' eviction check.
+    # ... and so are the workers' eviction check and the circuit breakers' twin client
+    # (pybreaker needs one that returns bytes).
     url, name = topology.url(0), topology.master_name
+    twin = _bytes_client(redis_client(url, name, decode_responses=True))
+    twin.set("sentinel-test:twin", "bytes")
+    assert twin.get("sentinel-test:twin") == master.get("sentinel-test:twin") == b"bytes"
     assert broker_eviction_problem(url, name) is None
     master.config_set("maxmemory-policy", "allkeys-lru")
     assert "allkeys-lru" in (broker_eviction_problem(url, name) or "")
