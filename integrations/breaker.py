@@ -182,7 +182,7 @@ def _bytes_client(client: redis_lib.Redis) -> redis_lib.Redis:
         return client
     kwargs = {**pool.connection_kwargs, "decode_responses": False}
     if isinstance(pool, SentinelConnectionPool):  # the same master, found the same way
-        twin = SentinelConnectionPool(
+        twin = SentinelConnectionPool(  # type: ignore[no-untyped-call]  # untyped in redis-py
             pool.service_name, pool.sentinel_manager, is_master=pool.is_master, **kwargs
         )
         return redis_lib.Redis(connection_pool=twin)
