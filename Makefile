@@ -22,6 +22,8 @@ TESTENV := APP_ENV=test
 # TEST_REDIS_DB - N (tests/support/workerdb.py): the default 15 takes 15 and 14.
 TEST_DATABASE ?= maycole_test
 TEST_REDIS_DB ?= 15
+# REDIS_TOPOLOGY=sentinel (make run, make test): Redis behind Sentinel instead of one
+# server, a master, a replica and three sentinels started by scripts/dev_redis.py.
 # Two worker processes, each test file on one of them (each runs its own Celery worker).
 # PYTEST_ARGS comes after and wins: PYTEST_ARGS="-n 0" runs serially.
 TEST_WORKERS ?= -n 2 --dist loadfile

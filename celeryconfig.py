@@ -14,6 +14,7 @@ from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
 from config import Settings
+from integrations.redis_sentinel import is_sentinel_url
 from services.jobs import names
 from services.jobs.queues import (
     DEFAULT,
@@ -30,7 +31,7 @@ __all__ = ["DEFAULT", "EXPORTS", "NOTIFICATIONS", "QUEUES", "build", "queue_for"
 
 def build(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for these settings."""
-    socket_timeouts = {
+    transport_options: dict[str, Any] = {
         # kombu's Redis socket timeout defaults to None: with the broker down, publishing
         # would hang the web request (celery#4296). Fail fast; the job row is the outbox.
         "socket_timeout": 3,
@@ -42,9 +43,13 @@ def build(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.broker_visibility_timeout,
         "health_check_interval": 10,
     }
+    if is_sentinel_url(settings.broker_url):
+        # kombu's Sentinel transport asks the sentinels for this master (README "Redis
+        # Sentinel"); config.py refuses a sentinel URL without the name.
+        transport_options["master_name"] = settings.redis_sentinel_master
     return {
         "broker_url": settings.broker_url,
-        "broker_transport_options": socket_timeouts,
+        "broker_transport_options": transport_options,
         "broker_connection_timeout": 2,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # workers keep trying; the web never waits

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from integrations.redis_sentinel import is_sentinel_url, parse_sentinel_url
+
 # Frontend dev servers allowed by CORS in development when CORS_ORIGINS is unset: React/
 # Next (3000), Vite (5173), Angular (4200), Vue CLI and webpack (8080), by either name.
 DEV_CORS_ORIGINS = tuple(
@@ -45,9 +47,16 @@ class Settings(BaseSettings):
     secret_key: str = DEV_SECRET
     jwt_secret_key: str = DEV_SECRET
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/maycole"
+    # Plain Redis (redis://, rediss://, unix://) or Redis behind Sentinel in kombu's form,
+    # sentinel://[:password@]host:port[/db];sentinel://host2:port2;... (credentials and db
+    # from the first entry, for the master), with REDIS_SENTINEL_MASTER naming the master
+    # the sentinels monitor (integrations/redis_sentinel.py; README "Redis Sentinel").
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Empty means "the same Redis as REDIS_URL"; a RabbitMQ URL works too.
+    # Empty means "the same Redis as REDIS_URL"; a RabbitMQ URL, or a Sentinel URL, works too.
     celery_broker_url: str = ""
+    # The master's name in the sentinels' `sentinel monitor <name> ...`: required when
+    # REDIS_URL or CELERY_BROKER_URL is a sentinel:// URL, ignored otherwise.
+    redis_sentinel_master: str = ""
 
     # Connections a process keeps (web: per gunicorn worker; Celery: per pool process).
     # All of them stay open once made: SQLAlchemy closes an overflow connection the moment
@@ -346,6 +355,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _require_sentinel_master(self) -> Settings:
+        for name, url in (("REDIS_URL", self.redis_url), ("CELERY_BROKER_URL", self.broker_url)):
+            if not is_sentinel_url(url):
+                continue
+            parse_sentinel_url(url)  # refuses a malformed one, saying why
+            if not self.redis_sentinel_master.strip():
+                raise ValueError(
+                    f"{name} is a Redis Sentinel URL: set REDIS_SENTINEL_MASTER to the name "
+                    "of the master its sentinels monitor (`sentinel monitor <name> ...`)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _require_audit_keys(self) -> Settings:
         # Same spirit as the secrets above: the repository's development key only where the
         # environment says development or test; anywhere else a real key must be given.
@@ -422,6 +444,12 @@ class Settings(BaseSettings):
             "RATELIMIT_STORAGE_OPTIONS": {
                 "socket_timeout": 1,
                 "socket_connect_timeout": 1,
+                # behind Sentinel: the master the storage follows (SentinelWindowStorage)
+                **(
+                    {"master_name": self.redis_sentinel_master}
+                    if is_sentinel_url(self.redis_url)
+                    else {}
+                ),
             },
             "RATELIMIT_SWALLOW_ERRORS": True,  # a Redis outage must not take the API down
             "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,  # ...and limits still hold per process

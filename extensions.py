@@ -28,6 +28,8 @@ from sqlalchemy.exc import DBAPIError, InvalidatePoolError, StatementError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from integrations.redis_sentinel import redis_client
+
 RowT = TypeVar("RowT")
 
 # A pooled connection idle longer than this is pinged before it is handed out.
@@ -219,14 +221,18 @@ class RedisClient:
         self._client: redis_lib.Redis | None = None
 
     def init_app(self, app: Flask) -> None:
-        self.configure(app.config["SETTINGS"].redis_url)
+        settings = app.config["SETTINGS"]
+        self.configure(settings.redis_url, settings.redis_sentinel_master)
 
-    def configure(self, url: str) -> None:
+    def configure(self, url: str, sentinel_master: str = "") -> None:
+        """Connect to `url`; a Sentinel URL (with its master's name) connects to whichever
+        server the sentinels name master, again after a failover."""
         # Short timeouts: a Redis outage must surface as a fast error, never a hung request.
         # redis-py 7 retries a refused connection with backoff for ~10 s by default; one
         # quick retry is enough to ride over a reconnect without stalling requests.
-        self._client = redis_lib.Redis.from_url(
+        self._client = redis_client(
             url,
+            sentinel_master,
             socket_timeout=2,
             socket_connect_timeout=2,
             health_check_interval=30,

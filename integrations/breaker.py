@@ -21,6 +21,7 @@ import pybreaker
 import redis as redis_lib
 from flask import current_app
 from redis.exceptions import RedisError
+from redis.sentinel import SentinelConnectionPool
 
 from extensions import redis
 from logs import get_logger
@@ -180,6 +181,11 @@ def _bytes_client(client: redis_lib.Redis) -> redis_lib.Redis:
     if not pool.connection_kwargs.get("decode_responses"):
         return client
     kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    if isinstance(pool, SentinelConnectionPool):  # the same master, found the same way
+        twin = SentinelConnectionPool(  # type: ignore[no-untyped-call]  # untyped in redis-py
+            pool.service_name, pool.sentinel_manager, is_master=pool.is_master, **kwargs
+        )
+        return redis_lib.Redis(connection_pool=twin)
     return redis_lib.Redis(
         connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs)
     )

@@ -131,6 +131,16 @@ class Server:
             self._log.close()
             self._log = None
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or a lost machine would end it; wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def __enter__(self) -> Self:
         self.start()
         return self

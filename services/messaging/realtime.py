@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config import Settings
+from integrations.redis_sentinel import redis_client
 from logs import get_logger
 from models import Job
 from models.job import FINISHED
@@ -167,7 +168,7 @@ def on_job_progress(
 
 # --- reading ---------------------------------------------------------------------------
 
-_reader_clients: dict[tuple[str, float], redis_lib.Redis] = {}
+_reader_clients: dict[tuple[str, str, float], redis_lib.Redis] = {}
 _reader_lock = threading.Lock()
 
 
@@ -178,12 +179,13 @@ def _reader_client(settings: Settings) -> redis_lib.Redis:
     borrow connections from this pool instead (one per open stream while it waits).
     """
     timeout = settings.events_heartbeat_seconds + 5
-    key = (settings.redis_url, timeout)
+    key = (settings.redis_url, settings.redis_sentinel_master, timeout)
     with _reader_lock:
         client = _reader_clients.get(key)
         if client is None:
-            client = redis_lib.Redis.from_url(
+            client = redis_client(
                 settings.redis_url,
+                settings.redis_sentinel_master,
                 decode_responses=True,
                 socket_timeout=timeout,
                 socket_connect_timeout=2,

@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from config import Settings
 from extensions import celery_app
+from integrations.redis_sentinel import is_sentinel_url, redis_client
 from logs import get_logger
 from services.jobs import names
 from services.ops.worker_liveness import HeartbeatRecord, health_dir, remove_record, write_record
@@ -139,7 +140,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
             return
         if _beats is None:
             _beats = Heartbeats(c.hostname, settings)
-            warn_if_broker_may_evict(settings.broker_url)
+            warn_if_broker_may_evict(settings.broker_url, settings.redis_sentinel_master)
         beats = _beats
         producer = c.app.amqp.Producer(c.connection, auto_declare=False)
         queue = worker_direct(c.hostname)
@@ -177,17 +178,23 @@ class HeartbeatStep(bootsteps.StartStopStep):
             log.info("worker_heartbeat_queue_not_deleted", error=type(exc).__name__)
 
 
-def broker_eviction_problem(broker_url: str) -> str | None:
+def broker_eviction_problem(broker_url: str, sentinel_master: str = "") -> str | None:
     """Why this Redis broker may lose routing keys, or None (fine, not Redis, or unknown).
 
     Eviction can delete kombu's binding keys and silently break routing (kombu#236,
     #1063): a broker Redis must run with `maxmemory-policy noeviction`. Managed Redis
-    often forbids CONFIG; then we cannot tell, and say nothing.
+    often forbids CONFIG; then we cannot tell, and say nothing. Behind Sentinel the
+    current master is asked (a replica promoted later should be configured alike).
     """
-    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+    sentinel = is_sentinel_url(broker_url)
+    if not sentinel and not broker_url.startswith(("redis://", "rediss://", "unix://")):
         return None
-    client = redis.Redis.from_url(
-        broker_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+    client = redis_client(
+        broker_url,
+        sentinel_master if sentinel else "",
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         config = cast(dict[str, str], client.config_get("maxmemory-policy"))
@@ -206,8 +213,8 @@ def broker_eviction_problem(broker_url: str) -> str | None:
     )
 
 
-def warn_if_broker_may_evict(broker_url: str) -> None:
-    if problem := broker_eviction_problem(broker_url):
+def warn_if_broker_may_evict(broker_url: str, sentinel_master: str = "") -> None:
+    if problem := broker_eviction_problem(broker_url, sentinel_master):
         log.warning("broker_may_evict_keys", problem=problem)
 
 

@@ -29,6 +29,7 @@ from integrations.mail import (
     get_mailer,
     parse_smtp_url,
 )
+from integrations.redis_sentinel import redis_client
 from scripts.devservices import free_port
 from tests.support import Mailbox
 
@@ -214,7 +215,9 @@ def test_breaker_opens_after_fail_max_then_fails_fast_for_every_process(
 
     # Another worker's breaker (its own object and Redis connection, which even decodes
     # responses) sees the open circuit too and refuses without calling.
-    other_client = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True)
+    other_client = redis_client(
+        settings.redis_url, settings.redis_sentinel_master, decode_responses=True
+    )
     second = build_breaker(circuit_name, client=other_client, fail_max=3, reset_seconds=30)
     calls: list[int] = []
     with pytest.raises(pybreaker.CircuitBreakerError):

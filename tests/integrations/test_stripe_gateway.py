@@ -9,7 +9,6 @@ import time
 
 import pybreaker
 import pytest
-import redis as redis_lib
 import stripe
 from apiflask import APIFlask
 
@@ -23,6 +22,7 @@ from integrations.payments import (
     GatewayRejected,
     GatewayUnavailable,
 )
+from integrations.redis_sentinel import redis_client
 from integrations.stripe_gateway import StripeGateway, get_gateway
 from scripts.devservices import free_port
 from tests.integrations.stripe_helpers import DECLINING_CARD, key, new_payment, own_breaker, paid
@@ -222,7 +222,9 @@ def test_outage_opens_the_shared_breaker_which_recovers_after_the_reset_timeout(
             server.start()  # back (and empty: localstripe forgets everything on restart)
             # Another process's gateway, with its own breaker object and Redis connection,
             # refuses too without contacting the (healthy again) server.
-            other_redis = redis_lib.Redis.from_url(settings.redis_url, decode_responses=True)
+            other_redis = redis_client(
+                settings.redis_url, settings.redis_sentinel_master, decode_responses=True
+            )
             elsewhere = build_breaker(
                 circuit_name, client=other_redis, fail_max=2, reset_seconds=RESET
             )

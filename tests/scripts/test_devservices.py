@@ -179,3 +179,37 @@ def test_cli_signals(tmp_path: Path, found: Found, sig: signal.Signals) -> None:
     proc.communicate(timeout=15)
     assert proc.returncode == (7 if sig == signal.SIGINT else 128 + sig)
     assert time.monotonic() - began < 5
+
+
+SENTINEL_CHILD = """
+import os
+from integrations.redis_sentinel import parse_sentinel_url, redis_client
+url, name = os.environ["REDIS_URL"], os.environ["REDIS_SENTINEL_MASTER"]
+client = redis_client(url, name)
+client.set("written", "through sentinel")
+print("master=" + str(client.connection_pool.get_master_address()[1]))
+print("sentinels=" + ",".join(str(port) for _, port in parse_sentinel_url(url).sentinels))
+print("db=" + str(parse_sentinel_url(url).db))
+"""
+
+
+def test_cli_with_the_sentinel_topology_starts_a_master_a_replica_and_three_sentinels(
+    tmp_path: Path, found: Found
+) -> None:
+    proc = subprocess.Popen(
+        cli(tmp_path, "--database", found.database, "--redis-db", "4", code=SENTINEL_CHILD),
+        cwd=Path(__file__).resolve().parents[2],  # the child imports the app's modules
+        env=cli_env(PGPORT=str(found.pg_port), REDIS_TOPOLOGY="sentinel"),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    sentinels = [int(port) for port in values["sentinels"].split(",")]
+    assert len(sentinels) == 3 and values["db"] == "4"
+    assert f"a master ({ds.HOST}:{values['master']})" in err and "3 sentinels" in err
+    assert (tmp_path / "var" / "redis-sentinel" / "replica").is_dir()
+    # Stopped on exit, every one of them.
+    assert all(refused(port) for port in [int(values["master"]), *sentinels])

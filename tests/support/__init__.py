@@ -7,7 +7,8 @@
 - http_helpers: problem_body, bearer
 - database: truncate_all_tables
 - servers, one a module: mailbox (Mailbox, aiosmtpd), stripe (LocalStripe), s3 (MotoS3),
-  web (WebServer, gunicorn), redis_server (private_redis), proxy (SlowProxy)
+  web (WebServer, gunicorn), redis_server (private_redis), proxy (SlowProxy),
+  redis_sentinel (sentinel_redis: a master, a replica and three sentinels)
 - ports: free_port, refused
 - stack: PrivateStack(s), what the `private_stack` fixture builds
 """
@@ -19,6 +20,7 @@ from tests.support.paths import LOGS, ROOT
 from tests.support.polling import fetch_job, wait_for, wait_job
 from tests.support.ports import free_port, refused
 from tests.support.proxy import SlowProxy
+from tests.support.redis_sentinel import sentinel_redis
 from tests.support.redis_server import private_redis
 from tests.support.s3 import MotoS3
 from tests.support.settings import TEST_OVERRIDES, make_settings, settings_env
@@ -47,6 +49,7 @@ __all__ = [
     "problem_body",
     "refused",
     "running_worker",
+    "sentinel_redis",
     "settings_env",
     "truncate_all_tables",
     "wait_for",

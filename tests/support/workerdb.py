@@ -28,6 +28,8 @@ def database_url_for(url: str, worker: str) -> str:
 
 
 def redis_url_for(url: str, index: int) -> str:
+    if ";" in url:  # a Sentinel URL (kombu's form): the same db in each sentinel's entry
+        return ";".join(redis_url_for(entry, index) for entry in url.split(";"))
     base, _, db = url.rpartition("/")
     number = (int(db) if db.isdigit() else 0) - index
     if number < 0:

@@ -62,7 +62,8 @@ def quiet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 # What the quiet stacks keep of the session's settings (the broker is the quiet one).
-KEEP = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key",
+KEEP = ("database_url", "redis_url", "redis_sentinel_master", "smtp_url", "stripe_api_base",
+        "stripe_secret_key",
         "stripe_webhook_secret")  # fmt: skip
 
 

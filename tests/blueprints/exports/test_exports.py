@@ -43,7 +43,14 @@ MEMORY_BUDGET_MB = 50
 def env_stack(private_stack: PrivateStacks, tmp_path: Path) -> PrivateStack:
     """An app with storage under tmp_path and a broker of our own, so only the worker a
     test starts (or none) consumes its export jobs."""
-    keep = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key")
+    keep = (
+        "database_url",
+        "redis_url",
+        "redis_sentinel_master",
+        "smtp_url",
+        "stripe_api_base",
+        "stripe_secret_key",
+    )
     return private_stack(keep=keep, broker=True, storage_local_dir=str(tmp_path / "storage"))
 
 

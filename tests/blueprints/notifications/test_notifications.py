@@ -200,7 +200,9 @@ def test_other_areas_notify(client: FlaskClient) -> None:
 def test_fan_out_of_ten_thousand_is_a_few_broker_messages_and_idempotent(
     client: FlaskClient, private_stack: PrivateStacks
 ) -> None:
-    stack = private_stack(keep=("database_url", "redis_url", "smtp_url"), broker=True)
+    stack = private_stack(
+        keep=("database_url", "redis_url", "redis_sentinel_master", "smtp_url"), broker=True
+    )
     own, broker = stack.settings, stack.broker
     assert broker is not None
     try:

@@ -288,7 +288,14 @@ def slow_gateway(
         proxy.stop()
 
 
-KEEP = ("database_url", "redis_url", "smtp_url", "stripe_secret_key", "stripe_webhook_secret")
+KEEP = (
+    "database_url",
+    "redis_url",
+    "redis_sentinel_master",
+    "smtp_url",
+    "stripe_secret_key",
+    "stripe_webhook_secret",
+)
 
 
 def test_worker_killed_during_the_charge_leaves_exactly_one_charge(

@@ -21,7 +21,8 @@ from tests.support import (
 BUCKET = "uploads-test"
 
 
-KEEP = ("database_url", "redis_url", "smtp_url", "stripe_api_base", "stripe_secret_key",
+KEEP = ("database_url", "redis_url", "redis_sentinel_master", "smtp_url", "stripe_api_base",
+        "stripe_secret_key",
         "stripe_webhook_secret")  # fmt: skip
 
 
