@@ -14,7 +14,7 @@ from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
 from config import Settings
-from integrations.redis_sentinel import is_sentinel_url
+from redis_urls import is_sentinel_url
 from services.jobs import names
 from services.jobs.queues import (
     DEFAULT,

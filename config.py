@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from integrations.redis_sentinel import is_sentinel_url, parse_sentinel_url
+from redis_urls import is_sentinel_url, parse_sentinel_url
 
 # Frontend dev servers allowed by CORS in development when CORS_ORIGINS is unset: React/
 # Next (3000), Vite (5173), Angular (4200), Vue CLI and webpack (8080), by either name.
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # Plain Redis (redis://, rediss://, unix://) or Redis behind Sentinel in kombu's form,
     # sentinel://[:password@]host:port[/db];sentinel://host2:port2;... (credentials and db
     # from the first entry, for the master), with REDIS_SENTINEL_MASTER naming the master
-    # the sentinels monitor (integrations/redis_sentinel.py; README "Redis Sentinel").
+    # the sentinels monitor (redis_urls.py; README "Redis Sentinel").
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Empty means "the same Redis as REDIS_URL"; a RabbitMQ URL, or a Sentinel URL, works too.
     celery_broker_url: str = ""

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, InvalidatePoolError, StatementError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from integrations.redis_sentinel import redis_client
+from redis_urls import redis_client
 
 RowT = TypeVar("RowT")
 

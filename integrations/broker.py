@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from extensions import celery_app
-from integrations.redis_sentinel import is_sentinel_url, redis_client
+from redis_urls import is_sentinel_url, redis_client
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 

@@ -13,7 +13,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_qualified_name
 from limits.storage import RedisStorage, Storage
 
-from integrations.redis_sentinel import redis_client
+from redis_urls import redis_client
 
 # RATELIMIT_STORAGE_URI is "<this prefix><REDIS_URL>" (config.py): our storage below.
 STORAGE_SCHEME_PREFIX: Final = "maycole+"

@@ -33,10 +33,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from config import Settings
-from integrations.redis_sentinel import redis_client
 from logs import get_logger
 from models import Job
 from models.job import FINISHED
+from redis_urls import redis_client
 from services.core import redis_batch
 from services.core.errors import ServiceError
 

@@ -32,8 +32,8 @@ from redis.retry import Retry
 
 from config import Settings
 from extensions import celery_app
-from integrations.redis_sentinel import is_sentinel_url, redis_client
 from logs import get_logger
+from redis_urls import is_sentinel_url, redis_client
 from services.jobs import names
 from services.ops.worker_liveness import HeartbeatRecord, health_dir, remove_record, write_record
 

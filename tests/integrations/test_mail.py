@@ -29,7 +29,7 @@ from integrations.mail import (
     get_mailer,
     parse_smtp_url,
 )
-from integrations.redis_sentinel import redis_client
+from redis_urls import redis_client
 from scripts.devservices import free_port
 from tests.support import Mailbox
 

@@ -23,7 +23,7 @@ import celeryconfig
 from blueprints.common.ratelimits import SentinelWindowStorage, limiter
 from integrations.breaker import _bytes_client
 from integrations.broker import broker_redis
-from integrations.redis_sentinel import parse_sentinel_url, redis_client
+from redis_urls import parse_sentinel_url, redis_client
 from scripts.devservices import HOST, SentinelTopology
 from services.messaging import realtime
 from tasks.runtime.worker_health import broker_eviction_problem

@@ -22,8 +22,8 @@ from integrations.payments import (
     GatewayRejected,
     GatewayUnavailable,
 )
-from integrations.redis_sentinel import redis_client
 from integrations.stripe_gateway import StripeGateway, get_gateway
+from redis_urls import redis_client
 from scripts.devservices import free_port
 from tests.integrations.stripe_helpers import DECLINING_CARD, key, new_payment, own_breaker, paid
 from tests.support import LocalStripe, PrivateStacks, make_settings, wait_for

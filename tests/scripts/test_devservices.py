@@ -183,7 +183,7 @@ def test_cli_signals(tmp_path: Path, found: Found, sig: signal.Signals) -> None:
 
 SENTINEL_CHILD = """
 import os
-from integrations.redis_sentinel import parse_sentinel_url, redis_client
+from redis_urls import parse_sentinel_url, redis_client
 url, name = os.environ["REDIS_URL"], os.environ["REDIS_SENTINEL_MASTER"]
 client = redis_client(url, name)
 client.set("written", "through sentinel")
