@@ -1,0 +1,47 @@
+"""A RabbitMQ virtual host of a test's own on the machine's RabbitMQ.
+
+RabbitMQ runs on this machine and in CI (RABBITMQ_URL, by default guest on 127.0.0.1:5672).
+Each vhost is a broker of its own: queues, exchanges and messages never meet another
+test's or another checkout's. `rabbitmqctl` creates and deletes it (the management
+plugin may be off; the AMQP protocol cannot create vhosts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from urllib.parse import quote, urlsplit, urlunsplit
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def rabbitmq_url() -> str:
+    """The machine's RabbitMQ (its default vhost)."""
+    return os.environ.get("RABBITMQ_URL") or DEFAULT_URL
+
+
+class RabbitVhost:
+    """A fresh vhost, its user granted everything on it; `delete()` drops it and its data."""
+
+    def __init__(self, prefix: str = "maycole-test") -> None:
+        self.name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.base = urlsplit(rabbitmq_url())
+        self.user = self.base.username or "guest"
+
+    def create(self) -> RabbitVhost:
+        _ctl("add_vhost", self.name)
+        _ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+        return self
+
+    def delete(self) -> None:
+        _ctl("delete_vhost", self.name)
+
+    def url(self) -> str:
+        return urlunsplit(self.base._replace(path="/" + quote(self.name, safe="")))
+
+
+def _ctl(*args: str) -> None:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
