@@ -42,6 +42,19 @@ class RabbitVhost:
         return urlunsplit(self.base._replace(path="/" + quote(self.name, safe="")))
 
 
+def use_own_vhost() -> RabbitVhost | None:
+    """With an AMQP CELERY_BROKER_URL (`BROKER=rabbitmq make test`): move it to a fresh
+    vhost of this test process (the xdist workers' session workers must not take each
+    other's tasks); the caller deletes it at the end. None on Redis."""
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if urlsplit(url).scheme not in ("amqp", "amqps", "pyamqp"):
+        return None
+    os.environ["RABBITMQ_URL"] = url
+    vhost = RabbitVhost("maycole-suite").create()
+    os.environ["CELERY_BROKER_URL"] = vhost.url()
+    return vhost
+
+
 def _ctl(*args: str) -> None:
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
