@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from functools import partial
 
 import pytest
@@ -87,6 +88,30 @@ def test_a_killed_workers_job_is_redelivered_by_rabbitmq_and_finishes_once(
     assert done.attempts == 2
     assert done.worker != first_owner
     assert pings_recorded(job["id"]) == 1
+
+
+def test_a_job_accepted_while_rabbitmq_refuses_it_is_published_by_the_relay_later(
+    rabbit: PrivateStack,
+) -> None:
+    client = rabbit.client()
+    headers = auth_headers(make_user(admin=True))
+    vhost = rabbit.rabbitmq
+    assert vhost is not None
+    vhost.delete()  # the broker refuses every connection to it now
+
+    started = time.monotonic()
+    job = start_ping(client, headers)  # asserts 202: accepted although the broker refused
+    assert time.monotonic() - started < 3, "a broker outage must not hang the request"
+    assert fetch_job(job["id"]).published_at is None  # still in the outbox
+    assert relay_outbox() == 0  # still refused: nothing sent, nothing lost
+
+    vhost.create()
+    with rabbit.worker("rabbit-relay-worker") as worker:
+        assert relay_outbox() == 1
+        done = wait_job(job["id"], "succeeded", describe=worker.describe)
+    assert done.attempts == 1
+    assert pings_recorded(job["id"]) == 1
+    assert relay_outbox() == 0
 
 
 def test_jobs_a_rabbitmq_that_lost_its_data_lost_are_sent_again(
