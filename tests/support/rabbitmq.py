@@ -14,6 +14,8 @@ import subprocess
 import uuid
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from tests.support.settings import TEST_OVERRIDES
+
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
@@ -43,15 +45,22 @@ class RabbitVhost:
 
 
 def use_own_vhost() -> RabbitVhost | None:
-    """With an AMQP CELERY_BROKER_URL (`BROKER=rabbitmq make test`): move it to a fresh
-    vhost of this test process (the xdist workers' session workers must not take each
-    other's tasks); the caller deletes it at the end. None on Redis."""
+    """With an AMQP CELERY_BROKER_URL (`BROKER=rabbitmq make test`): a fresh vhost of this
+    test process (the xdist processes' session workers must not take each other's tasks)
+    becomes the test settings' broker; the caller deletes it at the end. None on Redis.
+
+    The variable itself leaves the environment: Celery prefers CELERY_BROKER_URL to its
+    configured broker_url, and the private stacks need their own brokers to be used. The
+    xdist worker processes learn it from MAYCOLE_TEST_BROKER and RABBITMQ_URL instead.
+    """
     url = os.environ.get("CELERY_BROKER_URL", "")
-    if urlsplit(url).scheme not in ("amqp", "amqps", "pyamqp"):
+    if urlsplit(url).scheme in ("amqp", "amqps", "pyamqp"):
+        del os.environ["CELERY_BROKER_URL"]
+        os.environ["RABBITMQ_URL"], os.environ["MAYCOLE_TEST_BROKER"] = url, "rabbitmq"
+    if os.environ.get("MAYCOLE_TEST_BROKER") != "rabbitmq":
         return None
-    os.environ["RABBITMQ_URL"] = url
     vhost = RabbitVhost("maycole-suite").create()
-    os.environ["CELERY_BROKER_URL"] = vhost.url()
+    TEST_OVERRIDES["celery_broker_url"] = vhost.url()
     return vhost
 
 
