@@ -27,10 +27,10 @@ def relay() -> int:
 
 @periodic_task(names.JOBS_REAP, task_events=False)
 def reap() -> int:
-    """Beat, every 10 s: recover jobs of dead workers and jobs whose message was lost, and
-    bury those the broker dead-lettered (`reap_orphans`, `requeue_unclaimed`,
-    `bury_dead_lettered`)."""
-    return reap_orphans() + requeue_unclaimed() + bury_dead_lettered()
+    """Beat, every 10 s: bury the jobs the broker dead-lettered (first, so none of them is
+    reaped and sent again), then recover jobs of dead workers and jobs whose message was
+    lost (`bury_dead_lettered`, `reap_orphans`, `requeue_unclaimed`)."""
+    return bury_dead_lettered() + reap_orphans() + requeue_unclaimed()
 
 
 @periodic_task(names.AUDIT_SEAL, task_events=False)

@@ -71,7 +71,7 @@ def bury_dead_lettered(batch_size: int = 100) -> int:
             jobs = session.scalars(
                 select(Job)
                 .where(Job.id.in_(reasons), Job.status.in_(("queued", "retrying", "running")))
-                .with_for_update(skip_locked=True)
+                .with_for_update()  # not skip_locked: the dead letter is gone after this
             ).all() if reasons else []  # fmt: skip
             now = datetime.now(UTC)
             for job in jobs:
