@@ -5,7 +5,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
-DEVSERVICES := $(PY) scripts/devservices.py run
+# BROKER=rabbitmq: Celery's broker is the RabbitMQ at RABBITMQ_URL (127.0.0.1:5672 by
+# default; it must be running), with quorum queues; the default is REDIS_URL's Redis.
+BROKER ?= redis
+DEVSERVICES := $(PY) scripts/devservices.py run --broker $(BROKER)
 # The Node tooling (OpenAPI linters) installs like .venv: node and npm from the system's
 # packages where missing (scripts/ensure_node.sh), then exactly package-lock.json.
 OPENAPI_TOOLS := tools/openapi

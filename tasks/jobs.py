@@ -14,7 +14,7 @@ from services.core.audit import record_audit
 from services.core.audit_chain import seal_pending
 from services.jobs import names
 from services.jobs.context import JobContext
-from services.jobs.reaper import reap_orphans
+from services.jobs.reaper import bury_dead_lettered, reap_orphans
 from services.jobs.relay import relay_outbox, requeue_unclaimed
 from services.jobs.runner import job_task, periodic_task
 
@@ -27,9 +27,10 @@ def relay() -> int:
 
 @periodic_task(names.JOBS_REAP, task_events=False)
 def reap() -> int:
-    """Beat, every 10 s: recover jobs of dead workers and jobs whose message was lost
-    (see `reap_orphans` and `requeue_unclaimed`)."""
-    return reap_orphans() + requeue_unclaimed()
+    """Beat, every 10 s: bury the jobs the broker dead-lettered (first, so none of them is
+    reaped and sent again), then recover jobs of dead workers and jobs whose message was
+    lost (`bury_dead_lettered`, `reap_orphans`, `requeue_unclaimed`)."""
+    return bury_dead_lettered() + reap_orphans() + requeue_unclaimed()
 
 
 @periodic_task(names.AUDIT_SEAL, task_events=False)

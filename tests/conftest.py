@@ -3,7 +3,8 @@
 `make test` provides DATABASE_URL (database maycole_test) and REDIS_URL (db 15), found
 or started by scripts/devservices.py; under pytest-xdist each worker process gwN moves to
 database maycole_test_gwN and db 15-N (tests/support/workerdb.py). Each test starts from
-empty tables.
+empty tables. `BROKER=rabbitmq make test` runs the suite's broker (the session worker's
+and every app's but the private stacks') on RabbitMQ, a vhost per test process.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from tests.support import (
     make_settings,
     truncate_all_tables,
 )
+from tests.support.rabbitmq import RabbitVhost, use_own_vhost
 from tests.support.workerdb import use_own_services
+
+SUITE_VHOST = pytest.StashKey[RabbitVhost | None]()
 
 # The fault-injection suite runs whole stacks of its own for minutes: `make test-faults`.
 collect_ignore = [] if os.environ.get("MAYCOLE_FAULTS") else ["faults"]
@@ -138,6 +142,13 @@ def restore_globals(settings: Settings, app: APIFlask) -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Under pytest-xdist each worker process gets a database and a Redis db of its own.
+    # Under pytest-xdist each worker process gets a database and a Redis db of its own;
+    # on RabbitMQ (`BROKER=rabbitmq make test`) each test process a vhost of its own.
     use_own_services()
+    config.stash[SUITE_VHOST] = use_own_vhost()
     LOGS.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if vhost := config.stash.get(SUITE_VHOST, None):
+        vhost.delete()

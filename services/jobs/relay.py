@@ -14,27 +14,19 @@ is never sent again on every pass.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
-from typing import Final
 
-import redis as redis_lib
 from flask import current_app
 from sqlalchemy import func, select, update
 
 from extensions import db
-from integrations.broker import broker_redis
+from integrations.broker_state import BrokerUnavailable, broker_state
 from logs import get_logger
 from models import Job
 from models.job import RUNNABLE
 from services.jobs.outbox import Message, flush_marks, publish
 
 log = get_logger(__name__)
-
-# A key the relay keeps in the broker's Redis. With `noeviction` only a broker that lost
-# its data (restarted without persistence, flushed, failed over to an empty replica)
-# can be without it, and such a broker lost every message it held too.
-BROKER_MARK_KEY: Final = "maycole:broker-mark"
 
 
 def relay_outbox(batch_size: int = 500) -> int:
@@ -80,20 +72,22 @@ def recover_lost_messages() -> int:
 
     A job marked published whose message vanished with the broker would wait `queued`
     forever: no worker will ever be handed it and the reaper only sees `running` jobs.
-    When the broker's mark is gone, every queued or retrying job goes back to the outbox
-    (published_at NULL) and this same relay pass sends it. Some of those messages may
+    When the broker's mark is gone (integrations/broker_state.py: a key on Redis, a probe
+    message on RabbitMQ; only a broker that lost its data is without it), every queued or
+    retrying job goes back to the outbox (published_at NULL) and this same relay pass
+    sends it. Some of those messages may
     still exist (sent after the broker came back): the duplicate delivery is harmless, as
     the claim skips a job that has finished or is running elsewhere. The mark is set only
     after the jobs are back in the outbox, so a failure in between just repeats this.
-    Brokers other than Redis keep their queues across restarts and are left alone.
+    A broker we cannot read (neither Redis nor RabbitMQ) is left alone.
     """
-    broker = broker_redis()
+    broker = broker_state()
     if broker is None:
         return 0
     try:
-        if broker.exists(BROKER_MARK_KEY):
+        if broker.has_mark():
             return 0
-    except redis_lib.RedisError:
+    except BrokerUnavailable:
         return 0  # the broker is down: nothing can be sent now anyway
     session = db.session
     result = session.execute(
@@ -104,8 +98,8 @@ def recover_lost_messages() -> int:
     returned = int(getattr(result, "rowcount", 0) or 0)
     session.commit()
     try:
-        broker.set(BROKER_MARK_KEY, str(time.time()))
-    except redis_lib.RedisError:
+        broker.set_mark()
+    except BrokerUnavailable:
         return returned
     if returned:
         log.warning("broker_lost_messages", jobs_requeued=returned)
@@ -123,7 +117,7 @@ def requeue_unclaimed() -> int:
     waiting behind others, and sending it again would pile duplicates onto a backlog), so
     only those go back to the outbox. A duplicate that does exist is skipped by the claim.
     """
-    broker = broker_redis()
+    broker = broker_state()
     if broker is None:
         return 0
     settings = current_app.config["SETTINGS"]
@@ -138,9 +132,10 @@ def requeue_unclaimed() -> int:
     if not waiting:
         return 0
     try:
-        empty = [queue for queue, _ in waiting if broker.llen(queue) == 0]
-    except redis_lib.RedisError:
+        depths = broker.depths([queue for queue, _ in waiting])
+    except BrokerUnavailable:
         return 0  # the broker is down: nothing can be sent now anyway
+    empty = [queue for queue, length in depths.items() if length == 0]
     if not empty:
         return 0
     result = session.execute(

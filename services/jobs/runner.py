@@ -313,7 +313,10 @@ def backoff_seconds(attempt: int) -> float:
     """Exponential backoff with full jitter, capped far below the visibility timeout."""
     settings = current_app.config["SETTINGS"]
     ceiling = min(settings.retry_backoff_max, settings.retry_backoff_base * 2 ** (attempt - 1))
-    return round(random.uniform(ceiling / 2, ceiling), 3)
+    delay = round(random.uniform(ceiling / 2, ceiling), 3)
+    # RabbitMQ's native delayed delivery (quorum queues) counts whole seconds and refuses
+    # a countdown under one (kombu raises ValueError): there the shortest wait is 1 s.
+    return max(delay, 1.0) if settings.broker_is_rabbitmq else delay
 
 
 def periodic_task(name: str, *, task_events: bool = True) -> Callable[[Callable[[], Any]], Task]:

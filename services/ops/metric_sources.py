@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import (
 from sqlalchemy import text
 
 from extensions import db, redis
-from integrations.broker import broker_redis
+from integrations.broker_state import broker_state
 from services.jobs import metrics as task_metrics
 from services.jobs.metrics import BEAT_LAST_TICK_KEY
 from services.jobs.queues import QUEUES
@@ -67,13 +67,12 @@ def queues() -> Iterator[Metric]:
     depth = GaugeMetricFamily(
         "maycole_queue_depth", "Messages waiting in the broker queue.", labels=["queue"]
     )
-    broker = broker_redis()
+    # Read from the broker itself (integrations/broker_state.py: LLEN on Redis, a passive
+    # declare on RabbitMQ); a broker that cannot be read fails this source's scrape.
+    broker = broker_state()
     if broker is not None:
-        pipe = broker.pipeline(transaction=False)
-        for queue in QUEUES:
-            pipe.llen(queue)
-        for queue, length in zip(QUEUES, pipe.execute(), strict=True):
-            depth.add_metric([queue], int(length))
+        for queue, length in broker.depths(QUEUES).items():
+            depth.add_metric([queue], length)
         yield depth
     # The broker keeps no timestamps; the job ledger does: a published job still queued
     # is a message nobody has taken yet.

@@ -142,6 +142,7 @@ def test_healthz_does_no_io_and_readyz_names_what_is_down(private_stack: Private
     down = private_stack(
         database_url=f"postgresql+psycopg://postgres@127.0.0.1:{nowhere}/nothing",
         redis_url=f"redis://127.0.0.1:{nowhere}/0",
+        celery_broker_url="",  # the broker is that Redis, also on a RabbitMQ test run
     ).client()
 
     alive = down.get("/healthz")

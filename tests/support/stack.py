@@ -18,6 +18,7 @@ from app import create_app
 from config import Settings
 from scripts.devservices import RedisServer, free_port
 from tests.support.paths import LOGS
+from tests.support.rabbitmq import RabbitVhost
 from tests.support.settings import make_settings
 from tests.support.workers import Worker, running_worker
 
@@ -25,11 +26,13 @@ from tests.support.workers import Worker, running_worker
 @dataclass
 class PrivateStack:
     """Settings, the app built on them (the extensions' globals follow it), and the
-    private broker its Celery publishes to, if it has one."""
+    private broker its Celery publishes to, if it has one (a Redis server, or a
+    RabbitMQ vhost)."""
 
     settings: Settings
     app: APIFlask
     broker: RedisServer | None = None
+    rabbitmq: RabbitVhost | None = None
 
     def client(self) -> FlaskClient:
         return self.app.test_client()
@@ -45,6 +48,7 @@ class PrivateStacks:
     def __init__(self, session: Settings, workdir: Path) -> None:
         self.session, self.workdir = session, workdir
         self.servers: list[RedisServer] = []
+        self.vhosts: list[RabbitVhost] = []
         self.built = False
 
     def redis(self) -> RedisServer:
@@ -54,12 +58,18 @@ class PrivateStacks:
         self.servers.append(server)
         return server
 
+    def rabbitmq(self) -> RabbitVhost:
+        """A fresh vhost on the machine's RabbitMQ, deleted at teardown."""
+        vhost = RabbitVhost().create()
+        self.vhosts.append(vhost)
+        return vhost
+
     def __call__(
         self,
         *,
         base: Settings | None = None,
         keep: Iterable[str] | Literal["all"] = (),
-        broker: bool | RedisServer = False,
+        broker: bool | RedisServer | Literal["rabbitmq"] = False,
         broker_db: int = 0,
         **changes: Any,
     ) -> PrivateStack:
@@ -69,10 +79,16 @@ class PrivateStacks:
         settings named in `keep` ("all": every one); with `base`, a copy of it with the
         changes. `broker=True` starts a broker of the stack's own, `broker=server` uses
         that one; either way at db `broker_db`, and no other worker takes its jobs.
+        `broker="rabbitmq"` publishes to a RabbitMQ vhost of the stack's own instead.
         """
-        server = self.redis() if broker is True else (broker or None)
+        vhost = self.rabbitmq() if broker == "rabbitmq" else None
+        server = self.redis() if broker is True else broker or None
+        if isinstance(server, str):
+            server = None
         if server is not None:
             changes["celery_broker_url"] = server.url(broker_db)
+        if vhost is not None:
+            changes["celery_broker_url"] = vhost.url()
         if base is not None:
             settings = base.model_copy(update=changes) if changes else base
         else:
@@ -81,11 +97,13 @@ class PrivateStacks:
             }  # fmt: skip
             settings = make_settings(**{**kept, **changes})
         self.built = True
-        return PrivateStack(settings, create_app(settings), server)
+        return PrivateStack(settings, create_app(settings), server, vhost)
 
     def close(self) -> None:
         """Stop the servers, then put the session's app globals back."""
         while self.servers:
             self.servers.pop().stop()
+        while self.vhosts:
+            self.vhosts.pop().delete()
         if self.built:
             create_app(self.session)

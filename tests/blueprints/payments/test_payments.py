@@ -323,14 +323,14 @@ def test_worker_killed_during_the_charge_leaves_exactly_one_charge(
 def test_gateway_outage_keeps_payments_pending_then_charges_once(
     client: FlaskClient, private_stack: PrivateStacks
 ) -> None:
-    # Our own Redis (broker, breaker state) and our own gateway, so the outage and the open
-    # breaker stay inside this test.
+    # Our own Redis (broker, breaker state; also on a RabbitMQ test run) and our own
+    # gateway, so the outage and the open breaker stay inside this test.
     own_redis = private_stack.redis()
     gateway_server = LocalStripe(free_port())  # not started: the gateway is down
     stack = private_stack(
-        keep=KEEP, redis_url=own_redis.url(0), stripe_api_base=gateway_server.url,
-        breaker_fail_max=2, breaker_reset_seconds=2, payments_max_attempts=40,
-        retry_backoff_base=0.2, retry_backoff_max=1,
+        keep=KEEP, redis_url=own_redis.url(0), celery_broker_url="",
+        stripe_api_base=gateway_server.url, breaker_fail_max=2, breaker_reset_seconds=2,
+        payments_max_attempts=40, retry_backoff_base=0.2, retry_backoff_max=1,
     )  # fmt: skip
     outage, outage_app = stack.settings, stack.app
     user = make_user()
