@@ -28,6 +28,7 @@ from scripts.devservices import HOST, SentinelTopology
 from services.messaging import realtime
 from tasks.runtime.worker_health import broker_eviction_problem
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
+from tests.ops.test_metrics import scrape, value
 from tests.services.jobs.test_pipeline import pings_recorded, start_ping
 from tests.support import PrivateStack, PrivateStacks, make_settings, sentinel_redis, wait_job
 
@@ -206,3 +207,18 @@ def test_only_a_sentinel_broker_gets_a_master_name_in_its_transport_options() ->
     parsed = parse_sentinel_url(url)
     assert parsed.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379))
     assert parsed.master_kwargs() == {"db": 3, "password": "secret"}
+
+
+def test_queue_depth_counts_the_messages_waiting_on_the_sentinels_master(
+    stack: PrivateStack, topology: SentinelTopology
+) -> None:
+    client = stack.client()
+    headers = auth_headers(make_user(admin=True))
+    for _ in range(4):
+        start_ping(client, headers)  # no worker consumes this topology here: they wait
+
+    samples = scrape(client)
+    assert value(samples, "maycole_queue_depth", queue="default") == 4
+    assert value(samples, "maycole_queue_depth", queue="exports") == 0
+    assert all(s.value == 1 for s in samples if s.name == "maycole_metrics_source_up")
+    assert _on(topology.master.port).llen("default") == 4  # read on the master
