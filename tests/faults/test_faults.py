@@ -24,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,18 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
     problems: list[str] = []
     lost = duplicated = verified = 0
 
+    def exactly_once(effect: str, seen: int, duplicates: Callable[[], str] = str) -> None:
+        """Tally one effect that must have happened exactly once (`seen` times)."""
+        nonlocal lost, duplicated, verified
+        if seen == 1:
+            verified += 1
+        elif seen == 0:
+            lost += 1
+            problems.append(f"{effect}: none")
+        else:
+            duplicated += seen - 1
+            problems.append(f"{effect}: {seen} times {duplicates()}".rstrip())
+
     # Payments: one succeeded charge at the gateway and one receipt each.
     charges = Counter(
         p.metadata.get("payment_id") for p in get_gateway().list_payments(created_since=0)
@@ -173,19 +186,18 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
     distinct = {(str(m["Subject"]), str(m["Message-ID"])) for m in receipt_mail}
     report_resent = len(receipt_mail) - len(distinct)
     receipts = Counter(subject.rsplit(": ", 1)[-1] for subject, _ in distinct)
+
+    def receipt_ids(money: str) -> str:
+        """The Message-IDs of the receipts for `money`: what a duplicate report shows."""
+        return str([str(m["Message-ID"]) for m in receipt_mail
+                    if str(m["Subject"]).endswith(money)])  # fmt: skip
+
     for payment_id, (_key, amount) in ledger.payments.items():
-        for what, seen in (("charge", charges[payment_id]),
-                           ("receipt", receipts[format_money(amount, "USD")])):  # fmt: skip
-            if seen == 1:
-                verified += 1
-            elif seen == 0:
-                lost += 1
-                problems.append(f"payment {payment_id} ({amount}): no {what}")
-            else:
-                duplicated += seen - 1
-                ids = [str(m["Message-ID"]) for m in receipt_mail
-                       if str(m["Subject"]).endswith(format_money(amount, "USD"))]  # fmt: skip
-                problems.append(f"payment {payment_id} ({amount}): {seen} x {what} {ids}")
+        money = format_money(amount, "USD")
+        exactly_once(f"payment {payment_id} ({amount}) charge", charges[payment_id])
+        exactly_once(
+            f"payment {payment_id} ({amount}) receipt", receipts[money], partial(receipt_ids, money)
+        )
     abandoned_payments = ledger.abandoned.get("payment", 0)
     extra_charges = sum(charges.values()) - len(ledger.payments) - abandoned_payments
     if extra_charges > 0:
@@ -237,16 +249,8 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
         rows = db.session.scalar(select(func.count()).select_from(Notification).where(
             Notification.event_key == f"low_stock:{item_id}:{adjustment_id}"
         ))  # fmt: skip
-        for what, seen in (("notification", rows or 0),
-                           ("email", alert_ids[f"{sku} is running low"])):  # fmt: skip
-            if seen == 1:
-                verified += 1
-            elif seen == 0:
-                lost += 1
-                problems.append(f"stock alert {sku}: no {what}")
-            else:
-                duplicated += seen - 1
-                problems.append(f"stock alert {sku}: {seen} x {what}")
+        exactly_once(f"stock alert {sku} notification", rows or 0)
+        exactly_once(f"stock alert {sku} email", alert_ids[f"{sku} is running low"])
     report_resent += len(alert_mail) - sum(alert_ids.values())
 
     # Analytics: every accepted event stored once and counted once by the aggregation.
