@@ -27,6 +27,8 @@ TEST_DATABASE ?= maycole_test
 TEST_REDIS_DB ?= 15
 # REDIS_TOPOLOGY=sentinel (make run, make test): Redis behind Sentinel instead of one
 # server, a master, a replica and three sentinels started by scripts/dev_redis.py.
+# TOPOLOGY=redis|rabbitmq|sentinel (make test-faults): the fault suite's broker, a server
+# of its own it may restart, kill or wipe (tests/faults/stack.py).
 # Two worker processes, each test file on one of them (each runs its own Celery worker).
 # PYTEST_ARGS comes after and wins: PYTEST_ARGS="-n 0" runs serially.
 TEST_WORKERS ?= -n 2 --dist loadfile
@@ -66,8 +68,8 @@ run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it
 test: $(STAMP) $(NODE_STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
 	@$(TESTENV) $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
-test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter
-	@$(TESTENV) MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)
+test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter, TOPOLOGY=redis|rabbitmq|sentinel picks the broker
+	@$(TESTENV) MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} FAULTS_TOPOLOGY=$(or $(TOPOLOGY),redis) $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)
 
 fuzz: $(STAMP)  ## schemathesis against /openapi.json, the long profile (CI runs a short one in make test)
 	@$(TESTENV) FUZZ_PROFILE=long $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)

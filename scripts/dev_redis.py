@@ -217,6 +217,23 @@ class SentinelTopology:
             time.sleep(0.1)
 
 
+    def fail_over(self, down_seconds: float) -> float:
+        """SIGKILL the master (a crashed host), wait until the sentinels promote the replica,
+        and `down_seconds` later bring the old master back as the new one's replica (what a
+        supervisor does). Return the seconds the promotion took."""
+        old = self.master
+        old.kill()
+        killed = time.monotonic()
+        new_port = self.wait_for_failover(old.port)
+        promoted = time.monotonic() - killed
+        time.sleep(down_seconds)
+        self.master = self.replica
+        self.replica = RedisServer(old.port, old.workdir, replica_of=new_port)
+        self.replica.start()
+        self._wait_until_watched(30.0)  # in sync again: the next failover would lose nothing
+        return promoted
+
+
 def ensure_redis(
     db: int = 0, workdir: Path = Path("var"), env: Mapping[str, str] | None = None
 ) -> tuple[str, RedisServer | SentinelTopology | None]:

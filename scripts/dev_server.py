@@ -83,6 +83,10 @@ class Server:
     def _ready(self) -> bool:
         raise NotImplementedError
 
+    def _env(self) -> dict[str, str] | None:
+        """The server's environment (None: ours)."""
+        return None
+
     def start(self) -> None:
         """Start the server and block until it answers (at most READY_TIMEOUT seconds)."""
         if self._proc is not None:
@@ -97,7 +101,7 @@ class Server:
             cmd, user = self._prepare(self._log)
             # Own session: a terminal Ctrl-C must not reach the server before the app is done.
             opts = child_opts(user, self._log)
-            self._proc = subprocess.Popen(cmd, start_new_session=True, **opts)
+            self._proc = subprocess.Popen(cmd, start_new_session=True, env=self._env(), **opts)
             deadline = time.monotonic() + READY_TIMEOUT
             while not self._ready():
                 if self._proc.poll() is not None:
@@ -137,6 +141,7 @@ class Server:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            _wait_until_gone(proc.pid)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -147,3 +152,15 @@ class Server:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def _wait_until_gone(group: int, timeout: float = 10.0) -> None:
+    """Wait until no process of the group is left: the child we waited for may be a script
+    (rabbitmq-server) whose VM dies a moment later, still holding its ports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)

