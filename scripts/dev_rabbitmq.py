@@ -66,9 +66,7 @@ class RabbitMQNode(Server):
         if not self.available():
             raise RuntimeError(f"{RABBITMQ_SERVER} not found (Debian: apt install rabbitmq-server)")
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = {HOST}:{self.port}\n"
-        )
+        (self.home / "rabbitmq.conf").write_text(f"listeners.tcp.default = {HOST}:{self.port}\n")
         (self.home / "enabled_plugins").write_text("[].\n")
         (self.home / "rabbitmq-env.conf").write_text("")  # not the machine's node settings
         return [RABBITMQ_SERVER], None

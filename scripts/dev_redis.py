@@ -216,7 +216,6 @@ class SentinelTopology:
                 raise RuntimeError(f"{self.name}: no failover after {timeout:.0f} s ({ports})")
             time.sleep(0.1)
 
-
     def fail_over(self, down_seconds: float) -> float:
         """SIGKILL the master (a crashed host), wait until the sentinels promote the replica,
         and `down_seconds` later bring the old master back as the new one's replica (what a

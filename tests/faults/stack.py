@@ -184,19 +184,13 @@ class Stack:
         time.sleep(down_seconds)
         self.redis.start()
 
-    def restart_rabbitmq(self, down_seconds: float) -> None:
-        """A clean node restart (an upgrade, a host reboot): quorum queues keep their
-        messages, every connection drops and must come back."""
+    def restart_rabbitmq(self, down_seconds: float, how: str = "stop") -> None:
+        """Take the RabbitMQ node away for `down_seconds`, `how`: "stop" (a clean restart:
+        an upgrade, a reboot), "kill" (SIGKILL: a crash; quorum queues keep every confirmed
+        message) or "wipe" (a crash that loses the disk: queues, messages and the relay's
+        probe gone, as Redis loses them on a restart)."""
         assert self.rabbitmq is not None
-        self.rabbitmq.stop()
-        time.sleep(down_seconds)
-        self.rabbitmq.start()
-
-    def wipe_rabbitmq(self, down_seconds: float) -> None:
-        """The node crashes and comes back with no data (a lost disk, a rebuilt host):
-        queues, messages and the relay's probe gone, as Redis loses them on a restart."""
-        assert self.rabbitmq is not None
-        self.rabbitmq.wipe()
+        getattr(self.rabbitmq, how)()
         time.sleep(down_seconds)
         self.rabbitmq.start()
 

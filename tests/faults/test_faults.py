@@ -5,13 +5,13 @@ shorter run with the same faults), on each broker topology (`TOPOLOGY=redis|rabb
 sentinel`, tests/faults/stack.py). While client threads drive payments, exports, uploads,
 analytics batches and stock alerts over HTTP (tests/faults/workload.py), the harness
 SIGKILLs a worker, SIGTERMs a worker, takes the broker away (Redis restarted empty; on
-RabbitMQ the node restarted, then wiped; on Sentinel the master SIGKILLed and the replica
-promoted), restarts PostgreSQL, takes the payment gateway and the SMTP server away for a
-while, and runs two beats all along. Then, once every job has settled, the ledger: every accepted payment
-charged exactly once at the gateway with exactly one receipt email, every accepted export
-exactly one file, every accepted event stored and counted in the rollups once, every
-accepted stock alert one notification and one email, no job left unfinished, and no 5xx
-but 503 with Retry-After.
+RabbitMQ the node restarted, SIGKILLed, then wiped; on Sentinel the master SIGKILLed and
+the replica promoted, twice), restarts PostgreSQL, takes the payment gateway and the SMTP
+server away for a while, and runs two beats all along. Then, once every job has settled,
+the ledger: every accepted payment charged exactly once at the gateway with exactly one
+receipt email, every accepted export exactly one file, every accepted event stored and
+counted in the rollups once, every accepted stock alert one notification and one email, no
+job left unfinished, and no 5xx but 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -108,19 +108,26 @@ def test_every_accepted_request_has_its_effect_exactly_once(stack: Stack) -> Non
         promoted = stack.fail_over_redis(outage / 2)
         injected[-1] += f" in {promoted:.1f} s"
 
-    broker_faults = {
-        "redis": [Fault("Redis restarted (broker emptied)", lambda: stack.restart_redis(outage / 2))],
-        "rabbitmq": [
-            Fault("RabbitMQ node restarted", lambda: stack.restart_rabbitmq(outage / 2)),
-            Fault("Redis restarted (cache emptied)", lambda: stack.restart_redis(outage / 2)),
-        ],
-        "sentinel": [Fault("Redis master SIGKILLed, replica promoted", fail_over)],
+    def rabbitmq(how: str) -> Callable[[], None]:
+        return lambda: stack.restart_rabbitmq(outage / 2, how)
+
+    redis_restart = partial(stack.restart_redis, outage / 2)
+    # The broker's faults: early (between the workers' faults and PostgreSQL's) and late.
+    broker_faults, late_broker_faults = {
+        "redis": ([Fault("Redis restarted (broker emptied)", redis_restart)], []),
+        "rabbitmq": (
+            [
+                Fault("RabbitMQ node restarted", rabbitmq("stop")),
+                Fault("Redis restarted (cache emptied)", redis_restart),
+                Fault("RabbitMQ node SIGKILLed", rabbitmq("kill")),
+            ],
+            [Fault("RabbitMQ node SIGKILLed and wiped (queues, messages lost)", rabbitmq("wipe"))],
+        ),
+        "sentinel": (
+            [Fault("Redis master SIGKILLed, replica promoted", fail_over)],
+            [Fault("Redis master SIGKILLed again, old master promoted back", fail_over)],
+        ),
     }[stack.topology]
-    late_broker_faults = {
-        "rabbitmq": [Fault("RabbitMQ node wiped (queues and messages lost)",
-                           lambda: stack.wipe_rabbitmq(outage / 2))],  # fmt: skip
-        "sentinel": [Fault("Redis master SIGKILLed again, old master promoted back", fail_over)],
-    }.get(stack.topology, [])
     faults = [
         Fault("SIGKILL worker 0 (and its pool)", lambda: stack.kill_worker(0)),
         Fault("payment gateway unreachable", gateway_outage),
