@@ -127,7 +127,7 @@ class DefaultLimit:
         if time.monotonic() >= self._redis_down_until:
             try:
                 return self._hit_redis(principal, endpoint)
-            except Exception as exc:  # noqa: BLE001 - 503 or per process; see module doc
+            except Exception as exc:  # any failure: 503 or per process (module doc)
                 with self._lock:
                     self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
                 log.warning("rate_limit_storage_unavailable", error=type(exc).__name__)

@@ -36,6 +36,7 @@ from tests.support.workers import Worker, running_worker
 
 __all__ = [
     "LOGS",
+    "PRODUCTION_REQUIRED",
     "ROOT",
     "TEST_OVERRIDES",
     "LocalStripe",
@@ -50,7 +51,6 @@ __all__ = [
     "fetch_job",
     "free_port",
     "make_settings",
-    "PRODUCTION_REQUIRED",
     "private_redis",
     "problem_body",
     "refused",
