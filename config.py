@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     max_content_length: int = 1_048_576  # bytes; 413 above it
     ratelimit_default: str = "600/minute"
     ratelimit_enabled: bool = True
+    # While Redis cannot be reached, count limits in each process's memory (on) or answer
+    # 503 until it is back (off). In memory, N processes allow N times every limit, login
+    # attempts included: on in development and test (one process, Redis optional), off in
+    # production, which refuses it on.
+    ratelimit_memory_fallback: bool = False
 
     idempotency_ttl_hours: int = 24
     # A request holding a key longer than this is presumed dead (crashed process).
@@ -223,7 +228,8 @@ class Settings(BaseSettings):
     ratelimit_events_stream: str = "60/minute"
 
     # Files. "local" keeps objects under STORAGE_LOCAL_DIR and serves signed URLs from this
-    # app (the default); "s3" uses S3_BUCKET (S3_ENDPOINT_URL for MinIO/moto/localstack).
+    # app (the default; development and test only: production refuses one host's disk);
+    # "s3" uses S3_BUCKET (S3_ENDPOINT_URL for MinIO/moto/localstack).
     storage_backend: Literal["local", "s3"] = "local"
     storage_local_dir: str = "var/storage"
     s3_bucket: str = "maycole"
@@ -301,6 +307,16 @@ class Settings(BaseSettings):
         address = web_bind_address(str(data.get("bind") or ""), port)
         return {**data, "public_api_url": local_api_url(address, port)}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fallback_outside_production(cls, data: Any) -> Any:
+        """Development and test count limits in memory while Redis is down unless told not to."""
+        if not isinstance(data, dict) or "ratelimit_memory_fallback" in data:
+            return data
+        if data.get("app_env", "production") not in ("development", "test"):
+            return data
+        return {**data, "ratelimit_memory_fallback": True}
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.app_env != "production":
@@ -330,6 +346,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PUBLIC_API_URL (this API's public base URL, e.g. https://api.example.com) "
                 "is required in production"
+            )
+        if self.storage_backend == "local":
+            # Other hosts' web and worker processes cannot read this host's disk, and the
+            # files die with it: an upload processed elsewhere, an export link that 404s.
+            raise ValueError(
+                "STORAGE_BACKEND=local keeps uploads and exports on this host's disk, which "
+                "no other host can read; production needs object storage: set "
+                "STORAGE_BACKEND=s3 and S3_BUCKET (S3_ENDPOINT_URL and S3_REGION for MinIO "
+                "or another S3-compatible store)"
+            )
+        if self.ratelimit_memory_fallback:
+            raise ValueError(
+                "RATELIMIT_MEMORY_FALLBACK=true counts rate limits in each process's memory "
+                "while Redis is down, so N processes allow N times every limit (login "
+                "attempts included); production answers 503 until Redis is back instead: "
+                "remove RATELIMIT_MEMORY_FALLBACK or set it to false"
             )
         return self
 
@@ -464,8 +496,10 @@ class Settings(BaseSettings):
                     else {}
                 ),
             },
-            "RATELIMIT_SWALLOW_ERRORS": True,  # a Redis outage must not take the API down
-            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,  # ...and limits still hold per process
+            # A Redis outage: limits counted per process in memory (development, test), or
+            # the storage error surfaces as a 503 problem+json (production: fail closed).
+            "RATELIMIT_SWALLOW_ERRORS": self.ratelimit_memory_fallback,
+            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": self.ratelimit_memory_fallback,
             "VALIDATION_ERROR_STATUS_CODE": 422,
             "JSON_SORT_KEYS": False,
             "SPEC_FORMAT": "json",

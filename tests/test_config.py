@@ -9,14 +9,9 @@ from pydantic import ValidationError
 
 from celeryconfig import QUEUES, build, queue_for
 from config import DEV_SECRET, Settings, load_settings
+from tests.support.settings import PRODUCTION_REQUIRED
 
-STRONG = {
-    "secret_key": "s" * 40,
-    "jwt_secret_key": "j" * 40,
-    "metrics_token": "m" * 32,
-    "audit_keys": "k1:" + "a" * 40,
-    "public_api_url": "https://api.example.com",
-}
+STRONG = PRODUCTION_REQUIRED
 
 
 def environment_only(**values: Any) -> Settings:
@@ -124,6 +119,27 @@ def test_env_example_documents_every_setting() -> None:
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
     missing = {name.upper() for name in Settings.model_fields} - documented
     assert missing == set(), f".env.example lacks {sorted(missing)}"
+
+
+def test_production_refuses_one_hosts_disk_for_files() -> None:
+    with pytest.raises(ValidationError, match="STORAGE_BACKEND=s3 and S3_BUCKET"):
+        load_settings(**STRONG | {"app_env": "production", "storage_backend": "local"})
+    assert load_settings(app_env="development").storage_backend == "local"
+    # The default is local storage: production must choose object storage by name.
+    with pytest.raises(ValidationError, match="STORAGE_BACKEND=local"):
+        load_settings(
+            **{k: v for k, v in STRONG.items() if k != "storage_backend"}, app_env="production"
+        )
+
+
+def test_production_refuses_rate_limits_counted_per_process() -> None:
+    with pytest.raises(ValidationError, match="RATELIMIT_MEMORY_FALLBACK=true"):
+        load_settings(**STRONG | {"app_env": "production", "ratelimit_memory_fallback": True})
+    production = load_settings(**STRONG | {"app_env": "production"})
+    assert production.ratelimit_memory_fallback is False
+    assert production.flask_config()["RATELIMIT_SWALLOW_ERRORS"] is False
+    # Development and test keep serving (and limiting, per process) without Redis.
+    assert load_settings(app_env="development").ratelimit_memory_fallback is True
 
 
 def test_production_refuses_a_short_jwt_secret() -> None:

@@ -17,9 +17,11 @@ with Retry-After once a window is spent.
 
 An access token's revocation check rides in the same script (see `ratelimits.
 PendingRevocation`): a revoked token's hit counts against the client address. If Redis
-cannot be reached, windows are counted in this process's memory (as flask-limiter's
-fallback did) and Redis is tried again after REDIS_RETRY_SECONDS; the revocation check is
-then left to the guard, which fails closed (503).
+cannot be reached, the request is answered 503 (production: a limit counted per process
+is no limit across N processes), or with RATELIMIT_MEMORY_FALLBACK (development, test)
+counted in this process's memory, as flask-limiter's fallback does; either way Redis is
+tried again after REDIS_RETRY_SECONDS, and the revocation check is left to the guard,
+which fails closed (503).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
 from werkzeug.exceptions import TooManyRequests
 
 from blueprints.common import ratelimits
@@ -92,6 +95,7 @@ class DefaultLimit:
 
     limits: list[RateLimitItem]
     enabled: bool
+    memory_fallback: bool  # while Redis is down: count here (True) or answer 503 (False)
     _covers: dict[str, bool] = field(default_factory=dict)  # endpoint: pays the default
     _memory: FixedWindowRateLimiter = field(
         default_factory=lambda: FixedWindowRateLimiter(MemoryStorage())
@@ -123,10 +127,14 @@ class DefaultLimit:
         if time.monotonic() >= self._redis_down_until:
             try:
                 return self._hit_redis(principal, endpoint)
-            except Exception as exc:  # noqa: BLE001 - limits hold per process; see module doc
+            except Exception as exc:  # any failure: 503 or per process (module doc)
                 with self._lock:
                     self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
                 log.warning("rate_limit_storage_unavailable", error=type(exc).__name__)
+                if not self.memory_fallback:
+                    raise RedisConnectionError("rate-limit storage unavailable") from exc
+        elif not self.memory_fallback:
+            raise RedisConnectionError("rate-limit storage unavailable (retrying shortly)")
         return self._hit_memory(principal, endpoint)
 
     def _hit_redis(self, principal: str, endpoint: str) -> list[tuple[RateLimitItem, int, int]]:
@@ -165,7 +173,11 @@ def register_default_limit(app: Flask) -> None:
     """Count the default limit in a before_request hook registered after the caller is
     identified (blueprints.common.auth), so it counts the verified caller."""
     settings = app.config["SETTINGS"]
-    default = DefaultLimit(list(parse_many(settings.ratelimit_default)), settings.ratelimit_enabled)
+    default = DefaultLimit(
+        list(parse_many(settings.ratelimit_default)),
+        settings.ratelimit_enabled,
+        settings.ratelimit_memory_fallback,
+    )
     app.extensions[EXTENSION] = default
     app.before_request(_count)
     app.after_request(_headers)

@@ -193,6 +193,12 @@ class RouteLimiter(Limiter):
         self._exempt: set[str] = set()  # ... and of views exempt from every limit
 
     def init_app(self, app: Flask) -> None:
+        # What a Redis outage does (RATELIMIT_SWALLOW_ERRORS, RATELIMIT_IN_MEMORY_FALLBACK_
+        # ENABLED: RATELIMIT_MEMORY_FALLBACK) is this app's to say, as its storage is:
+        # flask-limiter keeps the first app's answer for the module's one limiter, and a
+        # process that builds a second app (tests, the CLI) would inherit it.
+        self._swallow_errors = None
+        self._in_memory_fallback_enabled = False
         super().init_app(app)
         # flask-limiter's before_request hook applies default, application-wide and meta
         # limits, none of which this limiter has, while a view's own limits are checked by

@@ -1,7 +1,7 @@
 """What the tests stand on, one module per idea, every name importable from here.
 
 - paths: ROOT, and LOGS (this test process's log folder)
-- settings: make_settings, settings_env, TEST_OVERRIDES
+- settings: make_settings, settings_env, TEST_OVERRIDES, PRODUCTION_REQUIRED
 - polling: wait_for, fetch_job, wait_job
 - workers: Worker, running_worker (real Celery worker processes)
 - http_helpers: problem_body, bearer
@@ -23,7 +23,12 @@ from tests.support.proxy import SlowProxy
 from tests.support.redis_sentinel import sentinel_redis
 from tests.support.redis_server import private_redis
 from tests.support.s3 import MotoS3
-from tests.support.settings import TEST_OVERRIDES, make_settings, settings_env
+from tests.support.settings import (
+    PRODUCTION_REQUIRED,
+    TEST_OVERRIDES,
+    make_settings,
+    settings_env,
+)
 from tests.support.stack import PrivateStack, PrivateStacks
 from tests.support.stripe import LocalStripe
 from tests.support.web import WebServer
@@ -31,6 +36,7 @@ from tests.support.workers import Worker, running_worker
 
 __all__ = [
     "LOGS",
+    "PRODUCTION_REQUIRED",
     "ROOT",
     "TEST_OVERRIDES",
     "LocalStripe",

@@ -22,6 +22,18 @@ TEST_OVERRIDES: dict[str, Any] = {
 }
 
 
+# What every production deploy must set (config.Settings refuses production without it):
+# real secrets, a metrics token, an audit key, its public address and object storage.
+PRODUCTION_REQUIRED: dict[str, Any] = {
+    "secret_key": "s" * 40,
+    "jwt_secret_key": "j" * 40,
+    "metrics_token": "m" * 32,
+    "audit_keys": "k1:" + "a" * 40,
+    "public_api_url": "https://api.example.com",
+    "storage_backend": "s3",
+}
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Settings for the test run: DATABASE_URL/REDIS_URL come from `make test`."""
     return load_settings(**{**TEST_OVERRIDES, **overrides})

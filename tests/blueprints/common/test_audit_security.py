@@ -34,7 +34,14 @@ from tests.blueprints.common.audit_chain_helpers import (
     verify,
 )
 from tests.factories import PASSWORD, auth_headers, make_user
-from tests.support import PrivateStacks, Worker, make_settings, problem_body, wait_job
+from tests.support import (
+    PRODUCTION_REQUIRED,
+    PrivateStacks,
+    Worker,
+    make_settings,
+    problem_body,
+    wait_job,
+)
 
 
 def test_rewriting_a_row_and_recomputing_the_chain_with_sha256_is_reported(
@@ -309,9 +316,9 @@ def test_rotate_key_prints_a_key_the_settings_accept(
     [entry] = [line for line in lines if line.startswith("k2:")]
     assert f"AUDIT_KEYS={entry},dev:..." in result.output
     assert config.DEV_AUDIT_KEYS.split(":")[1] not in result.output  # old secrets are never printed
-    production = make_settings(**{**settings.model_dump(), "app_env": "production",
-                                  "secret_key": "s" * 40, "jwt_secret_key": "j" * 40,
-                                  "metrics_token": "m" * 32, "audit_keys": entry})  # fmt: skip
+    production = make_settings(**{**settings.model_dump(), **PRODUCTION_REQUIRED,
+                                  "app_env": "production", "ratelimit_memory_fallback": False,
+                                  "audit_keys": entry})  # fmt: skip
     assert list(production.audit_key_ring) == ["k2"]
     again = app.test_cli_runner().invoke(args=["audit", "rotate-key", "--id", "dev"])
     assert again.exit_code != 0 and "already has a key 'dev'" in again.output

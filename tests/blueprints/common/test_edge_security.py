@@ -23,6 +23,7 @@ from logs import redact_secrets
 from tests.factories import auth_headers, make_api_key, make_user
 from tests.support import (
     LOGS,
+    PRODUCTION_REQUIRED,
     ROOT,
     PrivateStacks,
     WebServer,
@@ -36,18 +37,19 @@ METRICS_TOKEN = "metrics-" + "m" * 32
 
 
 def production_settings(base: Settings, **overrides: object) -> Settings:
-    """What a production deploy sets: APP_ENV, two real secrets, an audit key, a metrics
-    token and its public address."""
+    """What a production deploy sets (PRODUCTION_REQUIRED), with fresh secrets."""
     return make_settings(
-        app_env="production",
-        secret_key=secrets.token_urlsafe(48),
-        jwt_secret_key=secrets.token_urlsafe(48),
-        metrics_token=METRICS_TOKEN,
-        audit_keys=f"k1:{secrets.token_urlsafe(48)}",
-        public_api_url="https://api.example.com",
-        smtp_url=base.smtp_url,
-        stripe_api_base=base.stripe_api_base,
-        **overrides,
+        **{
+            **PRODUCTION_REQUIRED,
+            "app_env": "production",
+            "secret_key": secrets.token_urlsafe(48),
+            "jwt_secret_key": secrets.token_urlsafe(48),
+            "metrics_token": METRICS_TOKEN,
+            "audit_keys": f"k1:{secrets.token_urlsafe(48)}",
+            "smtp_url": base.smtp_url,
+            "stripe_api_base": base.stripe_api_base,
+            **overrides,
+        }
     )
 
 

@@ -135,6 +135,33 @@ def test_rate_limits_hold_in_memory_when_redis_is_down(
     problem_body(attempts[2], 429)  # and still limits, per process
 
 
+def test_production_limits_fail_closed_when_redis_is_down(
+    app: APIFlask, private_stack: PrivateStacks
+) -> None:
+    """A password guesser during a Redis outage: with one counter per process, 2/minute
+    would be 2 per process and minute. Production answers 503 and checks no password."""
+    user = make_user()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    client = private_stack(
+        redis_url=dead_redis, celery_broker_url=app.config["SETTINGS"].broker_url,
+        ratelimit_login_failures="2/minute", ratelimit_login="2/minute",
+        ratelimit_memory_fallback=False,
+    ).client()  # fmt: skip
+    guesses = [
+        client.post("/api/v1/auth/login", json={"email": user.email, "password": f"guess-{i}"})
+        for i in range(6)
+    ]
+    for response in guesses:
+        problem_body(response, 503)
+        assert response.headers["Retry-After"] == "5"
+    # A route that pays only the default limit fails closed too, before any other check.
+    problem_body(client.get("/api/v1/jobs"), 503)
+    # The right password is not let in either while nothing can count the attempts.
+    problem_body(
+        client.post("/api/v1/auth/login", json={"email": user.email, "password": PASSWORD}), 503
+    )
+
+
 def test_revocation_check_fails_closed_when_redis_is_down(
     app: APIFlask, private_stack: PrivateStacks
 ) -> None:

@@ -12,14 +12,10 @@ from pydantic import ValidationError
 
 from config import DEV_AUDIT_KEYS, load_settings, parse_audit_keys
 from services.core.audit_seal import head_seal, open_cursor, row_mac, sign_cursor
+from tests.support.settings import PRODUCTION_REQUIRED
 
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32
-STRONG = {
-    "secret_key": "s" * 40,
-    "jwt_secret_key": "j" * 40,
-    "metrics_token": "m" * 32,
-    "public_api_url": "https://api.example.com",
-}
+STRONG = {k: v for k, v in PRODUCTION_REQUIRED.items() if k != "audit_keys"}
 
 
 def row(**changes: Any) -> Any:
