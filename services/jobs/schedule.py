@@ -17,6 +17,8 @@ already sent. Every beat now reads and writes one row per entry here (`beat_entr
 So each period is claimed once, its message sent at least once, and its job run once,
 whatever the Redis lease says: the lease only saves the beats from racing every tick.
 
+`run_by_hand` queues a run outside the schedule (a backfill), leaving its periods alone.
+
 Celery's `expires` option was a property of the message; a job's message may be sent again
 by the relay long after beat sent it, so the run's expiry travels in its args instead
 (`skip_if_expired`, applied to every job task).
@@ -39,9 +41,11 @@ from typing import Any, Final
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from extensions import db
+from extensions import celery_app, db
 from logs import get_logger
-from models import BeatEntry
+from models import BeatEntry, Job
+from services.core.audit import record_audit
+from services.core.errors import ValidationFailed
 from services.jobs.context import JobContext, TaskBody
 from services.jobs.outbox import enqueue
 
@@ -118,6 +122,27 @@ def claim_period(
     session.execute(update(BeatEntry).where(BeatEntry.name == name).values(job_id=job.id))
     session.commit()
     return Claim(last_period=period, job_id=job.id)
+
+
+def run_by_hand(task: str, kwargs: Mapping[str, Any], *, via: str) -> Job:
+    """Queue one run of a scheduled job now, outside its schedule (a backfill: args
+    `kwargs`, e.g. {"day": "2026-11-24"}); audited. Only the task of a scheduled job entry:
+    any other job starts through its own service, which checks what it needs."""
+    scheduled = {
+        spec["task"]
+        for spec in celery_app.conf.beat_schedule.values()
+        if getattr(celery_app.tasks.get(spec["task"]), "runs_as_job", False)
+    }
+    if task not in scheduled:
+        raise ValidationFailed(
+            f"{task!r} is not the task of a scheduled job.",
+            errors={"task": [f"One of: {', '.join(sorted(scheduled))}."]},
+        )
+    job = enqueue(task, args=dict(kwargs))
+    record_audit("job.started_by_hand", subject_type="job", subject_id=job.id,
+                 data={"type": task, "args": dict(kwargs), "via": via})  # fmt: skip
+    db.session.commit()
+    return job
 
 
 def skip_if_expired(body: TaskBody) -> TaskBody:

@@ -1,5 +1,6 @@
 """Beat's shared schedule: a period is claimed once, its job is written with the claim, a
-lagging clock cannot send an older period, and a run taken after its expiry does nothing."""
+lagging clock cannot send an older period, a run taken after its expiry does nothing, and
+an operator can run a scheduled job by hand (a backfill)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from apiflask import APIFlask
 from sqlalchemy import func, select
 
 from extensions import db
-from models import BeatEntry, Job
+from models import AuditLog, BeatEntry, Job
 from services.jobs import names
 from services.jobs.context import JobContext
 from services.jobs.schedule import BEAT_ARG, claim_period, last_periods, skip_if_expired
-from tests.support import PrivateStacks
+from tests.support import PrivateStacks, Worker, wait_job
 
 TASK = names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS
 T0 = datetime(2026, 12, 8, 10, 0, tzinfo=UTC)
@@ -114,3 +115,31 @@ def test_a_scheduled_run_taken_after_its_expiry_does_nothing() -> None:
     assert run(scheduled(None)) == {"deleted": 1}
     assert run({}) == {"deleted": 1}  # not a scheduled run at all
     assert len(ran) == 3
+
+
+def test_an_operator_backfills_a_day_by_running_its_scheduled_job_by_hand(
+    app: APIFlask, worker: Worker
+) -> None:
+    cli = app.test_cli_runner()
+    done = cli.invoke(args=["jobs", "run", names.REPORTS_START_DAILY,
+                            "--args", '{"day": "2026-11-24"}'])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    [job] = db.session.scalars(select(Job).where(Job.type == names.REPORTS_START_DAILY))
+    assert job.args == {"day": "2026-11-24"} and str(job.id) in done.output
+    assert wait_job(job.id, "succeeded", describe=worker.describe).result == {"queued": 0}
+    [audit] = db.session.scalars(select(AuditLog).where(AuditLog.action == "job.started_by_hand"))
+    assert audit.subject_id == str(job.id) and audit.data["via"] == "cli"
+    assert db.session.get(BeatEntry, "reports-daily") is None  # beat's periods untouched
+
+    # Only a scheduled job's task: anything else starts through its own service.
+    refused = cli.invoke(args=["jobs", "run", names.PAYMENTS_CHARGE])
+    assert refused.exit_code == 1 and "not the task of a scheduled job" in refused.output
+    assert (
+        cli.invoke(args=["jobs", "run", names.REPORTS_START_DAILY, "--args", "[1]"]).exit_code == 2
+    )
+    assert len(jobs_of(names.REPORTS_START_DAILY)) == 1
+
+
+def jobs_of(task: str) -> list[Job]:
+    db.session.rollback()
+    return list(db.session.scalars(select(Job).where(Job.type == task)))
