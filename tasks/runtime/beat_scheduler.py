@@ -137,6 +137,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 period = beat_periods.latest_start(entry.schedule, self._last_periods[name], now)
                 if period is not None and not self._send_period(entry, period):
                     retry = True
+        # From the time now, not the tick's start: the claims may have taken a while.
+        now = datetime.now(UTC)
         wait = min((beat_periods.next_start(e.schedule, now) - now).total_seconds()
                    for e in self.shared.values())  # fmt: skip
         return min(wait, self.standby_retry) if retry else wait
