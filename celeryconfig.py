@@ -103,7 +103,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "worker_direct": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": beat_schedule(settings),
-        # One sending beat at a time (a Redis lease; a second beat stands by), and a
+        # One schedule for every beat, in PostgreSQL: each period of a job entry is claimed
+        # once and its job written with the claim, so a beat that takes over never sends it
+        # again. One sending beat at a time (a Redis lease; a second beat stands by), and a
         # `beat:last_tick` heartbeat for the "beat silent" alert (tasks/runtime/beat_scheduler.py).
         "beat_scheduler": "tasks.runtime.beat_scheduler:LeaderScheduler",
         "beat_max_loop_interval": 10,
@@ -149,7 +151,14 @@ def task_queues(settings: Settings) -> list[Queue]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Periodic jobs. Each entry: what it does, how often, and why."""
+    """Periodic jobs. Each entry: what it does, how often, and why.
+
+    An entry whose task is a job (`job_task`) is on beat's shared schedule: each period
+    (a crontab match, or a multiple of an interval since the epoch, in UTC) is sent once by
+    whichever beat leads, as a job, and `expires` (seconds) drops a run no worker took in
+    time. The housekeeping every few seconds (`periodic_task`) is sent by the leader alone,
+    unrecorded: a duplicate is harmless and the next tick comes seconds later.
+    """
     return {
         # Every few seconds: publish jobs whose message never reached the broker (it was
         # down at commit time) or whose retry backoff has elapsed. Bounds the delay of
@@ -182,14 +191,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": crontab(minute=2),
             "options": {"expires": 1800},
         },
-        # Hourly: delete Idempotency-Key records past their 24 h replay window.
+        # Hourly (at :00 UTC): delete Idempotency-Key records past their 24 h replay window.
         "idempotency-cleanup": {
             "task": names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS,
             "schedule": 3600.0,
             "options": {"expires": 1800},
         },
-        # Hourly: uploads whose browser never called `complete` within PENDING_UPLOAD_HOURS
-        # are deleted with their objects, so abandoned bytes do not accumulate in storage.
+        # Hourly (at :00 UTC): uploads whose browser never called `complete` within
+        # PENDING_UPLOAD_HOURS are deleted with their objects, so abandoned bytes do not
+        # accumulate in storage.
         "uploads-cleanup-pending": {
             "task": names.UPLOADS_CLEANUP_PENDING,
             "schedule": 3600.0,
@@ -223,7 +233,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # Daily at 06:00 UTC, when aggregation has long folded in yesterday's late events
         # and built-ins: create yesterday's report of every team with an opted-in owner or
         # admin and queue its `reports.send` job. Once per team and day (a unique row per
-        # period), so a second beat or a repeated tick sends nothing twice. Expires after
+        # period), so even a backfill or an admin's re-run sends nothing twice. Expires after
         # 6 h: a backlog (workers down all day) drops stale ticks instead of running one
         # after midnight, which would report the day just ended before it settled.
         "reports-daily": {

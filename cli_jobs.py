@@ -1,4 +1,5 @@
-"""`flask jobs ...`: the dead-letter tools of the admin API, for operators on the box.
+"""`flask jobs ...`: the dead-letter tools of the admin API, for operators on the box, and
+a scheduled job run by hand (a backfill).
 
 Same service functions as the API (so the same rules and audit rows), with no actor and
 `{"via": "cli"}` in the audit data. Service errors exit non-zero with their message.
@@ -18,10 +19,12 @@ from flask.cli import AppGroup
 
 from models import Job
 from services.core.errors import ServiceError
-from services.jobs import dead_letters
+from services.jobs import dead_letters, schedule
 from services.jobs.queries import list_jobs_admin
 
-jobs_cli = AppGroup("jobs", help="Inspect, replay or discard jobs that failed for good.")
+jobs_cli = AppGroup(
+    "jobs", help="Inspect, replay or discard jobs that failed for good; run a scheduled one."
+)
 
 
 @contextmanager
@@ -76,6 +79,24 @@ def show(job_id: uuid.UUID) -> None:
     if job.traceback:
         click.echo("traceback:")
         click.echo(job.traceback.rstrip())
+
+
+@jobs_cli.command("run")
+@click.argument("task")
+@click.option("--args", "args_json", default="{}", show_default=True,
+              help='The job\'s args as a JSON object, e.g. \'{"day": "2026-11-24"}\'.')  # fmt: skip
+def run(task: str, args_json: str) -> None:
+    """Queue one run of a scheduled job (TASK, e.g. reports.start_daily) now, outside its
+    schedule: a backfill. Beat's own periods are left as they are."""
+    try:
+        kwargs = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from exc
+    if not isinstance(kwargs, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--args")
+    with _service_errors():
+        job = schedule.run_by_hand(task, kwargs, via="cli")
+    click.echo(f"queued {job.id} ({job.type})")
 
 
 @jobs_cli.command("retry")

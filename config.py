@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     # and the queue-age metric. The queue-latency benchmark (B3) turns it on to time
     # publications.
     celery_task_sent_events: bool = False
+    # Beat's leader lease in Redis (tasks/runtime/beat_scheduler.py): renewed every tick,
+    # so a killed leader is replaced after at most BEAT_LEASE_SECONDS; a standby asks for
+    # it every BEAT_STANDBY_RETRY_SECONDS. Which periods were sent lives in PostgreSQL, not
+    # in the lease, so a shorter lease only hands over sooner (two beats that both think
+    # they lead still send each period once); it saves the beats from racing every tick.
+    beat_lease_seconds: PositiveFloat = 30.0
+    beat_standby_retry_seconds: PositiveFloat = 2.0
 
     # Deploys. SIGTERM drains a worker: it takes no new tasks and waits this long for the
     # running ones, then cancels the rest, whose messages go back to the queue (acks_late)
@@ -387,6 +394,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 "WORKER_HEARTBEAT_MAX_AGE_SECONDS must be at least twice WORKER_HEARTBEAT_SECONDS"
             )
+        if self.beat_standby_retry_seconds >= self.beat_lease_seconds:
+            # A standby would otherwise miss a free lease for longer than a lease lasts.
+            raise ValueError("BEAT_STANDBY_RETRY_SECONDS must be below BEAT_LEASE_SECONDS")
         if not 0 < self.events_heartbeat_seconds < self.events_max_stream_seconds:
             # Otherwise a stream could end without ever proving to a proxy it is alive.
             raise ValueError(

@@ -9,6 +9,7 @@ from models.analytics import (
 from models.audit import AuditHead, AuditLog
 from models.auth import ApiKey, UserSession
 from models.base import Base
+from models.beat import BeatEntry
 from models.export import Export
 from models.file import UserFile
 from models.idempotency import IdempotencyKey
@@ -30,6 +31,7 @@ __all__ = [
     "AuditHead",
     "AuditLog",
     "Base",
+    "BeatEntry",
     "Export",
     "GatewayEvent",
     "IdempotencyKey",

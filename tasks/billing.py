@@ -17,7 +17,7 @@ from integrations.stripe_gateway import get_gateway
 from services.billing import payments, reconciliation, refunds, subscription_jobs, webhooks
 from services.jobs import names
 from services.jobs.context import JobContext
-from services.jobs.runner import job_task, periodic_task
+from services.jobs.runner import job_task
 
 # --- payments and refunds ------------------------------------------------------------------
 
@@ -88,16 +88,17 @@ def process_webhook(ctx: JobContext) -> dict[str, Any]:
 # --- daily reconciliation with the gateway -------------------------------------------------
 
 
-@periodic_task(names.PAYMENTS_START_RECONCILE)
-def start_payments_reconcile() -> str:
+@job_task(names.PAYMENTS_START_RECONCILE)
+def start_payments_reconcile(ctx: JobContext) -> dict[str, Any]:
     """Beat, daily: queue today's `payments.reconcile` job (none if it exists)."""
-    return str(reconciliation.start_reconciliation(names.PAYMENTS_RECONCILE).id)
+    return {"job_id": str(reconciliation.start_reconciliation(names.PAYMENTS_RECONCILE).id)}
 
 
-@periodic_task(names.SUBSCRIPTIONS_START_RECONCILE)
-def start_subscriptions_reconcile() -> str:
+@job_task(names.SUBSCRIPTIONS_START_RECONCILE)
+def start_subscriptions_reconcile(ctx: JobContext) -> dict[str, Any]:
     """Beat, daily: queue today's `subscriptions.reconcile` job (none if it exists)."""
-    return str(reconciliation.start_reconciliation(names.SUBSCRIPTIONS_RECONCILE).id)
+    job = reconciliation.start_reconciliation(names.SUBSCRIPTIONS_RECONCILE)
+    return {"job_id": str(job.id)}
 
 
 @job_task(names.PAYMENTS_RECONCILE, permanent=(GatewayRejected,))

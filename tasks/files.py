@@ -11,7 +11,7 @@ from integrations.storage_backends import get_storage
 from services.files import export_job, upload_verification, uploads
 from services.jobs import names
 from services.jobs.context import JobContext
-from services.jobs.runner import job_task, periodic_task
+from services.jobs.runner import job_task
 
 
 @job_task(names.EXPORTS_BUILD)
@@ -25,10 +25,10 @@ def build_export(ctx: JobContext) -> dict[str, Any] | None:
     return report.as_result() if report is not None else None
 
 
-@periodic_task(names.EXPORTS_CLEANUP)
-def cleanup_exports() -> int:
+@job_task(names.EXPORTS_CLEANUP)
+def cleanup_exports(ctx: JobContext) -> dict[str, Any]:
     """Beat, daily: delete expired exports' objects (the rows stay, for history)."""
-    return export_job.cleanup_expired(get_storage())
+    return {"expired": export_job.cleanup_expired(get_storage())}
 
 
 @job_task(names.UPLOADS_PROCESS)
@@ -43,7 +43,7 @@ def delete_upload_objects(ctx: JobContext) -> dict[str, Any]:
     return uploads.delete_objects([str(k) for k in ctx.args["keys"]], get_storage())
 
 
-@periodic_task(names.UPLOADS_CLEANUP_PENDING)
-def cleanup_pending_uploads() -> int:
+@job_task(names.UPLOADS_CLEANUP_PENDING)
+def cleanup_pending_uploads(ctx: JobContext) -> dict[str, Any]:
     """Beat, hourly: delete uploads never completed within PENDING_UPLOAD_HOURS."""
-    return uploads.cleanup_pending()
+    return {"deleted": uploads.cleanup_pending()}

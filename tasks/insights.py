@@ -12,14 +12,14 @@ from integrations.mail import get_mailer
 from services.insights import aggregation, aggregation_runs, reports
 from services.jobs import names
 from services.jobs.context import JobContext
-from services.jobs.runner import job_task, periodic_task
+from services.jobs.runner import job_task
 
 
-@periodic_task(names.ANALYTICS_START_AGGREGATE)
-def start_aggregate() -> str | None:
+@job_task(names.ANALYTICS_START_AGGREGATE)
+def start_aggregate(ctx: JobContext) -> dict[str, Any]:
     """Beat, hourly: queue an `analytics.aggregate` run unless one is already waiting."""
     job = aggregation_runs.start_scheduled_run()
-    return str(job.id) if job else None
+    return {"queued": str(job.id) if job else None}
 
 
 @job_task(names.ANALYTICS_AGGREGATE)
@@ -39,19 +39,22 @@ def aggregate(ctx: JobContext) -> dict[str, Any]:
     return summary.as_dict()
 
 
-@periodic_task(names.REPORTS_START_DAILY)
-def start_daily_reports(day: str | None = None) -> int:
-    """Beat, daily: queue yesterday's (or ISO `day`'s, to backfill) report of every team
-    with a recipient; once per team and day however often it runs."""
-    return reports.schedule_reports(reports.daily_period(date.fromisoformat(day) if day else None))
+@job_task(names.REPORTS_START_DAILY)
+def start_daily_reports(ctx: JobContext) -> dict[str, Any]:
+    """Beat, daily: queue yesterday's (or args ISO `day`'s, to backfill) report of every
+    team with a recipient; once per team and day however often it runs."""
+    day = ctx.args.get("day")
+    period = reports.daily_period(date.fromisoformat(day) if day else None)
+    return {"queued": reports.schedule_reports(period)}
 
 
-@periodic_task(names.REPORTS_START_WEEKLY)
-def start_weekly_reports(monday: str | None = None) -> int:
-    """Beat, Mondays: queue last week's (or the week from ISO `monday`'s) summary of every
-    team with a recipient; once per team and week however often it runs."""
+@job_task(names.REPORTS_START_WEEKLY)
+def start_weekly_reports(ctx: JobContext) -> dict[str, Any]:
+    """Beat, Mondays: queue last week's (or the week from args ISO `monday`'s) summary of
+    every team with a recipient; once per team and week however often it runs."""
+    monday = ctx.args.get("monday")
     week = date.fromisoformat(monday) if monday else None
-    return reports.schedule_reports(reports.weekly_period(week))
+    return {"queued": reports.schedule_reports(reports.weekly_period(week))}
 
 
 @job_task(names.REPORTS_SEND)

@@ -69,7 +69,7 @@ def ping(ctx: JobContext) -> dict[str, Any]:
     return {"pong": True, "attempt": ctx.attempt}
 
 
-@periodic_task(names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS)
-def cleanup_idempotency_keys() -> int:
+@job_task(names.MAINTENANCE_CLEANUP_IDEMPOTENCY_KEYS)
+def cleanup_idempotency_keys(ctx: JobContext) -> dict[str, Any]:
     """Beat, hourly: delete Idempotency-Key records past their replay window."""
-    return idempotency.delete_expired()
+    return {"deleted": idempotency.delete_expired()}

@@ -11,7 +11,7 @@ from logs import get_logger
 from services.jobs import names
 from services.jobs.context import JobContext, record_external_effect
 from services.jobs.errors import PermanentError
-from services.jobs.runner import job_task, periodic_task
+from services.jobs.runner import job_task
 from services.messaging import deliveries
 from services.messaging.mail import EmailNotApplicable, UnknownTemplate, build_message
 
@@ -71,7 +71,7 @@ def send_digests(ctx: JobContext) -> dict[str, Any]:
     return deliveries.send_digests(ctx.args["user_ids"], get_mailer())
 
 
-@periodic_task(names.NOTIFICATIONS_START_DIGESTS)
-def start_digests() -> int:
+@job_task(names.NOTIFICATIONS_START_DIGESTS)
+def start_digests(ctx: JobContext) -> dict[str, Any]:
     """Beat, daily: queue digest jobs for users with pending notifications."""
-    return deliveries.start_digests()
+    return {"users": deliveries.start_digests()}

@@ -44,6 +44,7 @@ from services.jobs.context import JobContext, TaskBody
 from services.jobs.errors import DatabaseUnavailable, JobCancelled, PermanentError
 from services.jobs.heartbeat import Heartbeat
 from services.jobs.outbox import send_after_commit
+from services.jobs.schedule import skip_if_expired
 
 log = get_logger(__name__)
 
@@ -67,12 +68,15 @@ def job_task(
     permanent_errors: tuple[type[Exception], ...] = (PermanentError, *permanent)
 
     def decorator(body: TaskBody) -> Task:
+        # A run beat scheduled (jobs.schedule) does nothing once past its expiry.
+        guarded = skip_if_expired(body)
+
         def run(self: Task, job_id: str) -> None:
             request = self.request
             request_id = (request.headers or {}).get("request_id")
             redelivered = bool((request.delivery_info or {}).get("redelivered"))
             try:
-                run_job(body, job_id, request_id=request_id, permanent=permanent_errors,
+                run_job(guarded, job_id, request_id=request_id, permanent=permanent_errors,
                         claim_with_work=claim_with_work and not redelivered)  # fmt: skip
             except DatabaseUnavailable as exc:
                 # The job row could not even be read: acking this delivery (what Celery
@@ -84,8 +88,10 @@ def job_task(
         run.__doc__ = body.__doc__
         # max_retries=None: Celery's own retry is used only for a claim that could not
         # reach the database (above), and that must go on until the database is back.
+        # `runs_as_job`: beat sends it through its shared schedule, as a job per period
+        # (tasks/runtime/beat_scheduler.py).
         task = celery_app.task(name=name, bind=True, acks_late=True, ignore_result=True,
-                               max_retries=None)  # fmt: skip
+                               max_retries=None, runs_as_job=True)  # fmt: skip
         return task(run)  # type: ignore[no-any-return]
 
     return decorator
@@ -321,6 +327,11 @@ def backoff_seconds(attempt: int) -> float:
 
 def periodic_task(name: str, *, task_events: bool = True) -> Callable[[Callable[[], Any]], Task]:
     """Register a beat-driven housekeeping task (no job row; safe to run concurrently).
+
+    For the ticks every few seconds only, whose duplicates are harmless by design: beat's
+    leader sends them from memory, with no record in the shared schedule (a write per tick
+    for nothing). A periodic entry whose period matters (hourly, daily) is a `job_task`:
+    beat sends each of its periods once, as a job (services/jobs/schedule.py).
 
     `task_events=False`: workers send no task events for it (Celery's `Task.send_events`),
     and beat no `task-sent` (tasks/runtime/beat_scheduler.py), so Flower, which builds its

@@ -149,7 +149,7 @@ class Stack:
         log = (LOGS / f"beat-{index}.log").open("ab")
         return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "make_celery:celery_app", "beat",
-             "--loglevel=INFO", f"--schedule={self.work / f'beat-{index}-schedule'}"],
+             "--loglevel=INFO"],
             cwd=ROOT, env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

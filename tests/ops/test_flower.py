@@ -144,7 +144,7 @@ def test_flower_shows_business_tasks_but_not_the_housekeeping_every_few_seconds(
     beat_log = tmp_path / "beat.log"
     beat = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "make_celery:celery_app", "beat",
-         "--loglevel=INFO", f"--schedule={tmp_path / 'beat-schedule'}"],
+         "--loglevel=INFO"],
         cwd=ROOT, env=settings_env(settings) | {"CELERY_TASK_SENT_EVENTS": "true"},
         stdout=beat_log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -17,10 +17,18 @@ from tests.support.settings import settings_env
 
 
 class Worker:
-    """A real `celery worker` subprocess (prefork) consuming every queue."""
+    """A real `celery worker` subprocess (prefork) consuming every queue; `app` is what
+    `celery -A` loads (a test module adding tasks of its own, say)."""
 
-    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        concurrency: int = 2,
+        app: str = "make_celery:celery_app",
+    ) -> None:
         self.settings, self.log_path, self.concurrency = settings, log_path, concurrency
+        self.app = app
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> None:
@@ -28,7 +36,7 @@ class Worker:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         cmd = [
-            sys.executable, "-m", "celery", "-A", "make_celery:celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             "-Q", ",".join(QUEUES), f"--concurrency={self.concurrency}", "--pool=prefork",
             "--loglevel=INFO", "--without-gossip", "--without-mingle",
             "-n", f"test-{os.getpid()}-{id(self)}@%h",

@@ -13,9 +13,9 @@ from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
 import blueprints.common.idempotency as idempotency_view
-import tasks.jobs
 from extensions import db
 from models import IdempotencyKey, Job, User
+from services.core import idempotency
 from services.core.idempotency import request_fingerprint, reserve_key
 from tests.factories import auth_headers, make_job, make_user
 from tests.support import problem_body
@@ -159,7 +159,7 @@ def test_cleanup_task_deletes_only_expired_keys(app: APIFlask) -> None:
     )
     db.session.commit()
 
-    deleted = tasks.jobs.cleanup_idempotency_keys.run()
+    deleted = idempotency.delete_expired()
 
     assert deleted == 1
     assert db.session.scalars(select(IdempotencyKey.key)).all() == ["fresh"]

@@ -16,8 +16,7 @@ from extensions import db, redis
 from models import Job, Notification, NotificationPreference, User
 from scripts.devservices import RedisServer
 from services.jobs import names
-from services.messaging import notifications
-from tasks.messaging import start_digests
+from services.messaging import deliveries, notifications
 from tests.factories import PASSWORD, auth_headers, make_team, make_user
 from tests.support import (
     LOGS,
@@ -148,8 +147,8 @@ def test_digest_users_get_one_summary_instead_of_separate_emails(
     assert all(row.digest_pending for row in rows_for(user))
     today = datetime.now(UTC).date().isoformat()
     redis.client.delete(f"notifications:digests:{today}")  # left by an earlier test run today
-    assert start_digests.run() == 1
-    assert start_digests.run() == 0  # once a day, even with two beats
+    assert deliveries.start_digests() == 1
+    assert deliveries.start_digests() == 0  # once a day, even run twice
     digest = mailbox.wait_for(user.email, "digest")
     text = Mailbox.text_of(digest)
     assert "First thing" in text and "Second thing" in text

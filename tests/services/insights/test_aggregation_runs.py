@@ -11,9 +11,8 @@ from sqlalchemy import create_engine, func, select
 
 from extensions import db
 from models import AnalyticsRollup, Job
-from services.insights import aggregation
+from services.insights import aggregation, aggregation_runs
 from services.teams import teams
-from tasks.insights import start_aggregate
 from tests.factories import make_team, make_user
 from tests.services.insights.aggregation_helpers import (
     ADD_EVENT,
@@ -34,15 +33,15 @@ def test_the_hourly_beat_adds_no_run_while_one_is_waiting(app: Any) -> None:
     db.session.commit()
     created_before = db.session.scalar(select(func.count()).select_from(Job))
     try:
-        assert start_aggregate.run() is None
-        assert start_aggregate.run() is None
+        assert aggregation_runs.start_scheduled_run() is None
+        assert aggregation_runs.start_scheduled_run() is None
         assert db.session.scalar(select(func.count()).select_from(Job)) == created_before
     finally:
         waiting.status = "succeeded"
         db.session.commit()
-    queued = start_aggregate.run()  # nothing waiting any more: the tick queues a run
+    queued = aggregation_runs.start_scheduled_run()  # nothing waiting any more: a run
     assert queued is not None
-    assert db.session.get(Job, uuid.UUID(queued)) is not None
+    assert db.session.get(Job, queued.id) is not None
 
 
 def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_database: str) -> None:

@@ -1,7 +1,7 @@
 """Scheduled reports end to end: beat tick -> real worker -> rollups -> real SMTP server.
 
-Beat is emulated by sending each schedule entry's task exactly as beat would (its name and
-options, `expires` included) to the session's real worker.
+Beat is emulated by sending a period of each schedule entry exactly as beat does (the
+shared schedule's claim and its job, `expires` included) to the session's real worker.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from extensions import celery_app, db
 from models import AnalyticsRollup, Job, Report, User
 from services.jobs import names
 from services.jobs.outbox import enqueue
+from services.jobs.schedule import claim_period
 from tests.factories import add_member, auth_headers, make_team, make_user
-from tests.support import Mailbox, Worker, wait_for, wait_job
+from tests.support import Mailbox, Worker, wait_job
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PREFS = "/api/v1/notifications/preferences"
@@ -72,24 +73,28 @@ def at(day: date, hour: int = 0) -> datetime:
     return datetime.combine(day, time(hour), tzinfo=UTC)
 
 
-def beat_tick(entry: str, worker: Worker, **overrides: Any) -> str:
-    """Send the schedule entry's task as beat does; returns the Celery task id."""
+def beat_tick(entry: str, period: datetime | None = None, **options: Any) -> uuid.UUID | None:
+    """Send a period of the schedule entry as beat does: its job, or None if that period
+    was sent already. `options` override the entry's (`expires` in seconds)."""
     spec = celery_app.conf.beat_schedule[entry]
-    task_id = str(uuid.uuid4())
-    celery_app.send_task(spec["task"], task_id=task_id, **{**spec["options"], **overrides})
-    return task_id
+    expires = {**spec["options"], **options}["expires"]
+    claim = claim_period(entry, spec["task"], period or datetime.now(UTC), expires_in=expires)
+    return claim.job_id
 
 
-def tick_result(task_id: str, worker: Worker) -> int:
-    """What the worker's run of a beat task returned (how many reports it queued)."""
-    pattern = re.compile(re.escape(f"[{task_id}] succeeded in ") + r"[\d.e-]+s: (\d+)")
+def tick_result(job_id: uuid.UUID | None, worker: Worker) -> int:
+    """How many reports the tick's job queued, once it finished."""
+    assert job_id is not None, "that period was already sent"
+    result = wait_job(job_id, "succeeded", describe=worker.describe).result
+    assert result is not None
+    return int(result["queued"])
 
-    def finished() -> re.Match[str] | None:
-        return pattern.search(worker.log_path.read_text(errors="replace"))
 
-    found = wait_for(finished, 30, worker.describe)
-    assert found is not None
-    return int(found.group(1))
+def rerun(entry: str) -> uuid.UUID:
+    """A run of the entry's task outside the schedule (an admin's replay, a backfill)."""
+    job = enqueue(celery_app.conf.beat_schedule[entry]["task"])
+    db.session.commit()
+    return job.id
 
 
 def reports() -> list[Report]:
@@ -163,9 +168,11 @@ def test_daily_report_reaches_opted_in_admins_once_with_chart_and_csv(
         ("page_view", "day", at(yesterday - timedelta(days=1)), 500),
     ])  # fmt: skip
 
-    # Two beats fire at 06:00: one report per team, one job each, one email.
-    first, second = beat_tick("reports-daily", worker), beat_tick("reports-daily", worker)
-    queued = tick_result(first, worker) + tick_result(second, worker)
+    # Two beats fire at 06:00: one claims the period, one report per team, one job, one email.
+    six = datetime.combine(datetime.now(UTC).date(), time(6), tzinfo=UTC)
+    first, second = beat_tick("reports-daily", six), beat_tick("reports-daily", six)
+    assert second is None
+    queued = tick_result(first, worker)
     # Acme, and the personal teams of the verified users who opted in (admin and member).
     assert queued == len(wait_sent(worker)) == send_jobs() == 3
     report = report_of(people.team_id)
@@ -211,8 +218,8 @@ def test_daily_report_reaches_opted_in_admins_once_with_chart_and_csv(
     assert stored.delivered_to == [str(people.admin.id)] and stored.sent_at
     assert stored.figures and stored.figures["totals"]["payments"] == 2
 
-    # A later tick for the same day (a beat restarted, a backlog): nothing new.
-    assert tick_result(beat_tick("reports-daily", worker), worker) == 0
+    # Another run for the same day (an admin's replay, a backfill): nothing new.
+    assert tick_result(rerun("reports-daily"), worker) == 0
     assert len(reports()) == 3 and send_jobs() == 3
     assert len(mailbox.to(people.admin.email)) == 1
 
@@ -271,7 +278,7 @@ def test_weekly_summary_totals_last_week(
     add_rollups(team_id, rows)
 
     # Gamma, and Wendy's personal team (idle: no email for it).
-    assert tick_result(beat_tick("reports-weekly", worker), worker) == len(wait_sent(worker)) == 2
+    assert tick_result(beat_tick("reports-weekly"), worker) == len(wait_sent(worker)) == 2
     mail = mailbox.wait_for(owner.email, "weekly summary")
     assert str(mail["Subject"]).startswith("Gamma: weekly summary")
     lines = lines_of(mail)
@@ -288,7 +295,7 @@ def test_weekly_summary_totals_last_week(
     assert (report.kind, report.period_start) == ("weekly", monday)
     assert report.period_end == monday + timedelta(days=7)
 
-    assert tick_result(beat_tick("reports-weekly", worker), worker) == 0  # once per week
+    assert tick_result(rerun("reports-weekly"), worker) == 0  # once per week
     assert len(reports()) == 2 and len(mailbox.to(owner.email)) == 1
 
     # The email's unsubscribe link switches reports off (and only reports).
@@ -307,10 +314,9 @@ def test_a_stale_tick_from_a_backlog_is_dropped(
     make_team(owner, "Delta")
     opt_in(client, owner)
     # Beat queued it long ago and no worker took it before it expired.
-    task_id = beat_tick("reports-daily", worker, expires=datetime.now(UTC) - timedelta(hours=1))
-    discarded = f"Discarding revoked task: reports.start_daily[{task_id}]"
-    wait_for(lambda: discarded in worker.log_path.read_text(errors="replace"), 30,
-             worker.describe)  # fmt: skip
+    job_id = beat_tick("reports-daily", expires=-3600)
+    assert job_id is not None
+    assert wait_job(job_id, "succeeded", describe=worker.describe).result == {"expired": True}
     assert reports() == [] and send_jobs() == 0
     assert mailbox.to(owner.email) == []
 
@@ -319,5 +325,5 @@ def test_nobody_opted_in_means_no_report(client: FlaskClient, worker: Worker) ->
     owner, admin = make_user(), make_user()
     team_id = make_team(owner, "Epsilon", [(admin, "admin")])
     add_member(team_id, make_user(), "member")
-    assert tick_result(beat_tick("reports-daily", worker), worker) == 0
+    assert tick_result(beat_tick("reports-daily"), worker) == 0
     assert reports() == [] and send_jobs() == 0
