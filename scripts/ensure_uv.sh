@@ -26,6 +26,10 @@ if ! "${pip[@]}" --version >/dev/null 2>&1; then
     "$venv/bin/python" -m ensurepip --default-pip >/dev/null
     pip=("$venv/bin/python" -m pip)
 fi
-"${pip[@]}" install --quiet --disable-pip-version-check --no-deps --require-hashes \
-    --target "$work/uv" -r "$work/uv.txt"
+# Its output only if it fails: the machine's pip.conf may add warnings about its own indexes.
+if ! "${pip[@]}" install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --no-deps --require-hashes --target "$work/uv" -r "$work/uv.txt" >"$work/pip.log" 2>&1; then
+    cat "$work/pip.log" >&2
+    exit 1
+fi
 install -m 755 "$work/uv/bin/uv" "$venv/bin/uv"
