@@ -50,7 +50,8 @@ def measure(repo: Path, cold: bool, keep_log: Path | None) -> dict[str, float]:
     marks: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fresh-clone-") as tmp:
         clone = Path(tmp) / "maycole"
-        subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+        git, make = shutil.which("git") or "git", shutil.which("make") or "make"
+        subprocess.run([git, "clone", "-q", str(repo), str(clone)], check=True)  # noqa: S603
         ports = {name: str(free_port()) for name in PORTS}
         env = {**os.environ, **ports}
         for inherited in ("VIRTUAL_ENV", "DATABASE_URL", "REDIS_URL", "SMTP_URL"):
@@ -59,12 +60,14 @@ def measure(repo: Path, cold: bool, keep_log: Path | None) -> dict[str, float]:
             env["UV_CACHE_DIR"] = str(Path(tmp) / "uv-cache")
         log = (Path(tmp) / "make-run.log").open("w")
         start = time.monotonic()
-        make = subprocess.Popen(["make", "run"], cwd=clone, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        stack = subprocess.Popen(  # noqa: S603 - our own command line
+            [make, "run"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
 
         def read_output() -> None:
-            assert make.stdout is not None
-            for line in make.stdout:
+            assert stack.stdout is not None
+            for line in stack.stdout:
                 log.write(f"{time.monotonic() - start:7.2f} {line}")
                 if URLS_PRINTED in line:
                     marks.setdefault("urls printed", time.monotonic() - start)
@@ -72,7 +75,7 @@ def measure(repo: Path, cold: bool, keep_log: Path | None) -> dict[str, float]:
         reader = threading.Thread(target=read_output, daemon=True)
         reader.start()
         try:
-            while time.monotonic() - start < TIMEOUT and make.poll() is None:
+            while time.monotonic() - start < TIMEOUT and stack.poll() is None:
                 if "installed" not in marks and any((clone / ".venv").glob(".synced-run-*")):
                     marks["installed"] = time.monotonic() - start
                 if ready(int(ports["PORT"])):
@@ -80,12 +83,12 @@ def measure(repo: Path, cold: bool, keep_log: Path | None) -> dict[str, float]:
                     break
                 time.sleep(0.2)
         finally:
-            os.killpg(make.pid, signal.SIGINT)  # the stack's own group: what Ctrl-C reaches
+            os.killpg(stack.pid, signal.SIGINT)  # the stack's own group: what Ctrl-C reaches
             try:
-                make.wait(timeout=60)
+                stack.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(make.pid, signal.SIGKILL)
-                make.wait()
+                os.killpg(stack.pid, signal.SIGKILL)
+                stack.wait()
             reader.join(timeout=5)
             log.close()
             if keep_log:
@@ -104,7 +107,8 @@ def main() -> int:
     marks = measure(args.repo, args.cold, args.log)
     print("  ".join(f"{name} {seconds:.1f} s" for name, seconds in marks.items()))
     if "ready" in marks and "installed" in marks:
-        print(f"install {marks['installed']:.1f} s + start {marks['ready'] - marks['installed']:.1f} s")
+        install, start = marks["installed"], marks["ready"] - marks["installed"]
+        print(f"install {install:.1f} s + start {start:.1f} s")
     return 0 if "ready" in marks else 1
 
 
