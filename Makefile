@@ -57,9 +57,9 @@ $(UV):
 	@bash scripts/ensure_uv.sh $(VENV) requirements-run.lock
 
 # Compiled to bytecode as it installs: otherwise the stack's five processes, starting
-# together on a fresh .venv, each compile the same modules (ready 8 s after the install
-# instead of 20; bench/RESULTS.md). The dev lock is not: compiling all of it costs 20 s,
-# and the tools and tests compile what they import.
+# together on a fresh .venv, each compile the same modules (the start took twice as long
+# here; bench/RESULTS.md). The dev lock is not: compiling all of it costs 20 s, and the
+# tools and tests compile only what they import.
 $(RUN_STAMP): requirements-run.lock | $(UV)
 	@echo "installing requirements-run.lock into $(VENV) ..."
 	@$(UV_PIP) install --python $(PY) --require-hashes --compile-bytecode -r requirements-run.lock
