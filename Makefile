@@ -4,7 +4,18 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+# .venv installs from the lock files (every transitive pin with its hashes, compiled from
+# requirements*.txt by `make lock`, scripts/locks.py) with uv, which scripts/ensure_uv.sh
+# bootstraps from requirements-run.lock. `make run` and `make migrate` need only
+# requirements-run.lock (the runtime, honcho and the local servers), added to what is there;
+# every other target syncs .venv to exactly requirements-dev.lock. A stamp per lock's
+# checksum: nothing reinstalls until a lock changes.
+UV := $(VENV)/bin/uv
+RUN_STAMP := $(VENV)/.synced-run-$(shell cksum < requirements-run.lock | cut -d' ' -f1)
+STAMP := $(VENV)/.synced-dev-$(shell cksum < requirements-dev.lock | cut -d' ' -f1)
+# uv reads no pip.conf: it installs from PyPI (or UV_INDEX_URL), each file checked against
+# the lock's hashes.
+UV_PIP := $(UV) pip --quiet
 # BROKER=rabbitmq: Celery's broker is the RabbitMQ at RABBITMQ_URL (127.0.0.1:5672 by
 # default; it must be running), with quorum queues; the default is REDIS_URL's Redis.
 BROKER ?= redis
@@ -40,13 +51,24 @@ BENCH_REDIS_DB ?= 3
 CLIENT := clients/typescript
 NODE_STAMP := $(CLIENT)/node_modules/.installed-$(shell cksum < $(CLIENT)/package-lock.json | cut -d' ' -f1)
 
-.PHONY: run test test-faults fuzz audit test-fast migrate lint openapi-lint format typecheck check bench install clean client client-check
+.PHONY: run test test-faults fuzz audit lock lock-check test-fast migrate lint openapi-lint format typecheck check bench install clean client client-check
 
-$(STAMP): requirements.txt requirements-dev.txt
-	@test -x $(PY) || python3 -m venv $(VENV)
-	@echo "installing dependencies into $(VENV) ..."
-	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+$(UV):
+	@bash scripts/ensure_uv.sh $(VENV) requirements-run.lock
+
+# Compiled to bytecode as it installs: otherwise the stack's five processes, starting
+# together on a fresh .venv, each compile the same modules (the start took twice as long
+# here; bench/RESULTS.md). The dev lock is not: compiling all of it costs 20 s, and the
+# tools and tests compile only what they import.
+$(RUN_STAMP): requirements-run.lock | $(UV)
+	@echo "installing requirements-run.lock into $(VENV) ..."
+	@$(UV_PIP) install --python $(PY) --require-hashes --compile-bytecode -r requirements-run.lock
+	@rm -f $(VENV)/.synced-run-* && touch $(RUN_STAMP)
+
+$(STAMP): requirements-dev.lock | $(UV)
+	@echo "syncing $(VENV) to requirements-dev.lock ..."
+	@$(UV_PIP) sync --python $(PY) --require-hashes requirements-dev.lock
+	@rm -f $(VENV)/.synced-dev-* $(VENV)/.installed-* && touch $(STAMP)
 
 $(NODE_STAMP): $(CLIENT)/package.json $(CLIENT)/package-lock.json
 	@bash scripts/ensure_node.sh
@@ -62,7 +84,7 @@ $(OPENAPI_STAMP): $(OPENAPI_TOOLS)/package.json $(OPENAPI_TOOLS)/package-lock.js
 
 install: $(STAMP) $(NODE_STAMP) $(OPENAPI_STAMP)
 
-run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it started)
+run: $(RUN_STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it started)
 	@$(DEV) $(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
 
 test: $(STAMP) $(NODE_STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
@@ -74,13 +96,19 @@ test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAU
 fuzz: $(STAMP)  ## schemathesis against /openapi.json, the long profile (CI runs a short one in make test)
 	@$(TESTENV) FUZZ_PROFILE=long $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest tests/fuzz $(PYTEST_ARGS)
 
-audit: $(STAMP)  ## pinned requirements against known vulnerabilities (pip-audit); AUDIT_STRICT=1 fails if unreachable
+audit: $(STAMP)  ## every locked pin against known vulnerabilities (pip-audit); AUDIT_STRICT=1 fails if unreachable
 	@$(PY) scripts/audit.py
+
+lock: $(UV)  ## recompile the lock files from requirements*.txt; PACKAGE=x upgrades x, UPGRADE=1 every pin
+	@$(PY) scripts/locks.py compile --uv $(UV) $(if $(PACKAGE),--upgrade-package $(PACKAGE)) $(if $(UPGRADE),--upgrade)
+
+lock-check: $(UV)  ## the locks are what the requirements compile to, and a fresh venv holds exactly their pins
+	@$(PY) scripts/locks.py check --uv $(UV)
 
 bench: $(STAMP)  ## B1-B9 against same-run baselines (bench/README.md); BENCH="http queue" for some
 	@$(DEV) $(DEVSERVICES) --database $(BENCH_DATABASE) --redis-db $(BENCH_REDIS_DB) -- $(PY) -m bench.run $(BENCH)
 
-migrate: $(STAMP)  ## apply migrations to the configured (or local) database
+migrate: $(RUN_STAMP)  ## apply migrations to the configured (or local) database
 	@APP_ENV=$${APP_ENV:-development} $(DEVSERVICES) --database maycole -- flask --app app:create_app db upgrade
 
 lint: $(STAMP) $(NODE_STAMP)  ## ruff, the import contract (edge -> domains -> job kernel -> core), prettier

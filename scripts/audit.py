@@ -1,11 +1,13 @@
-"""`make audit`: our pinned requirements against the known-vulnerability database.
+"""`make audit`: every pin we install against the known-vulnerability database.
 
-pip-audit reads the pins (no install: every requirement is pinned with ==) and asks its
-vulnerability service about each. A pin with a known vulnerability fails the run, listing
-the advisory and the first fixed version. Where the service cannot be reached (a build
-machine that sees only a package mirror), pip-audit can audit nothing: that is said
-loudly and fails only with AUDIT_STRICT=1, so CI on such a machine still runs the tests,
-while a machine that can reach the service gets the real verdict.
+pip-audit reads requirements-dev.lock, which holds every transitive pin of every layer
+(the runtime's, `make run`'s and the tools', scripts/locks.py) with its hashes, so nothing
+is resolved or installed, and asks its vulnerability service about each. A pin with a
+known vulnerability fails the run, listing the advisory and the first fixed version.
+Where the service cannot be reached (a build machine that sees only a package mirror),
+pip-audit can audit nothing: that is said loudly and fails only with AUDIT_STRICT=1, so
+CI on such a machine still runs the tests, while a machine that can reach the service
+gets the real verdict.
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
+# The top layer: the runtime's and `make run`'s locks are subsets of it, at the same versions.
+LOCK = "requirements-dev.lock"
 
 
 def main() -> int:
-    command = [sys.executable, "-m", "pip_audit", "--disable-pip", "--no-deps",
-               "--format", "json", "--progress-spinner", "off"]  # fmt: skip
-    for name in REQUIREMENTS:
-        command += ["-r", str(ROOT / name)]
+    command = [sys.executable, "-m", "pip_audit", "--disable-pip", "--require-hashes",
+               "--format", "json", "--progress-spinner", "off", "-r", str(ROOT / LOCK)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         report = json.loads(done.stdout)
@@ -47,7 +48,7 @@ def main() -> int:
               "osv.dev). Run `make audit` where it is reachable.")  # fmt: skip
         return 1 if os.environ.get("AUDIT_STRICT") == "1" else 0
     skipped = len(dependencies) - len(audited)
-    print(f"audit: {len(audited)} pins audited, no known vulnerabilities"
+    print(f"audit: {len(audited)} pins of {LOCK} audited, no known vulnerabilities"
           + (f" ({skipped} could not be audited)" if skipped else ""))  # fmt: skip
     return 0
 
