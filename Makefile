@@ -68,6 +68,7 @@ run: $(STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and servers it
 	@$(DEV) $(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
 
 test: $(STAMP) $(NODE_STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
+	@bash scripts/ensure_pgbouncer.sh
 	@$(TESTENV) $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-pgbouncer: $(STAMP) $(NODE_STAMP)  ## the whole suite through PgBouncer in transaction mode (DB_POOLER=transaction)

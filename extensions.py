@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, cast
 
 import psycopg
@@ -129,7 +129,7 @@ class EngineOptions:
     ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS
     pooler: Pooler = "none"
     prepared_statements: bool = True
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -163,7 +163,7 @@ class Database:
         self._replica: Engine | None = None
         self._configured: tuple[str, str, EngineOptions] | None = None
         self._factory = sessionmaker(class_=_RoutedSession, expire_on_commit=False)
-        self.session: scoped_session[Session] = scoped_session(self._factory)
+        self.session: scoped_session[_RoutedSession] = scoped_session(self._factory)
 
     def init_app(self, app: Flask) -> None:
         settings = app.config["SETTINGS"]
@@ -178,7 +178,9 @@ class Database:
         if self._configured == (url, replica_url, options):
             return
         self._engine = _create_engine(url, options)
-        self._replica = _create_engine(replica_url, options, read_only=True) if replica_url else None
+        self._replica = None
+        if replica_url:
+            self._replica = _create_engine(replica_url, options, read_only=True)
         self._configured = (url, replica_url, options)
         self._factory.configure(bind=self._engine)
 

@@ -49,7 +49,8 @@ class Timeouts:
         )
 
     def by_name(self) -> dict[str, int]:
-        return dict(zip(NAMES, (self.statement_ms, self.lock_ms, self.idle_in_transaction_ms)))
+        values = (self.statement_ms, self.lock_ms, self.idle_in_transaction_ms)
+        return dict(zip(NAMES, values, strict=True))
 
     def startup_options(self) -> str:
         """libpq's `options`: each setting for the whole session, sent with the login."""

@@ -29,7 +29,9 @@ POOL_SIZE = 20
 
 def pgbouncer_binary() -> str:
     """`pgbouncer` from PATH, else Debian's; RuntimeError saying how to install it."""
-    found = shutil.which("pgbouncer") or (DEBIAN_BINARY if os.access(DEBIAN_BINARY, os.X_OK) else "")
+    found = shutil.which("pgbouncer")
+    if not found and os.access(DEBIAN_BINARY, os.X_OK):
+        found = DEBIAN_BINARY  # /usr/sbin is not on every user's PATH
     if not found:
         raise RuntimeError(
             "pgbouncer not found: run scripts/ensure_pgbouncer.sh (Debian's package) "
@@ -47,9 +49,12 @@ class PgBouncerServer(Server):
 
     name = "pgbouncer"
 
-    def __init__(self, port: int, workdir: Path, upstream: str | URL) -> None:
+    def __init__(
+        self, port: int, workdir: Path, upstream: str | URL, *, pool_size: int = POOL_SIZE
+    ) -> None:
         super().__init__(port, workdir)
         self.upstream = make_url(upstream)
+        self.pool_size = pool_size
 
     def _prepare(self, log: IO[bytes]) -> tuple[list[str], pwd.struct_passwd | None]:
         binary = pgbouncer_binary()
@@ -69,7 +74,7 @@ class PgBouncerServer(Server):
             f"listen_addr = {HOST}\nlisten_port = {self.port}\n"
             "unix_socket_dir =\n"  # TCP only: nothing in /tmp to collide with another run
             "pool_mode = transaction\n"
-            f"default_pool_size = {POOL_SIZE}\n"
+            f"default_pool_size = {self.pool_size}\n"
             "max_client_conn = 2000\n"
             "auth_type = trust\n"
             f"auth_file = {userlist}\n"
@@ -82,7 +87,7 @@ class PgBouncerServer(Server):
         for path in (conf, userlist):
             path.chmod(0o644)
         if user is not None:
-            grant_others(self.workdir)  # the account must reach its files
+            grant_others(conf)  # o+x on every directory above: the account must reach it
         return [binary, str(conf)], user
 
     def _ready(self) -> bool:
@@ -92,6 +97,11 @@ class PgBouncerServer(Server):
         """DATABASE_URL through this PgBouncer: the upstream's user, `database`."""
         through = self.upstream.set(host=HOST, port=self.port, database=database)
         return through.render_as_string(hide_password=False)
+
+    def dsn(self, database: str) -> str:
+        """The same for libpq/psycopg (``postgresql://...``)."""
+        through = self.upstream.set(drivername="postgresql", host=HOST, port=self.port)
+        return through.set(database=database).render_as_string(hide_password=False)
 
 
 def front_with_pgbouncer(database_url: str, workdir: Path) -> tuple[str, PgBouncerServer]:
