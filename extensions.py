@@ -288,8 +288,7 @@ class Database:
         session = self.session
         if session.new or session.dirty or session.deleted:
             session.flush()
-        connection = session.connection(bind_arguments={"clause": statement})  # the primary
-        return connection.execute(statement, row)
+        return session.connection().execute(statement, row)
 
     def _remove_session(self, _exc: BaseException | None = None) -> None:
         self.session.remove()
