@@ -32,6 +32,8 @@ PYTEST_ARGS ?=
 DEV := APP_ENV=development
 TESTENV := APP_ENV=test
 # Separate database and Redis db per checkout let several suites run side by side.
+# `make test-pgbouncer` runs the same suite with DATABASE_URL through a throwaway PgBouncer
+# in transaction mode (scripts/dev_pgbouncer.py; Debian's package, installed if missing).
 # With pytest-xdist, worker gwN uses database $(TEST_DATABASE)_gwN and Redis db
 # TEST_REDIS_DB - N (tests/support/workerdb.py): the default 15 takes 15 and 14.
 TEST_DATABASE ?= maycole_test
@@ -51,7 +53,7 @@ BENCH_REDIS_DB ?= 3
 CLIENT := clients/typescript
 NODE_STAMP := $(CLIENT)/node_modules/.installed-$(shell cksum < $(CLIENT)/package-lock.json | cut -d' ' -f1)
 
-.PHONY: run test test-faults fuzz audit lock lock-check test-fast migrate lint openapi-lint format typecheck check bench install clean client client-check
+.PHONY: run test test-pgbouncer test-faults fuzz audit lock lock-check test-fast migrate lint openapi-lint format typecheck check bench install clean client client-check
 
 $(UV):
 	@bash scripts/ensure_uv.sh $(VENV) requirements-run.lock
@@ -88,7 +90,12 @@ run: $(RUN_STAMP)  ## web, worker, beat and flower; Ctrl-C stops all (and server
 	@$(DEV) $(DEVSERVICES) --database maycole -- $(PY) scripts/run_stack.py
 
 test: $(STAMP) $(NODE_STAMP)  ## the whole suite against real PostgreSQL, Redis and Celery workers
+	@bash scripts/ensure_pgbouncer.sh
 	@$(TESTENV) $(DEVSERVICES) --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-pgbouncer: $(STAMP) $(NODE_STAMP)  ## the whole suite through PgBouncer in transaction mode (DB_POOLER=transaction)
+	@bash scripts/ensure_pgbouncer.sh
+	@$(TESTENV) $(DEVSERVICES) --pgbouncer --database $(TEST_DATABASE) --redis-db $(TEST_REDIS_DB) -- $(PY) -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-faults: $(STAMP)  ## kill and restart processes and servers under load; FAULTS_PROFILE=ci is shorter, TOPOLOGY=redis|rabbitmq|sentinel picks the broker
 	@$(TESTENV) MAYCOLE_FAULTS=1 FAULTS_PROFILE=$${FAULTS_PROFILE:-full} FAULTS_TOPOLOGY=$(or $(TOPOLOGY),redis) $(PY) -m pytest tests/faults -s -p no:cacheprovider $(PYTEST_ARGS)

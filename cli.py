@@ -1,32 +1,35 @@
-"""Flask CLI commands: `flask db ...` (Alembic), `flask users create`, `flask jobs ...`,
-`flask audit ...`."""
+"""Flask CLI commands: `flask db ...` (Alembic, and the role's timeouts), `flask users
+create`, `flask jobs ...`, `flask audit ...`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+import psycopg
 from alembic import command
 from alembic.config import Config
 from flask import Flask, current_app
 from flask.cli import AppGroup
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from cli_audit import audit_cli
 from cli_jobs import jobs_cli
+from pg_timeouts import NAMES, Timeouts, role_settings, write_to_role
 from services.core.errors import ServiceError
 from services.identity.accounts import create_user as create
 
 ROOT = Path(__file__).resolve().parent
-db_cli = AppGroup("db", help="Database migrations (Alembic).")
+db_cli = AppGroup("db", help="Database migrations (Alembic) and the role's timeouts.")
 users_cli = AppGroup("users", help="Manage user accounts.")
 
 
 def alembic_config(database_url: str | None = None) -> Config:
-    """Alembic config for our migrations directory and the app's database."""
+    """Alembic config for our migrations directory and the app's database (PostgreSQL
+    itself when DATABASE_DIRECT_URL says where, not the pooler)."""
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
-    url = database_url or current_app.config["SETTINGS"].database_url
+    url = database_url or current_app.config["SETTINGS"].migrations_database_url
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
@@ -68,6 +71,32 @@ def revision(message: str, autogenerate: bool) -> None:
 def current() -> None:
     """Show the revision the database is at."""
     command.current(alembic_config(), verbose=True)
+
+
+@db_cli.command("timeouts")
+def timeouts() -> None:
+    """Make DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS and DB_IDLE_IN_TRANSACTION_TIMEOUT_MS
+    the settings of DATABASE_URL's role in its database.
+
+    Needed behind a transaction-mode pooler (DB_POOLER=transaction), where connections
+    carry no startup options; run it through DATABASE_URL, so that the role is the one
+    the pooler logs in as. New server connections use the values; a pooler keeps the
+    ones it holds (PgBouncer: RECONNECT on its console, or wait for server_lifetime).
+    """
+    settings = current_app.config["SETTINGS"]
+    wanted = Timeouts.from_settings(settings)
+    conninfo = make_url(settings.database_url).set(drivername="postgresql")
+    # No startup options and no prepared statements: this passes any pooler.
+    with psycopg.connect(
+        conninfo.render_as_string(hide_password=False),
+        autocommit=True, prepare_threshold=None, connect_timeout=5,
+    ) as conn:  # fmt: skip
+        role, database = write_to_role(conn, wanted)
+        stored = role_settings(conn)
+    click.echo(f"role {role} in database {database}:")
+    for line in stored:
+        if line.partition("=")[0] in NAMES:
+            click.echo(f"  {line}")
 
 
 @users_cli.command("create")

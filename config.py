@@ -74,7 +74,55 @@ class Settings(BaseSettings):
     # pool sized to the threads; the ceiling per process is the sum of the two.
     db_pool_size: int = 20
     db_max_overflow: int = 0
-    db_statement_timeout_ms: int = 30_000
+    # A request waiting this long for a pooled connection fails (503) instead of queueing
+    # behind an exhausted pool: by then its client has waited long enough to retry.
+    db_pool_timeout_seconds: PositiveFloat = 5.0
+    # A pooled connection older than this is closed and opened again on its next checkout
+    # (0 = never): a backend's caches grow with every table and plan it touched, and after
+    # a failover behind a DNS name this moves every process onto the new server. One
+    # reconnect (a few ms) per connection per half hour.
+    db_pool_recycle_seconds: NonNegativeInt = 1800
+
+    # What sits between the app and PostgreSQL (README "Behind PgBouncer"). `none`:
+    # PostgreSQL itself (or a session-mode pooler). `transaction`: a transaction-mode pooler
+    # (PgBouncer, pgcat, RDS Proxy), which hands each transaction to whichever server
+    # connection is free: the app then sends no startup `options` (PgBouncer refuses them
+    # at connect) and, unless DB_PREPARED_STATEMENTS says otherwise, prepares nothing on
+    # the server; the timeouts below must then be the role's own (`flask db timeouts`).
+    db_pooler: Literal["none", "transaction"] = "none"
+    # psycopg prepares a statement on the server after its 5th execution on a connection,
+    # which saves the server its planning. Behind a transaction pooler the next execution
+    # may land on a server connection that never saw the PREPARE; PgBouncer 1.21+ with
+    # `max_prepared_statements` set tracks them itself, so `true` is right there.
+    # `auto`: on, unless DB_POOLER=transaction.
+    db_prepared_statements: bool | Literal["auto"] = "auto"
+    # Server-side limits every connection runs under (0 = none). Without a pooler they
+    # travel in the startup packet (no round trip); behind one they are the role's
+    # settings in the database, which `flask db timeouts` writes and every process checks
+    # once (a warning, `database_timeouts_differ`, when a connection sees other values).
+    # A statement running longer than this is cancelled: no request holds a backend (and
+    # its locks) for minutes. An export's COPY raises it for its own transaction.
+    db_statement_timeout_ms: NonNegativeInt = 30_000
+    # A statement waiting this long for a lock gives up (SQLSTATE 55P03): a request stuck
+    # behind a long transaction fails with "lock timeout" in the log rather than using up
+    # its whole statement timeout, and a waiting ALTER in a migration stops blocking
+    # everyone queued behind it. Above the longest lock the app holds on purpose (an
+    # all-teams aggregation run, 7-9 s over 5 million events in bench B8).
+    db_lock_timeout_ms: NonNegativeInt = 15_000
+    # A session idle inside an open transaction this long is ended by the server: a leaked
+    # transaction would hold its locks and, behind a transaction pooler, a server
+    # connection for ever. Well above the longest the app waits inside a transaction
+    # between two statements (an outside call of at most 10 s; storing a finished xlsx
+    # export or an upload's verified copy, tens of MB).
+    db_idle_in_transaction_timeout_ms: NonNegativeInt = 300_000
+    # A read replica for reads that tolerate its lag: the dashboard's team figures, search,
+    # metric series and report figures, and an export's rows (`db.replica_reads()` in
+    # extensions.py). Its transactions are READ ONLY. Empty: everything reads the primary.
+    database_replica_url: str = ""
+    # PostgreSQL itself when DATABASE_URL goes through a pooler: `flask db upgrade` and the
+    # other migration commands connect here (a migration may hold a lock or run a
+    # statement longer than a pooled transaction should). Empty: DATABASE_URL.
+    database_direct_url: str = ""
 
     access_token_minutes: int = 15
     refresh_token_days: int = 30
@@ -436,6 +484,18 @@ class Settings(BaseSettings):
     def audit_key_ring(self) -> dict[str, bytes]:
         """Audit keys by id, the signing key first (AUDIT_KEYS, or the development key)."""
         return parse_audit_keys(self.audit_keys or DEV_AUDIT_KEYS)
+
+    @property
+    def db_uses_prepared_statements(self) -> bool:
+        """Whether psycopg may prepare statements on the server (DB_PREPARED_STATEMENTS)."""
+        if self.db_prepared_statements == "auto":
+            return self.db_pooler != "transaction"
+        return self.db_prepared_statements
+
+    @property
+    def migrations_database_url(self) -> str:
+        """Where migrations run: PostgreSQL itself (DATABASE_DIRECT_URL), else DATABASE_URL."""
+        return self.database_direct_url or self.database_url
 
     @cached_property
     def broker_url(self) -> str:

@@ -4,15 +4,19 @@ Import these anywhere; they only work inside an app (or Celery task) context.
 
 The database is plain SQLAlchemy 2.0 rather than Flask-SQLAlchemy: the same object serves
 web requests and Celery tasks, and the worker resets the pool after fork (`dispose`).
-Only services commit; models and helpers never do.
+Only services commit; models and helpers never do. With DATABASE_REPLICA_URL the reads
+that tolerate lag run inside `db.replica_reads()`, which sends the session's reads to the
+replica; without one it changes nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import psycopg
 import redis as redis_lib
@@ -27,13 +31,17 @@ from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError, StatementError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.dml import UpdateBase
 
+from config import Settings
+from pg_timeouts import Timeouts, warn_if_different
 from redis_urls import redis_client
 
 RowT = TypeVar("RowT")
 
 # A pooled connection idle longer than this is pinged before it is handed out.
 PING_AFTER_IDLE_SECONDS = 1.0
+Pooler = Literal["none", "transaction"]
 
 
 def ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
@@ -91,51 +99,123 @@ class Read(Generic[RowT]):
 _PSYCOPG = psycopg_dialect()  # type: ignore[no-untyped-call]
 
 
+# The replica engine while `Database.replica_reads()` is in force in this thread or task.
+_READ_FROM: ContextVar[Engine | None] = ContextVar("read_from", default=None)
+
+
+class _RoutedSession(Session):
+    """A Session that sends its reads to the replica inside `Database.replica_reads()`.
+
+    Flushes and INSERT/UPDATE/DELETE statements always go to the primary (SQLAlchemy's
+    "custom vertical partitioning" recipe); the replica's transactions are READ ONLY, so
+    a write that slipped through would fail loudly rather than land there. Only sessions
+    of a Database with a replica are of this class: the override costs ~0.3 us per
+    statement, which a process without a replica does not pay."""
+
+    def get_bind(self, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Any:
+        replica = _READ_FROM.get()
+        if replica is not None and not self._flushing and not isinstance(clause, UpdateBase):
+            return replica
+        return super().get_bind(mapper, clause=clause, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """How the engines connect and pool (config.py's DB_* settings say why each)."""
+
+    pool_size: int = 5
+    max_overflow: int = 0
+    pool_timeout_seconds: float = 5.0
+    pool_recycle_seconds: int = 0  # 0: never
+    ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS
+    pooler: Pooler = "none"
+    prepared_statements: bool = True
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineOptions:
+        return cls(
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout_seconds=settings.db_pool_timeout_seconds,
+            pool_recycle_seconds=settings.db_pool_recycle_seconds,
+            pooler=settings.db_pooler,
+            prepared_statements=settings.db_uses_prepared_statements,
+            timeouts=Timeouts.from_settings(settings),
+        )
+
+    def connect_args(self) -> dict[str, Any]:
+        """psycopg.connect's arguments: nothing a transaction-mode pooler would refuse or
+        lose between transactions when `pooler` says there is one."""
+        args: dict[str, Any] = {"connect_timeout": 3}  # never hang a request on a dead database
+        if self.pooler == "none":
+            args["options"] = self.timeouts.startup_options()
+        if not self.prepared_statements:
+            args["prepare_threshold"] = None  # psycopg: never PREPARE on the server
+        return args
+
+
 class Database:
-    """Holds the engine and a thread/task-scoped session once `init_app` has run."""
+    """Holds the engine (and the replica's) and a thread/task-scoped session once
+    `init_app` has run."""
 
     def __init__(self) -> None:
         self._engine: Engine | None = None
+        self._replica: Engine | None = None
+        self._configured: tuple[str, str, EngineOptions] | None = None
         self._factory = sessionmaker(expire_on_commit=False)
+        self._plain_session = self._factory.class_
         self.session: scoped_session[Session] = scoped_session(self._factory)
 
     def init_app(self, app: Flask) -> None:
         settings = app.config["SETTINGS"]
-        self.configure(
-            settings.database_url,
-            settings.db_pool_size,
-            settings.db_statement_timeout_ms,
-            max_overflow=settings.db_max_overflow,
-        )
+        options = EngineOptions.from_settings(settings)
+        self.configure(settings.database_url, options, replica_url=settings.database_replica_url)
         app.teardown_appcontext(self._remove_session)
 
     def configure(
-        self,
-        url: str,
-        pool_size: int = 5,
-        statement_timeout_ms: int = 30_000,
-        ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
-        *,
-        max_overflow: int = 0,
+        self, url: str, options: EngineOptions | None = None, *, replica_url: str = ""
     ) -> None:
-        if (
-            self._engine is not None
-            and self._engine.url.render_as_string(hide_password=False) == url
-        ):
+        options = options or EngineOptions()
+        if self._configured == (url, replica_url, options):
             return
-        connect_args: dict[str, Any] = {
-            "connect_timeout": 3,  # never hang a request on a dead database
-            "options": f"-c statement_timeout={statement_timeout_ms}",
-        }
-        self._engine = create_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_timeout=5,
-            connect_args=connect_args,
-        )
-        ping_idle_connections(self._engine, ping_after_idle_seconds)
+        self._engine = _create_engine(url, options)
+        self._replica = None
+        if replica_url:
+            self._replica = _create_engine(replica_url, options, read_only=True)
+        self._configured = (url, replica_url, options)
         self._factory.configure(bind=self._engine)
+        # For the sessions made from now on (events registered on Session apply to both).
+        self._factory.class_ = self._plain_session if self._replica is None else _RoutedSession
+
+    @property
+    def replica(self) -> Engine | None:
+        """The replica's engine (DATABASE_REPLICA_URL), or None when there is none."""
+        return self._replica
+
+    @contextmanager
+    def replica_reads(self) -> Iterator[None]:
+        """Inside: the session's reads go to the replica, for reads that tolerate its lag.
+
+        They run in a READ ONLY transaction of the replica's own, beside the session's
+        transaction on the primary, and both end with the session (commit, rollback or
+        the request's end). What is read there is as old as the replica: rows loaded
+        inside stay in the session's identity map as read. Without a replica nothing
+        changes. Flushes and writes inside still go to the primary."""
+        if self._replica is None:
+            yield
+            return
+        token = _READ_FROM.set(self._replica)
+        try:
+            yield
+        finally:
+            _READ_FROM.reset(token)
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's pooled connections (a forked child must not share sockets)."""
+        for engine in (self._engine, self._replica):
+            if engine is not None:
+                engine.dispose(close=False)
 
     @property
     def engine(self) -> Engine:
@@ -212,6 +292,33 @@ class Database:
 
     def _remove_session(self, _exc: BaseException | None = None) -> None:
         self.session.remove()
+
+
+def _create_engine(url: str, options: EngineOptions, *, read_only: bool = False) -> Engine:
+    engine = create_engine(
+        url,
+        pool_size=options.pool_size,
+        max_overflow=options.max_overflow,
+        pool_timeout=options.pool_timeout_seconds,
+        pool_recycle=options.pool_recycle_seconds or -1,
+        connect_args=options.connect_args(),
+    )
+    ping_idle_connections(engine, options.ping_after_idle_seconds)
+    if read_only:
+        # BEGIN READ ONLY instead of BEGIN: the same round trip, and no startup option
+        # (default_transaction_read_only) that a transaction-mode pooler would refuse.
+        event.listen(engine, "connect", _begin_read_only)
+    if options.pooler == "transaction":
+        # Behind a pooler the timeouts are the role's settings: say so if they are not.
+        timeouts = options.timeouts
+        event.listen(
+            engine, "first_connect", lambda conn, _entry: warn_if_different(timeouts, conn)
+        )
+    return engine
+
+
+def _begin_read_only(dbapi_connection: Any, _entry: ConnectionPoolEntry) -> None:
+    dbapi_connection.read_only = True
 
 
 class RedisClient:

@@ -21,7 +21,7 @@ beat_scheduler.install(flask_app)
 @worker_process_init.connect
 def _reset_pool_after_fork(**_kwargs: object) -> None:
     # A forked pool child must not share the parent's PostgreSQL sockets.
-    db.engine.dispose(close=False)
+    db.reset_after_fork()
 
 
 __all__ = ["celery_app", "flask_app"]

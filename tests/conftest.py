@@ -34,7 +34,7 @@ from tests.support import (
     truncate_all_tables,
 )
 from tests.support.rabbitmq import RabbitVhost, use_own_vhost
-from tests.support.workerdb import use_own_services
+from tests.support.workerdb import give_role_timeouts, use_own_services
 
 SUITE_VHOST = pytest.StashKey[RabbitVhost | None]()
 
@@ -81,8 +81,12 @@ def settings(mailbox: Mailbox, stripe_server: LocalStripe) -> Settings:
 
 @pytest.fixture(scope="session")
 def migrated_database(settings: Settings) -> str:
-    """Drop everything, then build the schema with the real migrations."""
-    rebuild_schema(settings.database_url)
+    """Drop everything, then build the schema with the real migrations (on PostgreSQL
+    itself when the suite runs through PgBouncer, as a deploy's migrations do); behind
+    a transaction pooler, give the role its timeouts as `flask db timeouts` does."""
+    rebuild_schema(settings.migrations_database_url)
+    if settings.db_pooler == "transaction":
+        give_role_timeouts(settings)
     return settings.database_url
 
 

@@ -1,5 +1,9 @@
 """The connection pool pings a connection only after it sat idle, and replaces dead ones;
-`Database.read_one` (the lean read path) borrows from the same pool and keeps it so."""
+`Database.read_one` (the lean read path) borrows from the same pool and keeps it so.
+
+These kill PostgreSQL backends under the pool, so they talk to PostgreSQL itself: behind
+PgBouncer (`make test-pgbouncer`) a killed server connection never reaches the app's.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from sqlalchemy import Float, bindparam, create_engine, event, func, select, tex
 from sqlalchemy.exc import DBAPIError
 
 from config import Settings
-from extensions import Database, Read
+from extensions import Database, EngineOptions, Read
 from scripts.devservices import free_port
 
 _PID = Read.of(select(func.pg_backend_pid()), scalar_row)
@@ -30,6 +34,11 @@ def database(settings: Settings) -> Iterator[Database]:
     database.engine.dispose()
 
 
+def _direct(settings: Settings) -> str:
+    """PostgreSQL itself (DATABASE_DIRECT_URL behind PgBouncer)."""
+    return settings.migrations_database_url
+
+
 def _backend_pid(database: Database) -> int:
     with database.engine.connect() as conn:
         return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
@@ -37,7 +46,7 @@ def _backend_pid(database: Database) -> int:
 
 def _terminate(settings: Settings, *pids: int) -> None:
     """What a restart, a failover or an idle timeout does to pooled connections."""
-    admin = create_engine(settings.database_url)
+    admin = create_engine(_direct(settings))
     try:
         with admin.connect() as conn:
             for pid in pids:
@@ -62,7 +71,7 @@ def _count_pings(database: Database, monkeypatch: pytest.MonkeyPatch) -> list[An
 def test_a_connection_just_used_is_handed_out_without_a_ping(
     database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=60)
+    database.configure(_direct(settings), EngineOptions(pool_size=1, ping_after_idle_seconds=60))
     pings = _count_pings(database, monkeypatch)
     first = _backend_pid(database)
     assert _backend_pid(database) == first  # the same pooled connection, reused
@@ -73,7 +82,7 @@ def test_a_connection_just_used_is_handed_out_without_a_ping(
 def test_a_connection_that_died_while_idle_is_replaced_on_checkout(
     database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch, lean: bool
 ) -> None:
-    database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=0)
+    database.configure(_direct(settings), EngineOptions(pool_size=1, ping_after_idle_seconds=0))
     pings = _count_pings(database, monkeypatch)
     dead = _backend_pid(database)
     _terminate(settings, dead)
@@ -86,7 +95,7 @@ def test_a_connection_that_died_while_idle_is_replaced_on_checkout(
 def test_a_lean_read_borrows_a_pooled_connection_and_returns_it_as_it_found_it(
     database: Database, settings: Settings
 ) -> None:
-    database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=60)
+    database.configure(_direct(settings), EngineOptions(pool_size=1, ping_after_idle_seconds=60))
     pid = _backend_pid(database)
     assert database.read_one(_PID, {}) == pid  # the same pooled connection
     raw = database.engine.raw_connection()
@@ -100,7 +109,7 @@ def test_a_lean_read_borrows_a_pooled_connection_and_returns_it_as_it_found_it(
 def test_a_lean_read_that_finds_nothing_returns_none(
     database: Database, settings: Settings
 ) -> None:
-    database.configure(settings.database_url, pool_size=1)
+    database.configure(_direct(settings), EngineOptions(pool_size=1))
     nothing = Read.of(select(func.pg_backend_pid()).where(text("false")), scalar_row)
     assert database.read_one(nothing, {}) is None
 
@@ -111,7 +120,7 @@ def test_a_lean_read_on_a_connection_killed_just_after_use_fails_once_and_drops_
     # Not pinged (used a moment ago): the read fails, as a Connection's would, flagged
     # as a lost connection (the API answers 503) and with every connection pooled
     # before it discarded, so the server's restart costs one failed read, not one each.
-    database.configure(settings.database_url, pool_size=2, ping_after_idle_seconds=60)
+    database.configure(_direct(settings), EngineOptions(pool_size=2, ping_after_idle_seconds=60))
     first, second = database.engine.connect(), database.engine.connect()
     pids = [int(c.execute(text("SELECT pg_backend_pid()")).scalar_one()) for c in (first, second)]
     first.close()
@@ -129,7 +138,7 @@ def test_a_lean_read_on_a_connection_killed_just_after_use_fails_once_and_drops_
 def test_a_lean_read_that_fails_in_sql_keeps_its_connection(
     database: Database, settings: Settings
 ) -> None:
-    database.configure(settings.database_url, pool_size=1, ping_after_idle_seconds=60)
+    database.configure(_direct(settings), EngineOptions(pool_size=1, ping_after_idle_seconds=60))
     pid = _backend_pid(database)
     with pytest.raises(DBAPIError) as failed:
         database.read_one(_SQRT, {"x": -1.0})

@@ -12,9 +12,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, make_url, text
 
 from cli import alembic_config
-from config import load_settings
+from config import Settings, load_settings
 from models import Base
 from services.core.audit_seal import head_seal, row_mac
+from tests.support import own_engine
 
 DESIGN_TABLES = {
     "users", "user_sessions", "api_keys", "user_profiles", "settings", "payments",
@@ -25,7 +26,7 @@ DESIGN_TABLES = {
 
 
 def test_every_designed_table_exists_after_migrating(migrated_database: str) -> None:
-    engine = create_engine(migrated_database)
+    engine = own_engine(migrated_database)
     tables = set(inspect(engine).get_table_names()) - {"alembic_version"}
     engine.dispose()
     assert len(DESIGN_TABLES) == 19
@@ -34,7 +35,7 @@ def test_every_designed_table_exists_after_migrating(migrated_database: str) -> 
 
 def test_models_and_migrations_agree(migrated_database: str) -> None:
     """Autogenerate against the migrated database finds nothing to change."""
-    engine = create_engine(migrated_database)
+    engine = own_engine(migrated_database)
     with engine.connect() as conn:
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
@@ -45,7 +46,7 @@ def test_models_and_migrations_agree(migrated_database: str) -> None:
 
 
 def test_every_table_has_timestamps(migrated_database: str) -> None:
-    engine = create_engine(migrated_database)
+    engine = own_engine(migrated_database)
     inspector = inspect(engine)
     missing = [
         table
@@ -58,7 +59,7 @@ def test_every_table_has_timestamps(migrated_database: str) -> None:
 
 def test_constraints_reject_impossible_rows(migrated_database: str) -> None:
     """Check constraints guard statuses and amounts even against code that forgets."""
-    engine = create_engine(migrated_database)
+    engine = own_engine(migrated_database)
     bad_statements = [
         "INSERT INTO jobs (id, type, queue, status) VALUES (gen_random_uuid(), 't', 'q', 'bogus')",
         "INSERT INTO jobs (id, type, queue, progress) VALUES (gen_random_uuid(), 't', 'q', 101)",
@@ -76,10 +77,14 @@ def test_constraints_reject_impossible_rows(migrated_database: str) -> None:
     engine.dispose()
 
 
-def test_audit_rows_from_before_the_keyed_chain_are_re_signed(migrated_database: str) -> None:
+def test_audit_rows_from_before_the_keyed_chain_are_re_signed(
+    migrated_database: str, settings: Settings
+) -> None:
     """Rows chained with the old bare SHA-256 are signed with the current audit key, each
     chain gets its sealed head, and from then on the rows cannot be changed."""
-    base = make_url(migrated_database)
+    # Creating, migrating and dropping a database: on PostgreSQL itself, as a deploy's
+    # migrations run (behind PgBouncer its idle server connections would block the DROP).
+    base = make_url(settings.migrations_database_url)
     scratch = base.set(database=f"{base.database}_mig")
     admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -11,6 +11,7 @@ from apiflask.exceptions import HTTPError
 from flask import Response, g, json
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -113,6 +114,18 @@ def register_error_handlers(app: APIFlask) -> None:
         return problem(
             503,
             "The database is unavailable; try again shortly.",
+            type_slug="dependency-unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.errorhandler(PoolTimeout)
+    def _database_busy(_error: PoolTimeout) -> Response:
+        # Every pooled connection stayed in use for DB_POOL_TIMEOUT_SECONDS: the client may
+        # try again, as for a database that is down.
+        log.warning("dependency_unavailable", dependency="postgresql", error="PoolTimeout")
+        return problem(
+            503,
+            "The database is busy; try again shortly.",
             type_slug="dependency-unavailable",
             headers={"Retry-After": "5"},
         )

@@ -92,26 +92,36 @@ def build(
     ):
         raise ExportRefused("The requester may no longer read this data.")
     header, columns, query = export_query(export)
-    if export.format == "xlsx":
-        total = int(db.session.scalar(select(func.count()).select_from(query.subquery())) or 0)
-        if total + 1 > XLSX_MAX_ROWS:
-            raise ExportRefused(f"{total} rows do not fit in one xlsx sheet; use csv or jsonl.")
-    else:
-        # Only for the progress bar: counting a million rows first costs a fifth of the
-        # export itself, the planner's estimate costs nothing.
-        total = estimated_rows(query)
-    counter = RowCounter(total, progress)
     key, content_type = storage_key(export), CONTENT_TYPES[export.format]
-    if export.format == "csv":
-        cells = [csv_column(c, name) for c, name in zip(columns, header, strict=True)]
-        # Closed before anything else runs on the session: a COPY cut short by a failed
-        # upload is cancelled there, and the connection is left fit for the rollback.
-        with closing(CsvCopy(query.with_only_columns(*cells), counter).chunks()) as chunks:
-            stored = storage.write(key, chunks, content_type=content_type)
-    else:
-        # A server-side cursor: PostgreSQL sends FETCH_ROWS at a time, never the whole result.
-        rows = counter.wrap(db.session.execute(query.execution_options(yield_per=FETCH_ROWS)))
-        stored = storage.write(key, encode(export.format, header, rows), content_type=content_type)
+    # Nothing is written yet: end the reads' transaction, or with a replica it would sit
+    # idle on the primary (holding, behind a pooler, a server connection) for as long as
+    # the rows stream, and DB_IDLE_IN_TRANSACTION_TIMEOUT_MS would end it under us.
+    db.session.commit()
+    # The rows (and their count) from the read replica when there is one: an export is
+    # the data as the replica has it when the job runs.
+    with db.replica_reads():
+        if export.format == "xlsx":
+            total = int(db.session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+            if total + 1 > XLSX_MAX_ROWS:
+                raise ExportRefused(f"{total} rows do not fit in one xlsx sheet; use csv or jsonl.")
+        else:
+            # Only for the progress bar: counting a million rows first costs a fifth of the
+            # export itself, the planner's estimate costs nothing.
+            total = estimated_rows(query)
+        counter = RowCounter(total, progress)
+        if export.format == "csv":
+            cells = [csv_column(c, name) for c, name in zip(columns, header, strict=True)]
+            # Closed before anything else runs on the session: a COPY cut short by a failed
+            # upload is cancelled there, and the connection is left fit for the rollback.
+            with closing(CsvCopy(query.with_only_columns(*cells), counter).chunks()) as chunks:
+                stored = storage.write(key, chunks, content_type=content_type)
+        else:
+            # A server-side cursor: PostgreSQL sends FETCH_ROWS at a time, never the whole
+            # result.
+            rows = counter.wrap(db.session.execute(query.execution_options(yield_per=FETCH_ROWS)))
+            stored = storage.write(
+                key, encode(export.format, header, rows), content_type=content_type
+            )
     now = datetime.now(UTC)
     settings = current_app.config["SETTINGS"]
     export.storage_key, export.row_count, export.size = stored.key, counter.rows, stored.size

@@ -16,6 +16,10 @@ tables with Core statements calls `invalidate(team_id)`. Either way one INCR per
 runs after the commit. The listener is registered when this module is imported, which
 every process does through services.inventory.items (and the dashboard blueprint).
 
+With a read replica (DATABASE_REPLICA_URL) the team-wide part is read there: it may lag
+the primary by the replica's lag, and a summary computed inside that window after a bump
+is cached under the new generation until the next change or DASHBOARD_CACHE_SECONDS.
+
 Money (revenue, transactions, subscription) is cached with the rest and removed on the
 way out for roles without `payments.read` / `subscription.read`. The unread count is the
 caller's own, computed live (one count on a partial index) and never cached. If Redis is
@@ -228,18 +232,20 @@ def _shown_columns_changed(session: Session, obj: object) -> bool:
 
 
 def compute_summary(team_id: uuid.UUID, now: datetime) -> Summary:
-    """The team-wide figures as of `now` (UTC days and months), straight from PostgreSQL."""
+    """The team-wide figures as of `now` (UTC days and months), straight from PostgreSQL
+    (the read replica when there is one)."""
     today = datetime.combine(now.date(), time.min, UTC)
-    revenue = _revenue(team_id, since_day=today, since_month=today.replace(day=1))
-    return {
-        "generated_at": now.isoformat(),
-        "members": plans.member_count(team_id),
-        "revenue": revenue,
-        "transactions_today": sum(money["count"] for money in revenue["today"]),
-        "subscription": _subscription(team_id),
-        "low_stock": _low_stock(team_id),
-        "recent_jobs": _recent_jobs(team_id),
-    }
+    with db.replica_reads():
+        revenue = _revenue(team_id, since_day=today, since_month=today.replace(day=1))
+        return {
+            "generated_at": now.isoformat(),
+            "members": plans.member_count(team_id),
+            "revenue": revenue,
+            "transactions_today": sum(money["count"] for money in revenue["today"]),
+            "subscription": _subscription(team_id),
+            "low_stock": _low_stock(team_id),
+            "recent_jobs": _recent_jobs(team_id),
+        }
 
 
 def _revenue(

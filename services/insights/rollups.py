@@ -2,7 +2,8 @@
 
 Buckets are UTC hours or UTC days, `start` inclusive and `end` exclusive, both rounded
 down to the interval. Series are zero-filled so a chart needs no gap handling: a bucket
-with no rollup row had no events.
+with no rollup row had no events. Rollups move once per aggregation run, so they are read
+from the read replica when there is one (DATABASE_REPLICA_URL).
 """
 
 from __future__ import annotations
@@ -70,29 +71,31 @@ def series(
 ) -> list[Point]:
     """The metric's zero-filled series for the team over [start, end)."""
     wanted = buckets(start, end, interval)
-    rows = db.session.execute(
-        select(AnalyticsRollup.bucket, AnalyticsRollup.value).where(
-            AnalyticsRollup.team_id == team_id,
-            AnalyticsRollup.name == name,
-            AnalyticsRollup.interval == interval,
-            AnalyticsRollup.bucket >= wanted[0],
-            AnalyticsRollup.bucket < end,
-        )
-    )
+    with db.replica_reads():
+        rows = db.session.execute(
+            select(AnalyticsRollup.bucket, AnalyticsRollup.value).where(
+                AnalyticsRollup.team_id == team_id,
+                AnalyticsRollup.name == name,
+                AnalyticsRollup.interval == interval,
+                AnalyticsRollup.bucket >= wanted[0],
+                AnalyticsRollup.bucket < end,
+            )
+        ).all()
     stored = {bucket: value for bucket, value in rows}
     return [Point(bucket, stored.get(bucket, 0)) for bucket in wanted]
 
 
 def totals(team_id: uuid.UUID, start: datetime, end: datetime) -> dict[str, int]:
     """Every metric's total over the whole UTC days in [start, end), by name (reports)."""
-    rows = db.session.execute(
-        select(AnalyticsRollup.name, AnalyticsRollup.value).where(
-            AnalyticsRollup.team_id == team_id,
-            AnalyticsRollup.interval == "day",
-            AnalyticsRollup.bucket >= floor(start, "day"),
-            AnalyticsRollup.bucket < end,
-        )
-    )
+    with db.replica_reads():
+        rows = db.session.execute(
+            select(AnalyticsRollup.name, AnalyticsRollup.value).where(
+                AnalyticsRollup.team_id == team_id,
+                AnalyticsRollup.interval == "day",
+                AnalyticsRollup.bucket >= floor(start, "day"),
+                AnalyticsRollup.bucket < end,
+            )
+        ).all()
     result: dict[str, int] = {}
     for name, value in rows:
         # Distinct counts do not add up across days; a report shows their daily peak.

@@ -6,6 +6,8 @@ cheap, and the index can never disagree with a committed change (no lost task, n
 where a deleted item is still found). `search` only ever reads the caller's team and only
 the types their role may read, and finds a member only while the membership exists and
 the account is active and not deleted (a document left behind by any path stays hidden).
+It reads the read replica when there is one (DATABASE_REPLICA_URL): a change shows up in
+results once the replica has it.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def search(membership: Membership, q: str, type: str | None, limit: int) -> list
         func.coalesce(SearchDocument.body, "")
     )
     snippet = func.ts_headline("simple", text, tsquery, HEADLINE_OPTIONS)
-    rows = db.session.execute(
+    statement = (
         select(
             SearchDocument.subject_type,
             SearchDocument.subject_id,
@@ -160,7 +162,9 @@ def search(membership: Membership, q: str, type: str | None, limit: int) -> list
             SearchDocument.subject_id,
         )
         .limit(limit)
-    ).all()
+    )
+    with db.replica_reads():
+        rows = db.session.execute(statement).all()
     return [
         Hit(type=r.subject_type, id=r.subject_id, title=r.title, snippet=r.snippet, rank=r.rank)
         for r in rows

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from sqlalchemy import make_url
 
 from scripts import devservices as ds
 from tests.support import refused
@@ -34,7 +35,9 @@ print("ping=" + str(redis.Redis.from_url(r).ping()))
 
 
 def cli_env(**overrides: str) -> dict[str, str]:
-    inherited = ("DATABASE_URL", "REDIS_URL", "PGPORT", "REDIS_PORT")  # set by `make test`
+    # Set by `make test` (and `make test-pgbouncer`, the last two).
+    inherited = ("DATABASE_URL", "REDIS_URL", "PGPORT", "REDIS_PORT", "DATABASE_DIRECT_URL",
+                 "DB_POOLER")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in inherited}
     # Configured SMTP and Stripe: these tests are about PostgreSQL and Redis, not the
     # mail sink or localstripe.
@@ -139,9 +142,11 @@ def found(request: pytest.FixtureRequest, running_servers: tuple[int, int]) -> F
     return Found(name, *running_servers)
 
 
-def found_cli(tmp_path: Path, found: Found, code: str, **popen: Any) -> subprocess.Popen[str]:
+def found_cli(
+    tmp_path: Path, found: Found, code: str, *extra: str, **popen: Any
+) -> subprocess.Popen[str]:
     """Start the CLI against servers that already run, with stdout/stderr captured."""
-    options = ["--database", found.database, "--redis-db", "15"]
+    options = ["--database", found.database, "--redis-db", "15", *extra]
     return subprocess.Popen(
         cli(tmp_path, *options, code=code),
         cwd=tmp_path,
@@ -162,6 +167,41 @@ def test_cli_uses_found_servers(tmp_path: Path, found: Found) -> None:
     assert "started" not in err and not (tmp_path / "var").exists()
     assert f"REDIS_URL=redis://127.0.0.1:{found.redis_port}/15" in out
     assert f"db={found.database}" in out
+
+
+PGBOUNCER_CHILD = """
+import os, psycopg
+pooled, direct = os.environ["DATABASE_URL"], os.environ["DATABASE_DIRECT_URL"]
+print("pooler=" + os.environ["DB_POOLER"])
+print("pooled=" + pooled)
+print("direct=" + direct)
+with psycopg.connect(pooled.replace("+psycopg", ""), prepare_threshold=None) as conn:
+    name = conn.execute("SELECT current_database()").fetchone()[0]
+    print("db=" + name)
+# PgBouncer's admin console: the pool it keeps for that database runs transaction pooling.
+console = pooled.replace("+psycopg", "").rsplit("/", 1)[0] + "/pgbouncer"
+with psycopg.connect(console, autocommit=True) as admin:
+    cur = admin.cursor()
+    cur.execute("SHOW POOLS")
+    modes = {row[0]: row[-1] for row in cur.fetchall()}
+    print("mode=" + modes[name])
+"""
+
+
+def test_cli_with_pgbouncer_hands_over_a_transaction_pooled_url_and_the_direct_one(
+    tmp_path: Path, found: Found
+) -> None:
+    proc = found_cli(tmp_path, found, PGBOUNCER_CHILD, "--pgbouncer")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = dict(line.split("=", 1) for line in out.splitlines())
+    direct = f"postgresql+psycopg://postgres@127.0.0.1:{found.pg_port}/{found.database}"
+    assert lines["direct"] == direct and lines["pooler"] == "transaction"
+    bouncer_port = make_url(lines["pooled"]).port
+    assert bouncer_port is not None and bouncer_port != found.pg_port
+    assert lines["db"] == found.database and lines["mode"] == "transaction"
+    assert f"pgbouncer: started at 127.0.0.1:{bouncer_port}" in err
+    assert refused(bouncer_port)  # stopped with the command
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -5,7 +5,7 @@
 - polling: wait_for, fetch_job, wait_job
 - workers: Worker, running_worker (real Celery worker processes)
 - http_helpers: problem_body, bearer
-- database: truncate_all_tables
+- database: truncate_all_tables, other_connection, own_engine
 - servers, one a module: mailbox (Mailbox, aiosmtpd), stripe (LocalStripe), s3 (MotoS3),
   web (WebServer, gunicorn), redis_server (private_redis), proxy (SlowProxy),
   redis_sentinel (sentinel_redis: a master, a replica and three sentinels)
@@ -13,7 +13,7 @@
 - stack: PrivateStack(s), what the `private_stack` fixture builds
 """
 
-from tests.support.database import truncate_all_tables
+from tests.support.database import other_connection, own_engine, truncate_all_tables
 from tests.support.http_helpers import bearer, problem_body
 from tests.support.mailbox import Mailbox
 from tests.support.paths import LOGS, ROOT
@@ -51,6 +51,8 @@ __all__ = [
     "fetch_job",
     "free_port",
     "make_settings",
+    "other_connection",
+    "own_engine",
     "private_redis",
     "problem_body",
     "refused",

@@ -4,7 +4,9 @@
 session worker, truncates every table between tests and counts rate limits, so each
 needs a database and a Redis db of its own. Worker gwN uses database `<name>_gwN`
 (created if missing) and Redis db `<db> - N` (so the default 15 takes 15 and 14), and
-with it the Celery broker and everything else keyed by REDIS_URL.
+with it the Celery broker and everything else keyed by REDIS_URL. Through PgBouncer
+(`make test-pgbouncer`) DATABASE_DIRECT_URL, PostgreSQL itself, moves along: databases
+are created there, as a deployer would, not through the pooler.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import os
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
+
+from config import Settings
+from pg_timeouts import Timeouts, write_to_role
 
 
 def worker_index(worker: str | None) -> int | None:
@@ -55,14 +60,25 @@ def create_database(url: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+def give_role_timeouts(settings: Settings) -> None:
+    """What `flask db timeouts` does, for the test database (through DATABASE_URL)."""
+    url = make_url(settings.database_url).set(drivername="postgresql")
+    dsn = url.render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        write_to_role(conn, Timeouts.from_settings(settings))
+
+
 def use_own_services() -> None:
-    """In an xdist worker: point DATABASE_URL and REDIS_URL at this worker's own."""
+    """In an xdist worker: point DATABASE_URL (and DATABASE_DIRECT_URL) and REDIS_URL at
+    this worker's own."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     index = worker_index(worker)
     if worker is None or index is None:
         return
-    if url := os.environ.get("DATABASE_URL"):
-        os.environ["DATABASE_URL"] = database_url_for(url, worker)
-        create_database(os.environ["DATABASE_URL"])
+    for name in ("DATABASE_URL", "DATABASE_DIRECT_URL"):
+        if url := os.environ.get(name):
+            os.environ[name] = database_url_for(url, worker)
+    if url := os.environ.get("DATABASE_DIRECT_URL") or os.environ.get("DATABASE_URL"):
+        create_database(url)
     if url := os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"] = redis_url_for(url, index)

@@ -265,6 +265,22 @@ def test_database_down_is_503_with_retry_after(
     assert "127.0.0.1" not in response.get_data(as_text=True)  # no connection details leak
 
 
+def test_a_pool_that_stays_exhausted_is_503_with_retry_after(
+    app: APIFlask, private_stack: PrivateStacks
+) -> None:
+    headers = auth_headers(make_user())
+    db.session.remove()
+    busy = private_stack(keep="all", db_pool_size=1, db_pool_timeout_seconds=0.1).app
+    held = db.engine.connect()  # the pool's only connection, in use for the whole request
+    try:
+        response = busy.test_client().get("/api/v1/jobs", headers=headers)
+    finally:
+        held.close()
+    body = problem_body(response, 503)
+    assert response.headers["Retry-After"] == "5"
+    assert body["type"].endswith("/dependency-unavailable") and "busy" in body["detail"]
+
+
 def test_readyz_names_the_failing_dependency(app: APIFlask, private_stack: PrivateStacks) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     # The broker is that Redis (also on a RabbitMQ test run, which configures one).

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import select, text, update
 
 from extensions import db
 from models import AnalyticsRollup, Job, Payment
@@ -32,7 +32,7 @@ from tests.services.insights.aggregation_helpers import (
     send,
     values,
 )
-from tests.support import Worker, problem_body
+from tests.support import Worker, own_engine, problem_body
 
 pytestmark = pytest.mark.worker
 
@@ -104,7 +104,7 @@ def test_an_event_still_being_written_during_a_run_is_counted_once_by_a_later_ru
     after a run started (with a lower id than events already counted) is never skipped."""
     owner = make_user()
     team_id = make_team(owner)
-    engine = create_engine(migrated_database)
+    engine = own_engine(migrated_database)
     insert = text(
         "INSERT INTO analytics_events (team_id, name, occurred_at)"
         " VALUES (:team, 'slow.batch', :at)"

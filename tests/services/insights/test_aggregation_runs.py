@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
 from extensions import db
 from models import AnalyticsRollup, Job
@@ -22,6 +22,7 @@ from tests.services.insights.aggregation_helpers import (
     events_settled,
     rollups,
 )
+from tests.support import own_engine
 
 pytestmark = pytest.mark.worker
 
@@ -50,7 +51,7 @@ def test_team_runs_and_hourly_runs_count_every_event_once(app: Any, migrated_dat
     for a batch still being written while the team ran."""
     a_owner, b_owner = make_user(), make_user()
     a, b = make_team(a_owner), make_team(b_owner)
-    engine = create_engine(migrated_database)
+    engine = own_engine(migrated_database)
 
     def add(team: uuid.UUID, count: int) -> None:
         add_events(engine, team, count)
@@ -105,7 +106,7 @@ def test_a_deleted_team_leaves_no_rollups_and_later_runs_write_none(
     job's own built-in metrics), while other teams are counted as before."""
     owner, other_owner = make_user(), make_user()
     gone, kept = make_team(owner), make_team(other_owner)
-    engine = create_engine(migrated_database)
+    engine = own_engine(migrated_database)
 
     def add(team: uuid.UUID, count: int) -> None:
         add_events(engine, team, count)

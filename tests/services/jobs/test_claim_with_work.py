@@ -10,7 +10,6 @@ import threading
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
 import redis as redis_lib
 from flask import current_app
@@ -33,15 +32,9 @@ from tests.services.jobs.test_job_effects import (
     generation,
     one_member_alert,
 )
-from tests.support import fetch_job, wait_for
+from tests.support import fetch_job, other_connection, wait_for
 
 FAN_OUT = names.NOTIFICATIONS_FAN_OUT
-
-
-def other_connection() -> psycopg.Connection[Any]:
-    """A connection outside the app's pool: what any other process sees."""
-    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg.connect(url, autocommit=True)
 
 
 def committed(job_id: uuid.UUID | str) -> tuple[Any, ...]:

@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import redis as redis_lib
 from psycopg.pq import Trace
@@ -32,7 +31,7 @@ from services.jobs.runner import run_job
 from services.messaging import deliveries, realtime
 from tests.factories import make_team, make_user
 from tests.services.core.test_redis_batch import round_trips
-from tests.support import PrivateStacks, fetch_job, wait_for
+from tests.support import PrivateStacks, fetch_job, other_connection, wait_for
 
 FAN_OUT = names.NOTIFICATIONS_FAN_OUT
 LOW_STOCK = {"sku": "SKU-1", "name": "Widget", "quantity": 3, "threshold": 5,
@@ -175,8 +174,7 @@ def test_the_claim_is_committed_in_one_round_trip_before_the_work_starts(
         # Another connection sees the claim: a worker killed from here on has used up
         # an attempt, and the redelivery or the reaper finds the job running.
         # (Its own connection, outside the pool, so that it does not count below.)
-        url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(url) as other:
+        with other_connection(autocommit=False) as other:
             row = other.execute("SELECT status, attempts FROM jobs WHERE id = %s", (ctx.job_id,))
             seen.append(tuple(row.fetchone() or ()))
 

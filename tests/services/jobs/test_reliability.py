@@ -38,6 +38,7 @@ from tests.support import (
     PrivateStacks,
     Worker,
     fetch_job,
+    other_connection,
     running_worker,
     wait_for,
     wait_job,
@@ -210,11 +211,6 @@ def test_a_worker_killed_before_a_job_claimed_with_its_work_commits_leaves_no_tr
     assert db.session.scalar(
         select(func.count()).where(Notification.user_id == member.id)
     ) == 1  # fmt: skip
-
-
-def other_connection(autocommit: bool = True) -> psycopg.Connection[Any]:
-    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg.connect(url, autocommit=autocommit)
 
 
 # Sessions of this test's database waiting for a lock in the fan-out's insert (the server

@@ -14,6 +14,7 @@ from services.core.errors import Forbidden, NotFound
 from services.core.permissions import Membership
 from services.teams.teams import load_membership
 from tests.factories import make_team, make_user
+from tests.support import other_connection
 
 
 def test_the_guard_reads_the_role_without_opening_the_sessions_transaction(
@@ -54,8 +55,7 @@ def test_a_locked_read_holds_the_teams_row_until_the_caller_commits(
 
     locked = load_membership(owner, team_id, "team.update", lock=True)
     assert locked == Membership(team_id, owner.id, "owner")
-    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(url, autocommit=True) as other:
+    with other_connection() as other:
         with pytest.raises(psycopg.errors.LockNotAvailable):
             other.execute("SELECT 1 FROM teams WHERE id = %s FOR UPDATE NOWAIT", (team_id,))
         db.session.commit()
