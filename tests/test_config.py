@@ -121,6 +121,20 @@ def test_env_example_documents_every_setting() -> None:
     assert missing == set(), f".env.example lacks {sorted(missing)}"
 
 
+def test_the_deploy_guide_names_only_settings_that_exist() -> None:
+    """docs/deploy.md is what an operator copies into production: a renamed or removed
+    setting there would be silently ignored on their hosts."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    known = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (root / ".env.example").read_text(), re.M))
+    guide = (root / "docs" / "deploy.md").read_text()
+    named = set(re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+|APP_ENV)`", guide))
+    assert "DB_POOLER" in named and "STORAGE_BACKEND" in named  # the guide's table was read
+    assert named - known == set(), f"docs/deploy.md names unknown settings {sorted(named - known)}"
+
+
 def test_production_refuses_one_hosts_disk_for_files() -> None:
     with pytest.raises(ValidationError, match="STORAGE_BACKEND=s3 and S3_BUCKET"):
         load_settings(**STRONG | {"app_env": "production", "storage_backend": "local"})
