@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_TOP_LEVEL = (
     *("app.py", "celeryconfig.py", "cli.py", "cli_audit.py", "cli_jobs.py", "config.py"),
     *("extensions.py", "logs.py", "make_celery.py", "gunicorn.conf.py", "redis_urls.py"),
+    "pg_timeouts.py",
 )
 APP_PACKAGES = ("blueprints", "services", "tasks", "models", "integrations")
 # (module, imported module): heavy libraries that only a few code paths need.
