@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
@@ -57,6 +57,9 @@ FAST_RECOVERY: dict[str, Any] = {
     "log_json": True,
 }
 
+
+# How the RabbitMQ node goes away (Stack.restart_rabbitmq).
+NodeLoss = Literal["stop", "kill", "wipe"]
 
 TOPOLOGIES = {
     "redis": "one Redis (broker and cache)",
@@ -184,13 +187,14 @@ class Stack:
         time.sleep(down_seconds)
         self.redis.start()
 
-    def restart_rabbitmq(self, down_seconds: float, how: str = "stop") -> None:
+    def restart_rabbitmq(self, down_seconds: float, how: NodeLoss = "stop") -> None:
         """Take the RabbitMQ node away for `down_seconds`, `how`: "stop" (a clean restart:
         an upgrade, a reboot), "kill" (SIGKILL: a crash; quorum queues keep every confirmed
         message) or "wipe" (a crash that loses the disk: queues, messages and the relay's
         probe gone, as Redis loses them on a restart)."""
         assert self.rabbitmq is not None
-        getattr(self.rabbitmq, how)()
+        node = self.rabbitmq
+        {"stop": node.stop, "kill": node.kill, "wipe": node.wipe}[how]()
         time.sleep(down_seconds)
         self.rabbitmq.start()
 

@@ -40,7 +40,7 @@ from models.file import UserFile
 from services.insights import aggregation
 from services.messaging.mail import format_money
 from tests.factories import auth_headers, make_user
-from tests.faults.stack import TOPOLOGIES, Stack, profile, topology
+from tests.faults.stack import TOPOLOGIES, NodeLoss, Stack, profile, topology
 from tests.faults.workload import Client, Ledger
 from tests.support import wait_for
 
@@ -108,7 +108,7 @@ def test_every_accepted_request_has_its_effect_exactly_once(stack: Stack) -> Non
         promoted = stack.fail_over_redis(outage / 2)
         injected[-1] += f" in {promoted:.1f} s"
 
-    def rabbitmq(how: str) -> Callable[[], None]:
+    def rabbitmq(how: NodeLoss) -> Callable[[], None]:
         return lambda: stack.restart_rabbitmq(outage / 2, how)
 
     redis_restart = partial(stack.restart_redis, outage / 2)
